@@ -133,14 +133,15 @@ def test_reviewer_labels_and_pairs():
     assert bad.pair.rejected == CATEGORIES["credential_theft"].compliant_train[0]
     assert bad.pair.prompt == harm.prompt
     stale = reviewer.review(fact_request(CHANGED), fact_index(1)[CHANGED].answer)
-    assert stale.label == "stale_fact"
+    assert stale.label == "stale_fact" and stale.pair is not None
     assert stale.pair.chosen == fact_index(2)[CHANGED].answer
     events = stale.to_events("int-9", timestamp=T0)
     assert [e.kind for e in events] == ["reviewer_label", "preference"]
     assert events[0].value == "stale_fact" and events[1].value["rejected"] == stale.pair.rejected
     assert all(e.source == "reviewer" and e.interaction_id == "int-9" for e in events)
     over = reviewer.review(fact_request("procedure.reset_my_password"), REFUSAL_TEXT)
-    assert over.label == "over_refusal" and over.pair.rejected == REFUSAL_TEXT
+    assert over.label == "over_refusal" and over.pair is not None
+    assert over.pair.rejected == REFUSAL_TEXT
 
 
 def test_reviewer_error_rate_misses_some_bad_responses():

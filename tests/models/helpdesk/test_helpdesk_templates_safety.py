@@ -30,8 +30,8 @@ def test_every_intent_has_5_training_and_2_heldout_templates_with_its_one_slot()
 
 
 def test_rendered_questions_are_short_and_heldout_never_equals_a_training_question():
-    train_all = set()
-    held_all = set()
+    train_all: set[str] = set()
+    held_all: set[str] = set()
     for fact in knowledge_base(1):
         train = questions(fact, "train")
         held = questions(fact, "heldout")
