@@ -12,6 +12,7 @@ from models.helpdesk.generate import (
     SUITES,
     DomainData,
     build_domain,
+    tokenizer_corpus,
     write_domain,
 )
 from models.helpdesk.kb import (
@@ -67,5 +68,6 @@ __all__ = [
     "knowledge_base",
     "read_conversations",
     "read_labelled_prompts",
+    "tokenizer_corpus",
     "write_domain",
 ]

@@ -768,6 +768,25 @@ def build_domain(seed: int = 0, scale: float = 1.0) -> DomainData:
     return data
 
 
+def tokenizer_corpus(data: DomainData) -> list[str]:
+    """Every training-visible text, for training the policy's tokenizer.
+
+    SFT messages (v1 and v2_new), guard training texts, training preference pairs and the
+    KB answers of both revisions. Nothing held out: a tokenizer fitted on held-out phrasings
+    would leak them into the vocabulary.
+    """
+    texts: list[str] = []
+    for conv in data.sft_v1 + data.sft_v2_new:
+        texts.extend(m["content"] for m in conv)
+    texts.extend(p.text for p in data.guard_train)
+    for pair in data.reward_train + data.reward_v2_new:
+        texts.extend((pair.prompt, pair.chosen, pair.rejected))
+    for revision in (1, 2):
+        texts.extend(f.answer for f in knowledge_base(revision))
+    texts.extend((UNKNOWN_TEXT, REFUSAL_TEXT, *(c.response for c in CATEGORIES.values())))
+    return texts
+
+
 def _write_facts(path: Path, facts: Sequence[Fact]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as handle:

@@ -179,7 +179,7 @@ ADDONS: dict[str, tuple[str, str]] = {
     "dedicated IP": ("$15", "Pro"),
     "custom domain": ("$4", "Starter"),
     "advanced analytics": ("$19", "Pro"),
-    "extra API capacity": ("$25 per 1,000 requests per minute", "Pro"),
+    "extra API capacity": ("$25", "Pro"),
     "audit log export": ("$29", "Business"),
 }
 _ADDON_REV2: dict[tuple[str, str], str] = {

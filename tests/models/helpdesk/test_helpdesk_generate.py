@@ -4,7 +4,7 @@ import string
 import pytest
 
 from loopwright.records import EvalSample, PreferencePair, read_jsonl
-from models.helpdesk.generate import SUITES, build_domain, write_domain
+from models.helpdesk.generate import SUITES, build_domain, tokenizer_corpus, write_domain
 from models.helpdesk.kb import (
     UNKNOWN_TEXT,
     changed_fact_ids,
@@ -35,12 +35,10 @@ def _norm(text: str) -> str:
 
 
 def _training_corpus(data) -> str:
-    texts: list[str] = []
-    for conv in data.sft_v1 + data.sft_v2_new:
-        texts.extend(m["content"] for m in conv)
-    texts.extend(p.text for p in data.guard_train)
-    for pair in data.reward_train + data.reward_v2_new:
-        texts.extend((pair.prompt, pair.chosen, pair.rejected))
+    # tokenizer_corpus is the union of every training output (SFT, guard, reward, KB).
+    texts = tokenizer_corpus(data)
+    assert {m["content"] for c in data.sft_v1 for m in c} <= set(texts)
+    assert {p.text for p in data.guard_train} <= set(texts)
     # Simulated production traffic is trained on by the nightly loop, so it counts too.
     sim = UserSimulator(2, 0.0, 0, {"ordinary": 1, "adversarial": 1, "harmful": 1})
     texts.extend(r.prompt for r in sim.requests(1500))
