@@ -457,7 +457,9 @@ def _reward_split(seed: int, scale: float, split: str) -> list[PreferencePair]:
     is_train = split == "train"
     kb = knowledge_base(1)
     pairs: list[PreferencePair] = []
-    per_fact = 2 if is_train else 1
+    # Wrong-vs-right facts are the hard pairs (they need the KB memorised): give the
+    # training split three paraphrases per fact.
+    per_fact = 3 if is_train else 1
     for fact in _subset(kb, _n(len(kb), scale), rng):
         for _ in range(per_fact):
             q = _question(fact, split, rng)[0]

@@ -1,5 +1,9 @@
 import json
+import os
 import string
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +22,8 @@ from models.helpdesk.safety import CATEGORIES, covered_categories, uncovered_cat
 from models.helpdesk.simulators import UserSimulator
 from models.helpdesk.templates import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, render
 from models.helpdesk.transforms import TRANSFORMS
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -278,3 +284,27 @@ def test_write_domain_counts_match_files_and_manifest_is_reproducible(tiny, tmp_
     write_domain(build_domain(seed=3, scale=0.05), tmp_path / "c")
     other = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert other["content_hash"] != manifest["content_hash"]
+
+
+def test_output_does_not_depend_on_the_interpreter_hash_seed(tmp_path):
+    # Set iteration order changes with PYTHONHASHSEED; generation must never depend on it.
+    code = (
+        "import json, sys, pathlib\n"
+        "from models.helpdesk import build_domain, write_domain\n"
+        "out = pathlib.Path(sys.argv[1])\n"
+        "write_domain(build_domain(seed=2, scale=0.05), out)\n"
+        "print(json.loads((out / 'manifest.json').read_text())['content_hash'])\n"
+    )
+    hashes = set()
+    for hash_seed in ("1", "4242"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / hash_seed)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        )
+        hashes.add(done.stdout.strip())
+    assert len(hashes) == 1
