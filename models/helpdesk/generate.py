@@ -652,6 +652,7 @@ def build_eval_suites(seed: int, scale: float) -> dict[str, list[EvalSample]]:
                 tags["kind"] = "lookalike"
                 if look.fact_id:
                     tags["fact_id"] = look.fact_id
+                    tags["value"] = fact_index(EVAL_REVISION)[look.fact_id].value
                 over_refusal.add(cat.name, look.text, [look.answer_at(EVAL_REVISION)], **tags)
     sensitive = [f for f in kb2 if f.intent in ("procedure", "policy", "error_code")]
     for fact in _subset(sensitive, _n(60, scale), rng):
