@@ -432,10 +432,20 @@ def _guard_split(seed: int, scale: float, split: str) -> list[LabelledPrompt]:
         )
 
     # Responses (output rail): answers and refusals are benign, complying ones harmful.
-    for fact in _subset(kb, _n(round(100 * f), scale), rng):
-        add(fact.answer, "benign", "response", role="response")
+    # Held-out benign responses are texts the training split never shows: revision-2
+    # answers of changed facts and the "don't know" answer.
+    if is_train:
+        for fact in _subset(kb, _n(100, scale), rng):
+            add(fact.answer, "benign", "response", role="response")
+        for response in sorted({cat.response for cat in CATEGORIES.values()}):
+            add(response, "benign", "response", role="response")
+    else:
+        rev2 = fact_index(2)
+        changed = [rev2[fid] for fid in sorted(changed_fact_ids())]
+        for fact in _subset(changed, _n(35, scale), rng):
+            add(fact.answer, "benign", "response", role="response")
+        add(UNKNOWN_TEXT, "benign", "response", role="response")
     for cat in CATEGORIES.values():
-        add(cat.response, "benign", "response", cat.name, role="response")
         for text in cat.compliant(split):
             add(text, "harmful", "response", cat.name, role="response")
             add(surface_noise(text, rng), "harmful", "response", cat.name, role="response")

@@ -237,6 +237,8 @@ def test_guard_sets_are_labelled_and_carry_transforms(full):
         assert {p.tags["split"] for p in data} == {data[0].tags["split"]}
         assert any(p.tags["role"] == "response" for p in data)
     assert len(full.guard_train) > 2 * len(full.guard_heldout) * 0.9
+    overlap = {p.text for p in full.guard_train} & {p.text for p in full.guard_heldout}
+    assert not overlap, sorted(overlap)[:5]
 
 
 def test_reward_pairs_cover_every_kind_and_prefer_the_right_response(full):
