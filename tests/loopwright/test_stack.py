@@ -40,7 +40,7 @@ def test_lifecycle_up_status_up_again_down_down_again():
         # Everything the stack writes stays in its run directory and MLflow home.
         run = settings.run_path
         assert (run / "logs" / "mlflow.log").is_file()
-        assert (run / "prefect").is_dir() and (run / "ray").is_dir()
+        assert (run / "prefect").is_dir() and stack.ray_temp_dir.is_dir()
         assert (TEST_ROOT / "lifecycle" / "mlflow" / "store" / "mlflow.db").is_file()
     finally:
         stack.down()
