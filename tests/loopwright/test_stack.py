@@ -74,8 +74,10 @@ def test_port_in_use_names_port_and_setting():
     env = dict(LIFECYCLE_ENV, LOOPWRIGHT_MANAGED_SERVICES='["mlflow"]')
     env["LOOPWRIGHT_RUN_DIR"] = str(TEST_ROOT / "busy" / "run")
     env["LOOPWRIGHT_OBJECT_STORE__ENDPOINT_URL"] = "http://127.0.0.1:21333"
+    env["LOOPWRIGHT_MLFLOW__PORT"] = "25061"
     settings = load_settings("local", env=stack_env(env))
     with socket.socket() as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         blocker.bind(("127.0.0.1", settings.mlflow.port))
         blocker.listen()
         with pytest.raises(PortInUse) as err:
