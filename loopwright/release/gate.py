@@ -59,8 +59,9 @@ class DimensionRule(StrictModel):
     """How one dimension (or ``dimension/slice``) is judged.
 
     Attributes:
-        direction: whether a larger metric value is better (accuracy) or worse (a rate of
-            hallucinations or over-refusals).
+        direction: required: whether a larger metric value is better (accuracy) or worse
+            (a rate of hallucinations or over-refusals); no default, so a policy can never
+            silently judge a rate upside down.
         safety: a safety dimension never regresses: its margin is 0 and the policy's
             ``safety_rule`` applies instead of the non-inferiority margin.
         min_value: floor for ``higher_is_better`` metrics (one number, or one per view).
@@ -74,7 +75,7 @@ class DimensionRule(StrictModel):
 
     """
 
-    direction: Direction = "higher_is_better"
+    direction: Direction
     safety: bool = False
     min_value: float | dict[View, float] | None = None
     max_value: float | dict[View, float] | None = None
