@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import random
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from release_fixtures import CANARY_NOW, CANARY_T0, arm, logs
 
-from loopwright.records import FeedbackEvent, Interaction, RailVerdict
+from loopwright.records import FeedbackEvent, Interaction
 from loopwright.release.canary import (
     CanaryInputError,
     CanaryPolicy,
@@ -19,84 +19,8 @@ from loopwright.release.canary import (
 )
 from loopwright.release.strict import ConfigError
 
-T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-NOW = T0 + timedelta(minutes=30)
-
-
-def arm(
-    route: str,
-    n: int,
-    *,
-    seed: int,
-    version: str | None = None,
-    block: float = 0.02,
-    fallback: float = 0.02,
-    error: float = 0.0,
-    negative: float = 0.05,
-    latency_ms: float = 100.0,
-    reward: float | None = 0.5,
-    start: datetime = T0,
-    span: timedelta = timedelta(minutes=29),
-) -> tuple[list[Interaction], list[FeedbackEvent]]:
-    """Seeded synthetic traffic for one arm with the given true rates."""
-    rng = random.Random(seed)
-    version = version or ("1" if route == "champion" else "2")
-    interactions, feedback = [], []
-    for i in range(n):
-        iid = f"{route}-{seed}-{i}"
-        at = start + span * (i / max(n - 1, 1))
-        is_error = rng.random() < error
-        scores = {"reward": rng.gauss(reward, 0.2)} if reward is not None else {}
-        interactions.append(
-            Interaction(
-                id=iid,
-                timestamp=at,
-                tenant="acme",
-                user_hash=f"u{rng.randrange(50)}",
-                route=route,  # type: ignore[arg-type]
-                model_name="shop-policy",
-                model_version=version,
-                latency_ms=rng.lognormvariate(0, 0.3) * latency_ms,
-                status_code=503 if is_error else 200,
-                output_verdict=RailVerdict(
-                    action="block" if rng.random() < block else "allow", scores=scores
-                ),
-                fallback_used=rng.random() < fallback,
-            )
-        )
-        if rng.random() < negative:
-            feedback.append(
-                FeedbackEvent(
-                    id=f"fb-{iid}",
-                    interaction_id=iid,
-                    kind="rating",
-                    value=-1,
-                    source="user",
-                    author="sim",
-                    timestamp=at + timedelta(seconds=5),
-                )
-            )
-        elif rng.random() < 0.1:
-            feedback.append(
-                FeedbackEvent(
-                    id=f"fb-{iid}",
-                    interaction_id=iid,
-                    kind="rating",
-                    value=1,
-                    source="user",
-                    author="sim",
-                    timestamp=at + timedelta(seconds=5),
-                )
-            )
-    return interactions, feedback
-
-
-def logs(
-    champion: dict[str, Any] | None = None, canary: dict[str, Any] | None = None, n: int = 400
-) -> tuple[list[Interaction], list[FeedbackEvent]]:
-    ci, cf = arm("champion", n, seed=1, **(champion or {}))
-    ki, kf = arm("canary", n, seed=2, **(canary or {}))
-    return ci + ki, cf + kf
+T0 = CANARY_T0
+NOW = CANARY_NOW
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,30 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from release_fixtures import (
+    CAND,
+    CHAMP,
+    DIRECTION,
+    GOOD,
+    HI,
+    NEUTRAL,
+    NON_SAFETY,
+    POLICY,
+    SAFETY,
+    blocking_keys,
+    champion,
+    paired,
+    policy,
+    stat,
+    summary,
+)
 
 from loopwright.records import EvalReport, MetricValue
-from loopwright.release.gate import GatePolicy, GateVerdict, decide, load_gate_policy
+from loopwright.release.gate import GatePolicy, decide, load_gate_policy
 from loopwright.release.strict import ConfigError
 from loopwright.release.summary import (
     EvalSummary,
@@ -19,95 +35,6 @@ from loopwright.release.summary import (
     load_summary,
     summary_from_reports,
 )
-
-CAND = "models:/shop-policy/2"
-CHAMP = "models:/shop-policy/1"
-HI = "higher_is_better"
-
-POLICY: dict[str, Any] = {
-    "version": "test-1",
-    "views": ["raw", "gateway"],
-    "min_n": 50,
-    "min_margin_over_noise": 2.0,
-    "dimensions": {
-        "correctness": {"direction": HI, "min_value": 0.5, "margin": 0.03},
-        "hallucination": {"direction": "lower_is_better", "max_value": 0.3, "margin": 0.03},
-        "harmlessness": {"direction": HI, "safety": True, "min_value": {"gateway": 0.9}},
-        "robustness/injection": {"direction": HI, "safety": True},
-        "helpfulness": {"direction": HI, "margin": 0.1},
-    },
-    "reward_hacking": {"reward": "helpfulness", "references": ["correctness", "hallucination"]},
-}
-GOOD = {
-    "correctness": 0.7,
-    "hallucination": 0.1,
-    "harmlessness": 0.95,
-    "robustness/injection": 0.9,
-    "helpfulness": 1.0,
-}
-NON_SAFETY = ["correctness", "hallucination", "helpfulness"]
-SAFETY = ["harmlessness", "robustness/injection"]
-DIRECTION = {"hallucination": -1}  # +1: higher is better
-
-
-def policy(**overrides: Any) -> GatePolicy:
-    data = json.loads(json.dumps(POLICY))
-    data.update(overrides)
-    return GatePolicy.model_validate(data)
-
-
-def stat(value: float, n: int = 200, metric: str = "m") -> dict[str, Any]:
-    return {
-        "metric": metric,
-        "value": value,
-        "ci_low": value - 0.03,
-        "ci_high": value + 0.03,
-        "n": n,
-    }
-
-
-def paired(delta: float, low: float, high: float, n: int = 200) -> dict[str, Any]:
-    return {"metric": "m", "delta": delta, "ci_low": low, "ci_high": high, "n": n}
-
-
-NEUTRAL = (0.0, -0.01, 0.01)
-
-
-def summary(
-    *,
-    model_uri: str = CAND,
-    baseline: str | None = CHAMP,
-    values: dict[str, float] | None = None,
-    deltas: dict[str, tuple[float, float, float]] | None = None,
-    views: tuple[str, ...] = ("raw", "gateway"),
-    view_values: dict[str, dict[str, float]] | None = None,
-    n: int = 200,
-    paired_n: int = 200,
-    noise: float | None = 0.005,
-    errors: int = 0,
-) -> EvalSummary:
-    values = {**GOOD, **(values or {})}
-    deltas = {k: NEUTRAL for k in GOOD} | (deltas or {})
-    out: dict[str, Any] = {}
-    for view in views:
-        vals = {**values, **((view_values or {}).get(view, {}))}
-        out[view] = {
-            "values": {k: stat(v, n) for k, v in vals.items()},
-            "paired": {k: paired(*d, n=paired_n) for k, d in deltas.items()} if baseline else {},
-            "noise": {k: noise for k in vals} if noise is not None else {},
-        }
-    return EvalSummary.model_validate(
-        {"model_uri": model_uri, "baseline_uri": baseline, "views": out, "errors": errors}
-    )
-
-
-def champion() -> EvalSummary:
-    return summary(model_uri=CHAMP, baseline=None)
-
-
-def blocking_keys(verdict: GateVerdict) -> set[str]:
-    return {f"{c.view}:{c.key}" for c in verdict.per_dimension if not c.passed}
-
 
 # ---- the decision table ---------------------------------------------------------------
 
