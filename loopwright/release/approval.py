@@ -13,14 +13,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loopwright.release.canary import CanaryVerdict
-from loopwright.release.gate import GateVerdict
 from loopwright.release.strict import StrictModel
-from loopwright.release.summary import EvalSummary
+
+if TYPE_CHECKING:  # only for annotations: keeps scipy out of registry_ops' import cost
+    from loopwright.release.canary import CanaryVerdict
+    from loopwright.release.gate import GateVerdict
+    from loopwright.release.summary import EvalSummary
 
 __all__ = [
     "AUTO_APPROVER",

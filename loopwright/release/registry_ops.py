@@ -168,6 +168,8 @@ class _Plan:
 
     def params(self) -> dict[str, str]:
         out = {f"alias.{a}": f"{f or _NONE}->{t or _NONE}" for a, f, t in self.aliases}
+        # MLflow params are unordered; the order aliases move in matters when resuming.
+        out["plan.order"] = ",".join(a for a, _, _ in self.aliases)
         if self.fraction is not None:
             out[f"tag.{CANARY_FRACTION_TAG}"] = f"{self.fraction[0] or _NONE}->" + (
                 self.fraction[1] or _NONE
@@ -179,12 +181,13 @@ class _Plan:
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> _Plan:
         plan = cls()
-        for key in sorted(params, key=_param_order):
+        order = [a for a in params.get("plan.order", "").split(",") if a]
+        for alias in order:
+            frm, to = _split_move(params[f"alias.{alias}"])
+            plan.aliases.append((alias, frm, to))
+        for key in sorted(params):
             value = params[key]
-            if key.startswith("alias."):
-                frm, to = _split_move(value)
-                plan.aliases.append((key.removeprefix("alias."), frm, to))
-            elif key == f"tag.{CANARY_FRACTION_TAG}":
+            if key == f"tag.{CANARY_FRACTION_TAG}":
                 plan.fraction = _split_move(value)
             elif key.startswith("vtag."):
                 version, _, tag = key.removeprefix("vtag.").partition(".")
@@ -197,14 +200,6 @@ class _Plan:
         if self.fraction is not None:
             ok = ok and state.canary_fraction in self.fraction
         return ok
-
-
-# The order aliases move in matters for an interrupted promotion (previous before champion).
-_ALIAS_ORDER = {f"alias.{PREVIOUS}": 0, f"alias.{CHAMPION}": 1, f"alias.{CANARY}": 2}
-
-
-def _param_order(key: str) -> tuple[int, str]:
-    return (_ALIAS_ORDER.get(key, 9), key)
 
 
 def _split_move(value: str) -> tuple[str | None, str | None]:
@@ -296,7 +291,7 @@ class RegistryOps:
             token = page.token
             if not token:
                 break
-        return sorted(moves, key=lambda m: (m.seq, _ALIAS_ORDER.get(f"alias.{m.alias}", 9)))
+        return sorted(moves, key=lambda m: m.seq)  # stable: keeps each plan's move order
 
     # ---- operations --------------------------------------------------------------------
 
@@ -586,8 +581,14 @@ class RegistryOps:
         with self.lock():
             exp_id = self._audit_experiment()
             assert exp_id is not None
-            runs = self._runs(exp_id, f"tags.`audit.model` = '{_quote(name)}'")
-            mine = [r for r in runs if r.data.tags.get("audit.request_id") == rid]
+            model_flt = f"tags.`audit.model` = '{_quote(name)}'"
+            mine = self._runs(exp_id, f"{model_flt} and tags.`audit.request_id` = '{_quote(rid)}'")
+            other_ops = {str(r.data.tags.get("audit.op")) for r in mine} - {op}
+            if other_ops:
+                raise RegistryError(
+                    f"request id {rid!r} was already used for {sorted(other_ops)} on {name}; "
+                    f"use a distinct request id per operation"
+                )
             done = [r for r in mine if r.info.status == "FINISHED"]
             if done:
                 logger.info("%s %s: request %s already done; nothing moved", op, name, rid)
@@ -599,12 +600,11 @@ class RegistryOps:
                     moves=_moves_of(done[0]),
                     message="request already applied",
                 )
-            for run in runs:
-                if run.info.status != "RUNNING":
-                    continue
+            mine_ids = {r.info.run_id for r in mine}
+            for run in self._runs(exp_id, f"{model_flt} and attributes.status = 'RUNNING'"):
                 plan = _Plan.from_params(run.data.params)
                 state = self.state(name)
-                if run in mine and plan.consistent_with(state):
+                if run.info.run_id in mine_ids and plan.consistent_with(state):
                     self._apply(name, plan)
                     self.client.set_terminated(run.info.run_id, "FINISHED")
                     logger.warning("%s %s: resumed interrupted request %s", op, name, rid)
