@@ -148,7 +148,8 @@ def test_form_is_a_valid_prefect_run_input() -> None:
     form = RunInput.subclass_from_base_model_type(ApprovalInput)
     with_description = form.with_initial_data(description="## evidence", approve=False)
     assert set(with_description.model_fields) >= {"approve", "reviewer", "reason"}
-    assert form(approve=True, reviewer="ann", reason="ok").approve is True
+    submitted = form.model_validate({"approve": True, "reviewer": "ann", "reason": "ok"})
+    assert submitted.model_dump() == {"approve": True, "reviewer": "ann", "reason": "ok"}
 
 
 def test_evidence_markdown_shows_deltas_worst_regressions_canary_and_links() -> None:

@@ -179,7 +179,7 @@ def test_window_defaults_to_first_canary_request(pol: CanaryPolicy) -> None:
 
 
 def test_feedback_kinds(pol: CanaryPolicy) -> None:
-    base = dict(source="reviewer", author="r", timestamp=T0)
+    base: dict[str, Any] = {"source": "reviewer", "author": "r", "timestamp": T0}
     its = [
         Interaction(id=f"i{k}", timestamp=T0, tenant="t", user_hash="u", route="canary")
         for k in range(5)

@@ -17,6 +17,7 @@ from typing import Any
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from mlflow.pyfunc import PythonModel
 
 from loopwright.release.approval import ApprovalDecision
 from loopwright.release.registry_ops import (
@@ -34,10 +35,11 @@ REPO = Path(__file__).resolve().parents[3]
 HERE = Path(__file__).resolve().parent
 
 
-class Echo(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+class Echo(PythonModel):
     """The tiniest real pyfunc: returns its input."""
 
-    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+    def predict(self, context, model_input, params=None):
+        # Untyped on purpose: MLflow infers a signature from type hints and warns on Any.
         return model_input
 
 
@@ -144,9 +146,15 @@ def test_rejection_or_timeout_never_promotes(
 ) -> None:
     name, (v1, v2) = register(ops, model_source, 2)
     ops.promote(name, v1, approved())
-    no = ApprovalDecision(
-        approved=False, by="bob", at=datetime.now(UTC), reason="no", channel=channel
-    )  # type: ignore[arg-type]
+    no = ApprovalDecision.model_validate(
+        {
+            "approved": False,
+            "by": "bob",
+            "at": datetime.now(UTC),
+            "reason": "no",
+            "channel": channel,
+        }
+    )
     with pytest.raises(ApprovalRequiredError, match="approved=False"):
         ops.promote(name, v2, no)
     assert ops.state(name).champion == v1
