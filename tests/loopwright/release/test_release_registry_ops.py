@@ -38,8 +38,7 @@ HERE = Path(__file__).resolve().parent
 class Echo(PythonModel):
     """The tiniest real pyfunc: returns its input."""
 
-    def predict(self, context, model_input, params=None):
-        # Untyped on purpose: MLflow infers a signature from type hints and warns on Any.
+    def predict(self, context: Any, model_input: list[str], params: Any = None) -> list[str]:
         return model_input
 
 
