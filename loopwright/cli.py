@@ -133,6 +133,32 @@ def _run_smoke(settings: Settings) -> bool:
 
 
 @app.command()
+def bootstrap(
+    ctx: typer.Context,
+    force: Annotated[bool, typer.Option(help="train and register again even if v1 exists")] = False,
+    tiny: Annotated[
+        bool, typer.Option(help="tiny models and data (seconds; for smoke runs)")
+    ] = False,
+    seed: int = 0,
+) -> None:
+    """Build the example data and v1 of policy, guard and reward; register them as champion."""
+    _run_bootstrap(_settings(ctx), force=force, tiny=tiny, seed=seed)
+
+
+def _run_bootstrap(settings: Settings, *, force: bool, tiny: bool, seed: int) -> None:
+    from loopwright.client_env import apply_client_env
+
+    apply_client_env(settings)
+    from flows.bootstrap import bootstrap_flow
+    from models.bootstrap import BootstrapConfig
+
+    config = BootstrapConfig(seed=seed, tiny=tiny, scale=0.15 if tiny else 1.0)
+    versions = bootstrap_flow(settings, settings.data_repo.resolve(), config, force)
+    for kind, version in versions.items():
+        typer.echo(f"  {kind:<7} models:/{version.name}/{version.version} (champion)")
+
+
+@app.command()
 def demo(ctx: typer.Context) -> None:
     """Start the stack (or reuse it) and run the main job as far as it exists today."""
     from loopwright.stack import Stack, StackError
@@ -148,6 +174,8 @@ def demo(ctx: typer.Context) -> None:
     _print_status(settings)
     typer.echo("2. smoke round trips")
     ok = _run_smoke(settings)
+    typer.echo("3. bootstrap: example data and v1 models (skipped when already registered)")
+    _run_bootstrap(settings, force=False, tiny=False, seed=0)
     typer.echo("")
     typer.echo("Summary")
     typer.echo(f"  smoke:      {'all round trips passed' if ok else 'FAILED'}")
