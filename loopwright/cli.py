@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import yaml
 
 from loopwright.config import ConfigError, Settings, load_settings, masked_dump
+
+if TYPE_CHECKING:
+    from loopwright.release.registry_ops import RegistryOps
 
 app = typer.Typer(
     name="loopwright",
@@ -156,6 +159,72 @@ def _run_bootstrap(settings: Settings, *, force: bool, tiny: bool, seed: int) ->
     versions = bootstrap_flow(settings, settings.data_repo.resolve(), config, force)
     for kind, version in versions.items():
         typer.echo(f"  {kind:<7} models:/{version.name}/{version.version} (champion)")
+
+
+KindOption = Annotated[str, typer.Option(help="which registered model: policy, guard or reward")]
+
+
+def _registry_ops(settings: Settings) -> RegistryOps:
+    from loopwright.client_env import apply_client_env
+
+    apply_client_env(settings)
+    from mlflow import MlflowClient
+
+    from loopwright.release.registry_ops import RegistryOps
+
+    return RegistryOps(MlflowClient(), settings.app, settings.run_path / "locks")
+
+
+def _model_name(settings: Settings, kind: str) -> str:
+    if kind not in ("policy", "guard", "reward"):
+        typer.secho(f"unknown kind {kind!r}; valid: policy, guard, reward", fg="red", err=True)
+        raise typer.Exit(2)
+    return settings.registered_model(kind)  # type: ignore[arg-type]
+
+
+@app.command()
+def rollback(
+    ctx: typer.Context,
+    reason: Annotated[str, typer.Option(help="why (recorded in the audit history)")],
+    to: Annotated[str | None, typer.Option(help="version to serve (default: @previous)")] = None,
+    kind: KindOption = "policy",
+    actor: Annotated[str | None, typer.Option(help="who (default: $USER)")] = None,
+) -> None:
+    """Move ``champion`` back (to ``previous`` or ``--to``); the gateway follows in seconds."""
+    import getpass
+
+    from loopwright.release.registry_ops import RegistryError
+
+    settings = _settings(ctx)
+    name = _model_name(settings, kind)
+    try:
+        result = _registry_ops(settings).rollback(
+            name, to, actor=actor or getpass.getuser(), reason=reason
+        )
+    except RegistryError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from None
+    for move in result.moves:
+        typer.echo(f"  {move.alias}: {move.from_version} -> {move.to_version}")
+    now = result.moves[0].to_version if result.moves else "unchanged"
+    typer.echo(f"rollback {result.status}: {name} champion is now {now}")
+
+
+@app.command()
+def history(ctx: typer.Context, kind: KindOption = "policy") -> None:
+    """Every alias move of a registered model: when, who, why, from, to."""
+    settings = _settings(ctx)
+    moves = _registry_ops(settings).history(_model_name(settings, kind))
+    typer.echo(
+        f"{'#':>3} {'when (UTC)':<19} {'op':<15} {'alias':<15} {'from':>5} {'to':>5}  who: why"
+    )
+    for m in moves:
+        when = m.at.strftime("%Y-%m-%d %H:%M:%S")
+        typer.echo(
+            f"{m.seq:>3} {when:<19} {m.op:<15} {m.alias:<15} {m.from_version or '-':>5} "
+            f"{m.to_version or '-':>5}  {m.actor}: {m.reason}"
+            + ("" if m.status == "done" else f" [{m.status}]")
+        )
 
 
 @app.command()

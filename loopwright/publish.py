@@ -24,9 +24,8 @@ def find_version(name: str, tags: Mapping[str, str]) -> RegisteredVersion | None
     This is how a rerun recognises work it already published (idempotency without a
     second bookkeeping store: the registry is the record).
     """
-    from mlflow.exceptions import MlflowException
-
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     conditions = " and ".join(
         [f"name = '{name}'"] + [f"tag.`{key}` = '{value}'" for key, value in tags.items()]

@@ -73,9 +73,10 @@ def make_champion(settings: Settings, version: RegisteredVersion, kind: ModelKin
     """Give v1 the ``champion`` alias through the audited promotion path (first run only)."""
     from datetime import UTC, datetime
 
+    from mlflow import MlflowClient
+
     from loopwright.release.approval import ApprovalDecision
     from loopwright.release.registry_ops import RegistryOps
-    from mlflow import MlflowClient
 
     ops = RegistryOps(MlflowClient(), settings.app, settings.run_path / "locks")
     current = ops.state(version.name).alias("champion")

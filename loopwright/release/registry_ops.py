@@ -38,13 +38,13 @@ from pathlib import Path
 from typing import Literal
 
 import filelock
+from mlflow import MlflowClient
 from mlflow.entities import Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
 from loopwright.records import utcnow
 from loopwright.release.approval import ApprovalDecision
 from loopwright.release.strict import StrictModel
-from mlflow import MlflowClient
 
 __all__ = [
     "ANY_CHAMPION",

@@ -12,9 +12,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from mlflow import MlflowClient
+
 from loopwright.release.approval import ApprovalDecision
 from loopwright.release.registry_ops import ANY_CHAMPION, RegistryError, RegistryOps
-from mlflow import MlflowClient
 
 
 def main() -> None:

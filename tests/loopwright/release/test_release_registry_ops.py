@@ -14,10 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pytest
+from mlflow import MlflowClient
 from mlflow.pyfunc import PythonModel
 
-import mlflow
 from loopwright.release.approval import ApprovalDecision
 from loopwright.release.registry_ops import (
     ANY_CHAMPION,
@@ -28,7 +29,6 @@ from loopwright.release.registry_ops import (
     RegistryState,
     StaleChampionError,
 )
-from mlflow import MlflowClient
 
 pytestmark = pytest.mark.services
 REPO = Path(__file__).resolve().parents[3]
