@@ -47,7 +47,13 @@ from models.policy_data import (
     noisy_conversation,
     validate_conversations,
 )
-from models.policy_train import CALIBRATION_STEPS, LoopSettings, LoopStats, torch_threads, train_loop
+from models.policy_train import (
+    CALIBRATION_STEPS,
+    LoopSettings,
+    LoopStats,
+    torch_threads,
+    train_loop,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +112,7 @@ class PolicyConfig(BaseModel):
         dpo_beta: DPO temperature (deviation from the reference model).
         dpo_sft_weight: weight of the SFT (NLL on chosen) term added to the DPO loss;
             without it the tiny model's outputs degenerate.
+
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -153,15 +160,15 @@ class PolicyConfig(BaseModel):
 
     @classmethod
     def tiny(cls, **overrides: Any) -> PolicyConfig:
-        """A model that trains in a few seconds on one thread, for tests."""
+        """Return a model config that trains in a few seconds on one thread, for tests."""
         values: dict[str, Any] = dict(
-            hidden_size=32,
+            hidden_size=64,
             num_layers=2,
             num_heads=2,
-            intermediate_size=64,
+            intermediate_size=128,
             vocab_size=400,
             max_positions=96,
-            lr=3e-3,
+            lr=5e-3,
             warmup_steps=5,
             batch_size=8,
             max_seconds=None,
@@ -175,14 +182,14 @@ class PolicyConfig(BaseModel):
 
     @classmethod
     def finetune(cls, **overrides: Any) -> PolicyConfig:
-        """The fine-tuning recipe that kept old facts: lr 1e-3, about 2 minutes."""
+        """Return the fine-tuning recipe that kept old facts: lr 1e-3, about 2 minutes."""
         values: dict[str, Any] = dict(lr=1e-3, max_seconds=120.0, warmup_steps=20)
         values.update(overrides)
         return cls(**values)
 
     @classmethod
     def dpo(cls, **overrides: Any) -> PolicyConfig:
-        """A conservative DPO recipe: low lr, SFT term on, short."""
+        """Return a conservative DPO recipe: low lr, SFT term on, short."""
         values: dict[str, Any] = dict(
             lr=5e-5, max_seconds=None, max_steps=60, batch_size=16, warmup_steps=5
         )
@@ -190,7 +197,7 @@ class PolicyConfig(BaseModel):
         return cls(**values)
 
     def loop_settings(self) -> LoopSettings:
-        """The subset the training loop needs."""
+        """Return the subset of settings the training loop needs."""
         return LoopSettings(
             lr=self.lr,
             min_lr_ratio=self.min_lr_ratio,
@@ -221,6 +228,7 @@ class TrainResult:
         train_rows: conversations (or pairs) used.
         skipped_too_long: conversations dropped for exceeding ``max_positions``.
         epochs: passes over the data started.
+
     """
 
     kind: str
@@ -237,9 +245,7 @@ class TrainResult:
 
     def metrics(self) -> dict[str, float]:
         """Numeric fields, for logging to MLflow."""
-        return {
-            k: float(v) for k, v in asdict(self).items() if isinstance(v, int | float)
-        }
+        return {k: float(v) for k, v in asdict(self).items() if isinstance(v, int | float)}
 
 
 def _chat_template_tokenizer(tok: Any, max_positions: int | None = None) -> PreTrainedTokenizerFast:
@@ -277,6 +283,7 @@ def train_tokenizer(
 
     Raises:
         ValueError: ``vocab_size`` leaves no room beyond the byte alphabet and specials.
+
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -295,6 +302,12 @@ def train_tokenizer(
     )
     tok.train_from_iterator(texts, trainer)
     return _chat_template_tokenizer(tok)
+
+
+def build_model(config: PolicyConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    """Build a fresh Llama-style model for ``tokenizer``, initialised from ``config.seed``."""
+    torch.manual_seed(config.seed)
+    return LlamaForCausalLM(_model_config(config, tokenizer))
 
 
 def _model_config(config: PolicyConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
@@ -365,7 +378,9 @@ def _encode(
     )
 
 
-def _pick_variants(pool: EncodedPool, rows: Sequence[int], rng: random.Random) -> list[EncodedExample]:
+def _pick_variants(
+    pool: EncodedPool, rows: Sequence[int], rng: random.Random
+) -> list[EncodedExample]:
     return [pool.variants[i][rng.randrange(len(pool.variants[i]))] for i in rows]
 
 
@@ -409,6 +424,7 @@ def train_policy_v1(
     Raises:
         ValueError: malformed conversations (naming the row), or none fits
             ``max_positions``.
+
     """
     validate_conversations(conversations, "train_policy_v1.conversations")
     out_dir = Path(out_dir)
@@ -433,10 +449,11 @@ def train_policy_v1(
         pool = _encode(
             tokenizer, conversations, config, config.max_positions, config.seed, "conversations"
         )
-        torch.manual_seed(config.seed)
-        model = LlamaForCausalLM(_model_config(config, tokenizer))
+        model = build_model(config, tokenizer)
         logger.info(
-            "policy v1: %d params, vocab %d, %d rows", param_count(model), len(tokenizer),
+            "policy v1: %d params, vocab %d, %d rows",
+            param_count(model),
+            len(tokenizer),
             len(pool.variants),
         )
         rows = list(range(len(pool.variants)))
@@ -455,7 +472,11 @@ def train_policy_v1(
     _save(model, tokenizer, out_dir, config, result)
     logger.info(
         "policy v1 saved to %s: %d steps in %.0f s, loss %.3f -> %.3f",
-        out_dir, result.steps, result.seconds, result.initial_loss, result.final_loss,
+        out_dir,
+        result.steps,
+        result.seconds,
+        result.initial_loss,
+        result.final_loss,
     )
     return result
 
@@ -476,8 +497,7 @@ def _load_parent(parent_dir: Path) -> tuple[PreTrainedModel, Any]:
 def replay_schedule(
     n_new: int, n_replay: int, replay_ratio: float, seed: int
 ) -> Callable[[int], tuple[list[int], list[int]]]:
-    """Per-epoch row choice for fine-tuning: every new row, plus ``replay_ratio`` x as many
-    replay rows.
+    """Choose the rows of each fine-tuning epoch: every new row plus ``replay_ratio`` x replay.
 
     Replay rows are drawn without replacement from a reshuffled cycle, so over successive
     epochs all of the replay pool is seen about equally often. Epochs must be requested in
@@ -491,8 +511,14 @@ def replay_schedule(
         picked: list[int] = []
         while len(picked) < per_epoch and n_replay:
             if not cycle:
-                cycle.extend(range(n_replay))
-                rng.shuffle(cycle)
+                fresh = list(range(n_replay))
+                rng.shuffle(fresh)
+                # Rows already drawn this epoch go to the far end (pop takes from the back),
+                # so an epoch repeats a row only when the pool is smaller than its share.
+                taken = set(picked)
+                cycle.extend(
+                    [r for r in fresh if r in taken] + [r for r in fresh if r not in taken]
+                )
             picked.append(cycle.pop())
         return list(range(n_new)), picked
 
@@ -529,6 +555,7 @@ def finetune_sft(
     Raises:
         ValueError: malformed rows, a negative ratio, or ``replay_ratio > 0`` with no replay
             rows.
+
     """
     if replay_ratio < 0 or not math.isfinite(replay_ratio):
         raise ValueError(f"replay_ratio must be a finite number >= 0, got {replay_ratio}")
@@ -639,6 +666,7 @@ def train_dpo(
 
     Raises:
         ValueError: no pairs, or all of weight 0.
+
     """
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -681,7 +709,7 @@ def train_dpo(
             max_length=max_positions,
             # trl's defaults (bf16, gradient checkpointing) are slower on CPU and inexact.
             bf16=False,
-            gradient_checkpointing=False,
+            activation_checkpointing=False,
             use_cpu=not torch.cuda.is_available(),
             report_to="none",
             save_strategy="no",
@@ -721,7 +749,10 @@ def train_dpo(
         output = trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         trained = trainer.model
-    n_tokens = 0  # trl does not report processed tokens; throughput is left at 0.
+        if not isinstance(trained, PreTrainedModel):
+            raise TypeError(f"DPOTrainer returned {type(trained).__name__}, not a PreTrainedModel")
+    # trl logs the running count of non-padding tokens (chosen + rejected sequences).
+    n_tokens = int(max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0))
     stats = LoopStats(
         steps=int(trainer.state.global_step),
         seconds=float(output.metrics.get("train_runtime", 0.0)),

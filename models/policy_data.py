@@ -62,6 +62,7 @@ class NoiseSettings:
         uppercase: probability of upper-casing the whole turn.
         typo_rate: per-word probability of one character typo (swap, drop, double, neighbour).
         drop_punct: probability of stripping the final punctuation.
+
     """
 
     greeting: float = 0.3
@@ -120,7 +121,7 @@ def add_surface_noise(text: str, rng: random.Random, settings: NoiseSettings) ->
 def noisy_conversation(
     conversation: Conversation, rng: random.Random, settings: NoiseSettings
 ) -> list[dict[str, str]]:
-    """A copy of ``conversation`` with surface noise on its user turns only."""
+    """Copy ``conversation`` with surface noise on its user turns only."""
     return [
         {"role": m["role"], "content": add_surface_noise(m["content"], rng, settings)}
         if m["role"] == "user"
@@ -165,6 +166,7 @@ class EncodedExample:
         input_ids: token ids of the whole rendered conversation.
         labels: same length; the token id on assistant tokens (including the end-of-turn
             token), ``IGNORE_INDEX`` everywhere else.
+
     """
 
     input_ids: list[int]
@@ -181,6 +183,7 @@ def encode_conversation(tokenizer: Any, conversation: Conversation) -> EncodedEx
 
     Raises:
         ValueError: the template marks no assistant tokens (it lacks ``{% generation %}``).
+
     """
     enc = tokenizer.apply_chat_template(
         list(conversation),
@@ -207,6 +210,7 @@ class EncodedPool:
         variants: ``variants[row]`` lists encodings of that row (index 0 is clean).
         skipped_too_long: rows dropped because even the clean rendering exceeds
             ``max_positions`` (counted and logged, never silent).
+
     """
 
     variants: list[list[EncodedExample]]

@@ -50,6 +50,7 @@ class LoopSettings:
         bf16: bfloat16 autocast for forward/backward (weights and optimiser stay fp32).
         grad_clip: max global gradient norm.
         seed: seeds batch order and anything random inside the loop.
+
     """
 
     lr: float
@@ -77,6 +78,7 @@ class LoopStats:
         target_tokens: tokens that carried loss (assistant tokens).
         epochs: epochs started (a partial last epoch counts).
         losses: per-step training losses.
+
     """
 
     steps: int = 0
@@ -160,6 +162,7 @@ def train_loop(
 
     Raises:
         ValueError: neither ``max_steps`` nor ``max_seconds`` is set, or an epoch is empty.
+
     """
     if settings.max_steps is None and settings.max_seconds is None:
         raise ValueError("set max_steps or max_seconds (or both)")
@@ -191,9 +194,7 @@ def train_loop(
         if not examples:
             raise ValueError(f"epoch {stats.epochs} has no examples")
         stats.epochs += 1
-        batches = bucketed_batches(
-            [len(ex.input_ids) for ex in examples], settings.batch_size, rng
-        )
+        batches = bucketed_batches([len(ex.input_ids) for ex in examples], settings.batch_size, rng)
         for batch_idx in batches:
             batch = collate([examples[i] for i in batch_idx], pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
