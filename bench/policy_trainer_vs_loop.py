@@ -4,22 +4,25 @@ Why this exists: the policy is trained with a hand-written loop (models/policy_t
 the rules say to prefer library trainers unless they cost speed. This measures it. Both
 arms train the default 5M Llama-style model for the same number of steps on the same
 encoded rows (batch 32, length-grouped), with the same precision, in one process, after a
-short warm-up of each. Also compares bf16 autocast against fp32 for the loop.
+short warm-up of each, alternating arms over several rounds. Also compares bf16 autocast
+against fp32 for the loop.
 
-Run: PYTHONPATH=. python bench/policy_trainer_vs_loop.py [--steps 40] [--threads 2]
+Run: PYTHONPATH=. python bench/policy_trainer_vs_loop.py [--steps 10] [--rounds 3] [--threads 1]
 Prints ``name: value`` lines.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import statistics
 import tempfile
 import time
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from models.policy import PolicyConfig, build_model, train_tokenizer
 from models.policy_data import EncodedExample, encode_pool
@@ -53,6 +56,17 @@ def synthetic_rows(n_facts: int = 200, seed: int = 0) -> list[list[dict[str, str
     return rows
 
 
+class _Timer(TrainerCallback):
+    def __init__(self) -> None:
+        self.start = self.end = 0.0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.end = time.perf_counter()
+
+
 class _ListDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
     def __init__(self, rows: list[EncodedExample]) -> None:
         self.rows = rows
@@ -67,8 +81,9 @@ class _ListDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = synthetic_rows()
@@ -126,26 +141,33 @@ def main() -> None:
                     [EncodedExample(f["input_ids"], f["labels"]) for f in feats], pad
                 ),
             )
-            start = time.perf_counter()
+            timer = _Timer()
+            trainer.add_callback(timer)
             trainer.train()
-            return steps / (time.perf_counter() - start)
+            # Same span as the loop's own timer: first step to last (setup excluded).
+            return steps / (timer.end - timer.start)
 
     # Warm-up both paths (first steps pay allocator and kernel selection costs).
-    loop_arm(True, 5)
-    trainer_arm(True, 5)
-    results = {}
-    for bf16 in (True, False):
-        tag = "bf16" if bf16 else "fp32"
-        # Interleave arms so background load affects both alike.
-        results[f"loop_{tag}"] = loop_arm(bf16, args.steps)
-        results[f"trainer_{tag}"] = trainer_arm(bf16, args.steps)
-    for name, value in results.items():
-        print(f"{name}_steps_per_s: {value:.3f}")
-    print(f"loop_over_trainer_bf16: {results['loop_bf16'] / results['trainer_bf16']:.3f}")
-    print(f"loop_over_trainer_fp32: {results['loop_fp32'] / results['trainer_fp32']:.3f}")
-    print(f"loop_bf16_over_fp32: {results['loop_bf16'] / results['loop_fp32']:.3f}")
+    loop_arm(False, 3)
+    trainer_arm(False, 3)
+    # Alternate short arms over several rounds so background load (other processes share
+    # this CPU) hits both alike; report medians of the per-round ratios.
+    ratios, bf16_ratios, loop_rates, trainer_rates = [], [], [], []
+    for _ in range(args.rounds):
+        loop_rate = loop_arm(False, args.steps)
+        trainer_rate = trainer_arm(False, args.steps)
+        loop_bf16 = loop_arm(True, args.steps)
+        loop_rates.append(loop_rate)
+        trainer_rates.append(trainer_rate)
+        ratios.append(loop_rate / trainer_rate)
+        bf16_ratios.append(loop_bf16 / loop_rate)
+    print(f"loop_fp32_steps_per_s: {statistics.median(loop_rates):.3f}")
+    print(f"trainer_fp32_steps_per_s: {statistics.median(trainer_rates):.3f}")
+    print(f"loop_over_trainer_fp32: {statistics.median(ratios):.3f}")
+    print(f"loop_bf16_over_fp32: {statistics.median(bf16_ratios):.3f}")
+    print(f"rounds: {args.rounds}")
     print(f"threads: {args.threads}")
-    print(f"load_avg_1min: {__import__('os').getloadavg()[0]:.2f}")
+    print(f"load_avg_1min: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

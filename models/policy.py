@@ -34,6 +34,7 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
 
@@ -105,9 +106,13 @@ class PolicyConfig(BaseModel):
             a run is reproducible bit for bit for a seed and thread count.
         seed: seeds tokenizer corpus noise, initialisation, batch order and noise.
         threads: torch intra-op threads during training.
-        bf16: bfloat16 autocast (1.2-1.5x faster on CPUs with avx512_bf16; fp32 weights).
+        bf16: bfloat16 autocast for forward/backward (weights stay fp32). Off by default:
+            STACK_NOTES measured it 1.2-1.5x faster on a quiet CPU with avx512_bf16, but on
+            the shared 2-core machine it measured 1.9x *slower* than fp32 (interleaved
+            steps, 1 thread), and fp32 is exact.
         surface_noise: add greetings, typos and casing to user turns in training copies.
-        noise_variants: noisy copies per row prepared up front (one is drawn per epoch).
+        noise_variants: noisy copies per row prepared up front.
+        noise_prob: chance that an epoch uses a noisy copy of a row instead of the clean one.
         tokenizer_min_frequency: BPE merge threshold.
         dpo_beta: DPO temperature (deviation from the reference model).
         dpo_sft_weight: weight of the SFT (NLL on chosen) term added to the DPO loss;
@@ -117,28 +122,29 @@ class PolicyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    hidden_size: int = Field(256, ge=8)
-    num_layers: int = Field(6, ge=1)
-    num_heads: int = Field(8, ge=1)
-    intermediate_size: int = Field(688, ge=8)
-    vocab_size: int = Field(4096, ge=300)
-    max_positions: int = Field(160, ge=16)
-    lr: float = Field(2e-3, gt=0, le=1.0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    warmup_steps: int = Field(30, ge=1)
-    weight_decay: float = Field(0.1, ge=0)
-    batch_size: int = Field(32, ge=1)
-    grad_clip: float = Field(1.0, gt=0)
-    max_seconds: float | None = Field(270.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)
+    hidden_size: int = Field(default=256, ge=8)
+    num_layers: int = Field(default=6, ge=1)
+    num_heads: int = Field(default=8, ge=1)
+    intermediate_size: int = Field(default=688, ge=8)
+    vocab_size: int = Field(default=4096, ge=300)
+    max_positions: int = Field(default=160, ge=16)
+    lr: float = Field(default=2e-3, gt=0, le=1.0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    warmup_steps: int = Field(default=30, ge=1)
+    weight_decay: float = Field(default=0.1, ge=0)
+    batch_size: int = Field(default=32, ge=1)
+    grad_clip: float = Field(default=1.0, gt=0)
+    max_seconds: float | None = Field(default=270.0, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)
     seed: int = 0
-    threads: int = Field(2, ge=1)
-    bf16: bool = True
+    threads: int = Field(default=2, ge=1)
+    bf16: bool = False
     surface_noise: bool = True
-    noise_variants: int = Field(3, ge=0)
-    tokenizer_min_frequency: int = Field(2, ge=1)
-    dpo_beta: float = Field(0.1, gt=0)
-    dpo_sft_weight: float = Field(1.0, ge=0)
+    noise_variants: int = Field(default=3, ge=0)
+    noise_prob: float = Field(default=0.5, ge=0, le=1)
+    tokenizer_min_frequency: int = Field(default=2, ge=1)
+    dpo_beta: float = Field(default=0.1, gt=0)
+    dpo_sft_weight: float = Field(default=1.0, ge=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> PolicyConfig:
@@ -304,13 +310,13 @@ def train_tokenizer(
     return _chat_template_tokenizer(tok)
 
 
-def build_model(config: PolicyConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+def build_model(config: PolicyConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaForCausalLM:
     """Build a fresh Llama-style model for ``tokenizer``, initialised from ``config.seed``."""
     torch.manual_seed(config.seed)
     return LlamaForCausalLM(_model_config(config, tokenizer))
 
 
-def _model_config(config: PolicyConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
+def _model_config(config: PolicyConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=config.hidden_size,
@@ -379,9 +385,14 @@ def _encode(
 
 
 def _pick_variants(
-    pool: EncodedPool, rows: Sequence[int], rng: random.Random
+    pool: EncodedPool, rows: Sequence[int], rng: random.Random, noise_prob: float
 ) -> list[EncodedExample]:
-    return [pool.variants[i][rng.randrange(len(pool.variants[i]))] for i in rows]
+    out = []
+    for i in rows:
+        variants = pool.variants[i]
+        noisy = len(variants) > 1 and rng.random() < noise_prob
+        out.append(variants[rng.randrange(1, len(variants))] if noisy else variants[0])
+    return out
 
 
 def _result(
@@ -407,6 +418,8 @@ def train_policy_v1(
     config: PolicyConfig,
     out_dir: Path,
     progress: bool = False,
+    *,
+    tokenizer_texts: Iterable[str] | None = None,
 ) -> TrainResult:
     """Train tokenizer and model from scratch on ``conversations`` and save an HF folder.
 
@@ -417,6 +430,9 @@ def train_policy_v1(
         out_dir: folder to write (model weights, tokenizer with chat template, generation
             config, ``loopwright_training.json``); created if missing.
         progress: show a progress bar.
+        tokenizer_texts: extra texts for the tokenizer corpus only (e.g. the domain's
+            ``tokenizer_corpus``, so words that later fine-tunes need get merges too);
+            never held-out evaluation text.
 
     Returns:
         Steps, time, losses, throughput and size of the run.
@@ -441,6 +457,8 @@ def train_policy_v1(
                     for msg in noisy_conversation(conv, corpus_rng, noise):
                         if msg["role"] == "user":
                             yield msg["content"]
+            if tokenizer_texts is not None:
+                yield from tokenizer_texts
 
         tokenizer = train_tokenizer(
             corpus(), config.vocab_size, min_frequency=config.tokenizer_min_frequency
@@ -459,7 +477,8 @@ def train_policy_v1(
         rows = list(range(len(pool.variants)))
 
         def epoch_examples(epoch: int) -> list[EncodedExample]:
-            return _pick_variants(pool, rows, random.Random(f"{config.seed}:v1:{epoch}"))
+            rng = random.Random(f"{config.seed}:v1:{epoch}")
+            return _pick_variants(pool, rows, rng, config.noise_prob)
 
         stats = train_loop(
             model,
@@ -593,8 +612,8 @@ def finetune_sft(
         def epoch_examples(epoch: int) -> list[EncodedExample]:
             rng = random.Random(f"{config.seed}:sft:{epoch}")
             new_rows, replay_rows = schedule(epoch)
-            return _pick_variants(new_pool, new_rows, rng) + _pick_variants(
-                replay_pool, replay_rows, rng
+            return _pick_variants(new_pool, new_rows, rng, config.noise_prob) + _pick_variants(
+                replay_pool, replay_rows, rng, config.noise_prob
             )
 
         torch.manual_seed(config.seed)
