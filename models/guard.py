@@ -91,6 +91,7 @@ class GuardConfig(BaseModel):
             False serves and calibrates with torch only.
         eval_batch_size: batch size for calibration inference.
         logging_steps: training steps between loss records.
+        progress: show a progress bar while training (otherwise training is quiet).
         encoder_folder: the pretrained encoder (default: the packaged all-MiniLM-L6-v2).
     """
 
@@ -115,6 +116,7 @@ class GuardConfig(BaseModel):
     export_onnx: bool = True
     eval_batch_size: int = Field(default=64, ge=1, le=4096)
     logging_steps: int = Field(default=10, ge=1)
+    progress: bool = False
     encoder_folder: Path | None = None
 
     @model_validator(mode="after")
@@ -595,6 +597,7 @@ def train_guard(
     from datasets import Dataset
     from safetensors.torch import save_file
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
 
     examples = as_examples(train, "train")
     if config.export_onnx:
@@ -656,7 +659,7 @@ def train_guard(
         use_cpu=True,
         seed=config.seed,
         data_seed=config.seed,
-        disable_tqdm=True,
+        disable_tqdm=not config.progress,
         dataloader_num_workers=0,
         train_sampling_strategy="group_by_length",
         label_names=["labels"],
@@ -671,6 +674,7 @@ def train_guard(
         data_collator=DataCollatorWithPadding(tokenizer),
         optimizers=(optimizer, None),
     )
+    trainer.remove_callback(PrinterCallback)  # log lines go to trainer.state, not stdout
     started = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - started
