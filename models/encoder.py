@@ -49,19 +49,60 @@ BACKENDS: tuple[str, ...] = ("onnx", "torch")
 _CONFUSABLES = str.maketrans(
     {
         # Cyrillic lower case
-        "\u0430": "a", "\u0432": "b", "\u0435": "e", "\u043e": "o", "\u0440": "p",
-        "\u0441": "c", "\u0443": "y", "\u0445": "x", "\u0455": "s", "\u0456": "i",
-        "\u0457": "i", "\u0458": "j", "\u04bb": "h", "\u0501": "d", "\u051b": "q",
-        "\u051d": "w", "\u04cf": "l", "\u0491": "r",
+        "\u0430": "a",
+        "\u0432": "b",
+        "\u0435": "e",
+        "\u043e": "o",
+        "\u0440": "p",
+        "\u0441": "c",
+        "\u0443": "y",
+        "\u0445": "x",
+        "\u0455": "s",
+        "\u0456": "i",
+        "\u0457": "i",
+        "\u0458": "j",
+        "\u04bb": "h",
+        "\u0501": "d",
+        "\u051b": "q",
+        "\u051d": "w",
+        "\u04cf": "l",
+        "\u0491": "r",
         # Cyrillic upper case
-        "\u0410": "A", "\u0412": "B", "\u0415": "E", "\u041a": "K", "\u041c": "M",
-        "\u041d": "H", "\u041e": "O", "\u0420": "P", "\u0421": "C", "\u0422": "T",
-        "\u0423": "Y", "\u0425": "X", "\u0405": "S", "\u0406": "I", "\u0408": "J",
+        "\u0410": "A",
+        "\u0412": "B",
+        "\u0415": "E",
+        "\u041a": "K",
+        "\u041c": "M",
+        "\u041d": "H",
+        "\u041e": "O",
+        "\u0420": "P",
+        "\u0421": "C",
+        "\u0422": "T",
+        "\u0423": "Y",
+        "\u0425": "X",
+        "\u0405": "S",
+        "\u0406": "I",
+        "\u0408": "J",
         # Greek
-        "\u0391": "A", "\u0392": "B", "\u0395": "E", "\u0396": "Z", "\u0397": "H",
-        "\u0399": "I", "\u039a": "K", "\u039c": "M", "\u039d": "N", "\u039f": "O",
-        "\u03a1": "P", "\u03a4": "T", "\u03a5": "Y", "\u03a7": "X", "\u03bf": "o",
-        "\u03bd": "v", "\u03b9": "i", "\u03ba": "k", "\u03c1": "p",
+        "\u0391": "A",
+        "\u0392": "B",
+        "\u0395": "E",
+        "\u0396": "Z",
+        "\u0397": "H",
+        "\u0399": "I",
+        "\u039a": "K",
+        "\u039c": "M",
+        "\u039d": "N",
+        "\u039f": "O",
+        "\u03a1": "P",
+        "\u03a4": "T",
+        "\u03a5": "Y",
+        "\u03a7": "X",
+        "\u03bf": "o",
+        "\u03bd": "v",
+        "\u03b9": "i",
+        "\u03ba": "k",
+        "\u03c1": "p",
     }
 )
 
@@ -112,6 +153,7 @@ def encoder_dir() -> Path:
     Raises:
         EncoderMissingError: the package is not installed, or its ``model`` folder lacks
             ``config.json`` (a broken install).
+
     """
     spec = importlib.util.find_spec(ENCODER_PACKAGE)
     if spec is None or spec.origin is None:
@@ -132,6 +174,7 @@ def resolve_backend(name: str) -> str:
 
     Raises:
         ValueError: ``name`` is not one of :data:`BACKENDS` (the message lists them).
+
     """
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}")
@@ -145,7 +188,7 @@ def load_tokenizer(folder: str | Path | None = None) -> Any:
     return AutoTokenizer.from_pretrained(str(folder or encoder_dir()), local_files_only=True)
 
 
-def load_bert(folder: str | Path | None = None) -> nn.Module:
+def load_bert(folder: str | Path | None = None) -> Any:
     """Load the pretrained encoder body (a ``BertModel``) offline, eager attention.
 
     Eager attention takes the additive mask this module builds itself and exports to
@@ -160,8 +203,8 @@ def load_bert(folder: str | Path | None = None) -> nn.Module:
     return model
 
 
-def bert_from_config(config: Any) -> nn.Module:
-    """An encoder body with ``config``'s shape and random weights (weights are loaded after)."""
+def bert_from_config(config: Any) -> Any:
+    """Build an encoder body with ``config``'s shape and random weights (loaded after)."""
     from transformers import AutoModel
 
     return AutoModel.from_config(config, attn_implementation="eager")
@@ -195,9 +238,9 @@ class EmbeddingEncoder(nn.Module):
 
     output_names: tuple[str, ...] = ("embedding",)
 
-    def __init__(self, bert: nn.Module) -> None:
+    def __init__(self, bert: Any) -> None:
         super().__init__()
-        self.embeddings = bert.embeddings
+        self.embeddings: nn.Module = bert.embeddings
         self.layers = bert.encoder.layer
         self.hidden_size = int(bert.config.hidden_size)
         self.bert_config = bert.config
@@ -222,6 +265,7 @@ class GuardHeadSpec:
             they are duplicated so the pretrained copy still yields the embedding.
         head_hidden: width of the head's hidden layer.
         dropout: dropout inside the head while training.
+
     """
 
     num_labels: int
@@ -246,10 +290,11 @@ class GuardEncoder(nn.Module):
     """
 
     output_names: tuple[str, ...] = ("embedding", "probs")
+    class_weights: torch.Tensor
 
     def __init__(
         self,
-        bert: nn.Module,
+        bert: Any,
         spec: GuardHeadSpec,
         class_weights: Sequence[float] | None = None,
         label_smoothing: float = 0.0,
@@ -265,7 +310,7 @@ class GuardEncoder(nn.Module):
         self.bert_config = bert.config
         self.hidden_size = int(bert.config.hidden_size)
         split = n_layers - spec.trainable_layers
-        self.embeddings = bert.embeddings
+        self.embeddings: nn.Module = bert.embeddings
         self.shared = nn.ModuleList(list(bert.encoder.layer[:split]))
         self.embed_top = nn.ModuleList(list(bert.encoder.layer[split:]))
         self.guard_top = nn.ModuleList([copy.deepcopy(layer) for layer in self.embed_top])
@@ -276,8 +321,10 @@ class GuardEncoder(nn.Module):
             nn.Dropout(spec.dropout),
             nn.Linear(spec.head_hidden, spec.num_labels),
         )
-        weights = torch.ones(spec.num_labels) if class_weights is None else torch.tensor(
-            list(class_weights), dtype=torch.float32
+        weights = (
+            torch.ones(spec.num_labels)
+            if class_weights is None
+            else torch.tensor(list(class_weights), dtype=torch.float32)
         )
         self.register_buffer("class_weights", weights, persistent=False)
         for module in (self.embeddings, self.shared, self.embed_top):
@@ -349,7 +396,7 @@ class EncoderBackend(Protocol):
     output_names: tuple[str, ...]
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
-        """Outputs by name, each with the batch as first axis."""
+        """Return outputs by name, each with the batch as first axis."""
         ...
 
 
@@ -382,6 +429,7 @@ class OnnxBackend:
         path: the ``.onnx`` file (inputs ``input_ids``, ``attention_mask``, int64).
         threads: intra-op threads for this session; 1 keeps a request on one core so the
             gateway's other work (and other requests) get the rest.
+
     """
 
     name = "onnx"
@@ -396,18 +444,16 @@ class OnnxBackend:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.path = path
         self.output_names = tuple(o.name for o in self.session.get_outputs())
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
         """Run the session; outputs as numpy float32."""
-        outs = self.session.run(
-            None, {"input_ids": input_ids, "attention_mask": attention_mask}
-        )
-        return {n: np.asarray(o, dtype=np.float32) for n, o in zip(self.output_names, outs, strict=True)}
+        outs = self.session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
+        return {
+            n: np.asarray(o, dtype=np.float32) for n, o in zip(self.output_names, outs, strict=True)
+        }
 
 
 @dataclass(frozen=True)
@@ -419,6 +465,7 @@ class WindowOutputs:
         owner: for each window, the index of the text it came from.
         n_tokens: real tokens per window (weights for pooling windows back together).
         n_texts: number of input texts (every text owns at least one window).
+
     """
 
     outputs: dict[str, np.ndarray]

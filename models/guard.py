@@ -97,6 +97,7 @@ class GuardConfig(BaseModel):
         logging_steps: training steps between loss records.
         progress: show a progress bar while training (otherwise training is quiet).
         encoder_folder: the pretrained encoder (default: the packaged all-MiniLM-L6-v2).
+
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -141,7 +142,7 @@ class GuardConfig(BaseModel):
 
     @classmethod
     def tiny(cls, **overrides: Any) -> GuardConfig:
-        """A config that trains in seconds on a handful of prompts (tests)."""
+        """Return a config that trains in seconds on a handful of prompts (tests)."""
         values: dict[str, Any] = dict(
             trainable_layers=1,
             head_hidden=32,
@@ -181,12 +182,15 @@ def _tags_of(raw: Any) -> tuple[str, ...]:
 
 
 def as_examples(items: Iterable[Any], source: str = "guard data") -> list[GuardExample]:
-    """Normalise LabelledPrompt-like objects (``.text``, ``.label``, optional ``.tags``) or
-    ``(text, label)`` tuples into :class:`GuardExample`.
+    """Normalise labelled items into :class:`GuardExample`.
+
+    Accepts LabelledPrompt-like objects (``.text``, ``.label``, optional ``.tags``) or
+    ``(text, label)`` tuples.
 
     Raises:
         ValueError: an item has no text/label, a non-string text, or an unknown label; the
             message names ``source``, the item index and the valid labels.
+
     """
     out: list[GuardExample] = []
     for i, item in enumerate(items):
@@ -223,6 +227,7 @@ def stratified_split(
 
     Raises:
         ValueError: a label has fewer than 2 examples (it cannot be on both sides).
+
     """
     rng = np.random.default_rng(seed)
     by_label: dict[str, list[GuardExample]] = {}
@@ -263,8 +268,10 @@ def blocked_mask(probs: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
     Args:
         probs: (n, len(GUARD_LABELS)) probabilities, benign first.
         thresholds: one per non-benign label, in label order.
+
     """
-    return (probs[:, 1:] >= np.asarray(thresholds, dtype=probs.dtype)[None, :]).any(axis=1)
+    fired = probs[:, 1:] >= np.asarray(thresholds, dtype=probs.dtype)[None, :]
+    return np.asarray(fired.any(axis=1), dtype=bool)
 
 
 def calibrate_thresholds(
@@ -304,7 +311,7 @@ def calibrate_thresholds(
     combos = mesh.reshape(-1, n_pos)  # (n_combos, n_pos) grid indices
     # fired[c, i, j]: text i, label j passes threshold of combo c.
     fired = probs[None, :, 1:] >= grid[combos][:, None, :]
-    blocked = fired.any(axis=2)
+    blocked = np.asarray(fired.any(axis=2), dtype=bool)
     fpr = blocked[:, benign].mean(axis=1)
     recalls = np.stack([blocked[:, m].mean(axis=1) for m in positives.values()], axis=1)
     ok = fpr <= max_fpr + 1e-12
@@ -336,6 +343,7 @@ class GuardVerdict:
         label: ``benign`` unless blocked; then the blocking label with the highest probability.
         scores: probability per label (sum to 1).
         blocked: a non-benign label reached its calibrated threshold.
+
     """
 
     label: str
@@ -411,6 +419,7 @@ class Guard:
             FileNotFoundError: ``folder`` holds no guard (no ``guard_config.json``).
             ValueError: unknown backend, unknown folder format, or ``backend="onnx"`` on a
                 folder trained without an ONNX export.
+
         """
         folder = Path(folder)
         meta = read_guard_config(folder)
@@ -474,8 +483,10 @@ class Guard:
         return GuardAnalysis(self._verdicts(_window_probs(windows)), pool_embeddings(windows))
 
     def embedder(self) -> Embedder:
-        """An :class:`Embedder` sharing this guard's session: documents embedded with it
-        match the embeddings :meth:`analyse` returns for requests."""
+        """Return an :class:`Embedder` sharing this guard's session.
+
+        Documents embedded with it match the embeddings :meth:`analyse` returns for requests.
+        """
         return Embedder(
             self.backend,
             self.tokenizer,
@@ -492,6 +503,7 @@ def read_guard_config(folder: Path) -> dict[str, Any]:
     Raises:
         FileNotFoundError: no such file.
         ValueError: not a guard folder of a format this code reads.
+
     """
     path = folder / GUARD_CONFIG_FILE
     if not path.is_file():
@@ -522,7 +534,7 @@ def load_guard_module(folder: Path, meta: dict[str, Any] | None = None) -> Guard
 def load_guard_backend(
     folder: Path, backend: str, threads: int | None, meta: dict[str, Any] | None = None
 ) -> EncoderBackend:
-    """The inference engine of a guard folder (outputs ``embedding`` and ``probs``)."""
+    """Open the inference engine of a guard folder (outputs ``embedding`` and ``probs``)."""
     meta = meta or read_guard_config(folder)
     if backend == "onnx":
         onnx_file = meta.get("onnx")
@@ -587,9 +599,7 @@ def _head_tail(ids: list[int], max_length: int) -> list[int]:
     return ids[:head] + ids[len(ids) - (max_length - head) :]
 
 
-def train_guard(
-    train: Iterable[Any], config: GuardConfig, out_dir: str | Path
-) -> GuardTrainResult:
+def train_guard(train: Iterable[Any], config: GuardConfig, out_dir: str | Path) -> GuardTrainResult:
     """Fine-tune, export, calibrate and save a guard.
 
     Args:
@@ -607,6 +617,7 @@ def train_guard(
         ValueError: bad items (naming the index) or a label with < 2 examples.
         OnnxToolingMissingError: ``export_onnx`` is set and the ``onnx`` package is missing
             (checked before training starts).
+
     """
     from datasets import Dataset
     from safetensors.torch import save_file
@@ -640,9 +651,7 @@ def train_guard(
         head_hidden=config.head_hidden,
     )
     bert = load_bert(source)
-    module = GuardEncoder(
-        bert, spec, class_weights=weights, label_smoothing=config.label_smoothing
-    )
+    module = GuardEncoder(bert, spec, class_weights=weights, label_smoothing=config.label_smoothing)
 
     prep = normalize_text if config.normalize else (lambda t: t)
     ids = tokenizer([prep(ex.text) for ex in train_split], truncation=False)["input_ids"]
@@ -661,8 +670,10 @@ def train_guard(
     head_params = {id(p) for p in module.head.parameters()}
     optimizer = torch.optim.AdamW(
         [
-            {"params": [p for p in trainable if id(p) not in head_params],
-             "lr": config.learning_rate},
+            {
+                "params": [p for p in trainable if id(p) not in head_params],
+                "lr": config.learning_rate,
+            },
             {"params": list(module.head.parameters()), "lr": config.head_learning_rate},
         ],
         weight_decay=config.weight_decay,
@@ -707,7 +718,9 @@ def train_guard(
     # Save the torch weights + tokenizer + encoder config (a self-contained folder).
     for stale in (GUARD_ONNX_FILE, GUARD_CONFIG_FILE):
         (out / stale).unlink(missing_ok=True)
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(out / GUARD_WEIGHTS_FILE))
+    save_file(
+        {k: v.contiguous() for k, v in module.state_dict().items()}, str(out / GUARD_WEIGHTS_FILE)
+    )
     tokenizer.save_pretrained(str(out))
     module.bert_config.save_pretrained(str(out))
 
@@ -783,7 +796,11 @@ def train_guard(
     )
     logger.info(
         "guard trained: %d steps in %.1fs, val FPR %.3f, recall %s (on %s)",
-        result.steps, train_seconds, calibration.benign_fpr, calibration.recall, served,
+        result.steps,
+        train_seconds,
+        calibration.benign_fpr,
+        calibration.recall,
+        served,
     )
     return result
 
@@ -847,6 +864,7 @@ class GuardEvaluation(BaseModel):
         recall: per non-benign label, share of its prompts blocked (by any label).
         label_accuracy: share of prompts whose verdict label equals the true label.
         by_tag: per tag, ``{"n", "benign_fpr" | "recall"}`` over that slice.
+
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -885,7 +903,9 @@ def guard_metrics(
         n_by_label={lab: int((labels == lab).sum()) for lab in GUARD_LABELS},
         benign_fpr=rate(labels == BENIGN),
         recall={lab: rate(labels == lab) for lab in GUARD_LABELS[1:]},
-        label_accuracy=float(np.mean([v.label == ex.label for v, ex in zip(verdicts, examples, strict=True)]))
+        label_accuracy=float(
+            np.mean([v.label == ex.label for v, ex in zip(verdicts, examples, strict=True)])
+        )
         if examples
         else float("nan"),
         by_tag=by_tag,

@@ -111,7 +111,10 @@ def test_continuing_from_a_reward_folder_starts_where_it_left_off(
 
 
 def test_zero_weight_pairs_are_excluded_and_counted(tmp_path: Path) -> None:
-    pairs = [p.model_copy(update={"weight": w}) for p, w in zip(PAIRS, [0, 1, 2, 1, 1, 3, 1, 0])]
+    pairs = [
+        p.model_copy(update={"weight": w})
+        for p, w in zip(PAIRS, [0, 1, 2, 1, 1, 3, 1, 0], strict=True)
+    ]
     result = train_reward(pairs, RewardTrainConfig.tiny(threads=1, epochs=1), tmp_path)
     assert (result.n_pairs, result.n_used, result.n_zero_weight) == (8, 6, 2)
     assert result.weighted_sampling
