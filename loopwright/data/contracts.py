@@ -506,9 +506,8 @@ def check_contracts(
         ("interactions", interactions, _interaction_expectations(config, volume)),
         ("feedback", feedback, _feedback_expectations(config, balance)),
     ):
-        suite = context.suites.add(gx.ExpectationSuite(name=table))
-        for expectation in expectations:
-            suite.add_expectation(expectation)
+        # Expectations given up front: adding them one by one re-serialises the suite each time.
+        suite = context.suites.add(gx.ExpectationSuite(name=table, expectations=expectations))
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(
                 name=table,

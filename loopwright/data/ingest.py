@@ -298,7 +298,10 @@ class _Reader:
 
     def read_object(self, obj: LogObject, data: bytes) -> None:
         n_lines = 0
-        for lineno, raw_line in enumerate(data.split(b"\n"), start=1):
+        pieces = data.split(b"\n")
+        if pieces[-1] == b"":
+            pieces.pop()  # the newline that ends the last record is not a blank line
+        for lineno, raw_line in enumerate(pieces, start=1):
             if not raw_line.strip():
                 self.blank += 1
                 continue

@@ -115,3 +115,36 @@ def simulate(
         ids = [i.id for i in out.interactions]
         out.feedback = poisoned_feedback(served, seed=seed, interaction_ids=ids, timestamp=start)
     return out
+
+
+def frames(traffic: Traffic, batch: int = 1):
+    """The traffic as table frames (the schemas ingest writes)."""
+    from loopwright.data.tables import (
+        FEEDBACK_SCHEMA,
+        INTERACTION_SCHEMA,
+        coerce,
+        feedback_row,
+        interaction_row,
+    )
+
+    inter = coerce(
+        [interaction_row(r, "mem://i", n, batch) for n, r in enumerate(traffic.interactions, 1)],
+        INTERACTION_SCHEMA,
+    )
+    feed = coerce(
+        [feedback_row(r, "mem://f", n, batch) for n, r in enumerate(traffic.feedback, 1)],
+        FEEDBACK_SCHEMA,
+    )
+    return inter, feed
+
+
+def stage(tmp_path, traffic: Traffic, *, when: datetime = T0, seq: int = 0):
+    """Write the traffic to a local-folder store in the gateway layout and ingest it."""
+    from loopwright.data.ingest import ingest
+    from loopwright.data.logs import write_log_partition
+    from loopwright.storage import ObjectStore
+
+    store = ObjectStore()
+    root = (tmp_path / "store").as_uri()
+    write_log_partition(store, root, traffic.interactions + traffic.feedback, when, seq=seq)
+    return ingest(store, root, tmp_path / "data")
