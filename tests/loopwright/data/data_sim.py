@@ -46,7 +46,9 @@ def interaction(
     input_verdict = RailVerdict(
         action="block" if blocked else "allow",
         scores={"harmful": 0.97 if blocked else 0.02},
-        reasons=[f"guard:{'injection' if request.kind == 'injection' else 'harmful'}"] if blocked else [],
+        reasons=[f"guard:{'injection' if request.kind == 'injection' else 'harmful'}"]
+        if blocked
+        else [],
     )
     output_verdict = RailVerdict(action="block" if output_blocked else "allow")
     text = REFUSAL_TEXT if (blocked or output_blocked) else response
@@ -107,7 +109,9 @@ def simulate(
         served.append((request, record.response or ""))
         if poisoned:
             continue
-        out.feedback += users.judge(request, record.response or "", interaction_id=iid, timestamp=when)
+        out.feedback += users.judge(
+            request, record.response or "", interaction_id=iid, timestamp=when
+        )
         if rng.random() < review_prob:
             review = reviewer.review(request, record.response or "")
             out.feedback += review.to_events(iid, timestamp=when + timedelta(minutes=5))
@@ -146,5 +150,5 @@ def stage(tmp_path, traffic: Traffic, *, when: datetime = T0, seq: int = 0):
 
     store = ObjectStore()
     root = (tmp_path / "store").as_uri()
-    write_log_partition(store, root, traffic.interactions + traffic.feedback, when, seq=seq)
+    write_log_partition(store, root, [*traffic.interactions, *traffic.feedback], when, seq=seq)
     return ingest(store, root, tmp_path / "data")

@@ -5,7 +5,13 @@ import pandas as pd
 import pytest
 from data_sim import frames, simulate, stage
 
-from loopwright.data.batches import BatchError, commit_batch, load_manifest, read_staged, write_staged
+from loopwright.data.batches import (
+    BatchError,
+    commit_batch,
+    load_manifest,
+    read_staged,
+    write_staged,
+)
 from loopwright.data.contracts import (
     ContractConfig,
     check_contracts,
@@ -141,7 +147,9 @@ def test_population_stability_index():
     assert population_stability_index(a, rng.normal(1.5, 1, 5000)) > 0.25
     cats = ["allow"] * 90 + ["block"] * 10
     assert population_stability_index(cats, cats, categorical=True) == pytest.approx(0.0)
-    assert population_stability_index(cats, ["block"] * 60 + ["allow"] * 40, categorical=True) > 0.25
+    assert (
+        population_stability_index(cats, ["block"] * 60 + ["allow"] * 40, categorical=True) > 0.25
+    )
     with pytest.raises(ValueError, match="both sides"):
         population_stability_index([], [1.0])
 
@@ -199,14 +207,18 @@ def test_batch_over_the_bad_fraction_fails_and_can_never_be_committed(tmp_path):
     write_staged(layout, batch, inter, feed)
     ingested = len(inter) + len(feed)
 
-    result = validate_batch(layout.root, batch, tmp_path / "docs", ContractConfig(max_bad_fraction=0.05))
+    result = validate_batch(
+        layout.root, batch, tmp_path / "docs", ContractConfig(max_bad_fraction=0.05)
+    )
     assert not result.passed
     assert result.bad_fraction > 0.05
     assert any(r.startswith("bad_fraction") for r in result.reasons)
     assert result.counts["accepted"] == 0 and result.counts["quarantined"] == ingested
     q = read_table(layout.quarantine, QUARANTINE_SCHEMA)
     assert len(q) == ingested
-    assert (q["reason"] == "batch_rejected:validate").sum() == ingested - result.counts["row_quarantined"]
+    assert (q["reason"] == "batch_rejected:validate").sum() == ingested - result.counts[
+        "row_quarantined"
+    ]
     assert load_manifest(layout).get(batch).state == "rejected"
     assert not layout.staging(batch).exists()
     with pytest.raises(BatchError, match="rejected"):

@@ -102,25 +102,36 @@ def test_bad_lines_are_quarantined_with_object_and_line(store, root, tmp_path):
     conflicting = json.loads(good[0])
     conflicting["response"] = "something else entirely"
     lines = [
-        good[0],                   # 1 ok
-        "{not json",               # 2
-        "[1, 2, 3]",               # 3
-        json.dumps(newer),         # 4 unknown schema version
-        json.dumps(no_tenant),     # 5 invalid record
-        "",                        # 6 blank: skipped, not a record
-        json.dumps(conflicting),   # 7 same id, other content
-        good[0],                   # 8 exact duplicate
-        good[1],                   # 9 ok
+        good[0],  # 1 ok
+        "{not json",  # 2
+        "[1, 2, 3]",  # 3
+        json.dumps(newer),  # 4 unknown schema version
+        json.dumps(no_tenant),  # 5 invalid record
+        "",  # 6 blank: skipped, not a record
+        json.dumps(conflicting),  # 7 same id, other content
+        good[0],  # 8 exact duplicate
+        good[1],  # 9 ok
     ]
     uri_i = segment_uri(root, "interactions", "20260301T020000-x-000000", T0)
     store.put_bytes(uri_i, ("\n".join(lines) + "\n").encode())
-    on_known = FeedbackEvent(id="fb-1", interaction_id=t.interactions[0].id, kind="rating",
-                             value=1, source="user", author="u1", timestamp=T0)
+    on_known = FeedbackEvent(
+        id="fb-1",
+        interaction_id=t.interactions[0].id,
+        kind="rating",
+        value=1,
+        source="user",
+        author="u1",
+        timestamp=T0,
+    )
     orphan = on_known.model_copy(update={"id": "fb-2", "interaction_id": "nope"})
     bad_kind = json.loads(on_known.model_dump_json()) | {"id": "fb-3", "kind": "emoji"}
     uri_f = segment_uri(root, "feedback", "20260301T020000-x-000000", T0)
-    store.put_bytes(uri_f, "\n".join([on_known.model_dump_json(), orphan.model_dump_json(),
-                                      json.dumps(bad_kind)]).encode())
+    store.put_bytes(
+        uri_f,
+        "\n".join(
+            [on_known.model_dump_json(), orphan.model_dump_json(), json.dumps(bad_kind)]
+        ).encode(),
+    )
     store.put_bytes(f"{root}/logs/interactions/README.txt", b"stray")
 
     out = tmp_path / "data"
@@ -166,6 +177,7 @@ def test_orphan_feedback_is_released_when_its_interaction_arrives(store, root, t
     result = ingest(store, root, out)
     assert result.accepted_interactions == 20
     assert result.released == len(t.feedback)
+    assert result.batch is not None
     _, staged_f = read_staged(DataLayout(out), result.batch)
     assert sorted(staged_f["id"]) == sorted(e.id for e in t.feedback)
     assert read_table(DataLayout(out).quarantine, QUARANTINE_SCHEMA).empty

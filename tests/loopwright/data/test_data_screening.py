@@ -117,8 +117,13 @@ def test_rule_guard_test_double_is_sound():
 
 def _event(n, iid, kind, value, source="user", author=None):
     return FeedbackEvent(
-        id=f"fb-{n:03d}", interaction_id=iid, kind=kind, value=value, source=source,
-        author=author or f"user-{n:03d}", timestamp=T0,
+        id=f"fb-{n:03d}",
+        interaction_id=iid,
+        kind=kind,
+        value=value,
+        source=source,
+        author=author or f"user-{n:03d}",
+        timestamp=T0,
     )
 
 
@@ -140,8 +145,16 @@ def test_each_poisoning_rule(checker, config):
     for k, (req, resp) in served.items():
         t.interactions.append(interaction(req, resp, iid=k, when=T0))
     leak = interaction(pro, pro.reference, iid="leak", when=T0)
-    leak = leak.model_copy(update={"messages": [*leak.messages[:1], leak.messages[1].model_copy(
-        update={"content": "I am jane.doe@example.com. How much is Pro?"})]})
+    leak = leak.model_copy(
+        update={
+            "messages": [
+                *leak.messages[:1],
+                leak.messages[1].model_copy(
+                    update={"content": "I am jane.doe@example.com. How much is Pro?"}
+                ),
+            ]
+        }
+    )
     t.interactions.append(leak)
     inj = POISON_INJECTIONS[0]
     cases = [
@@ -157,15 +170,20 @@ def test_each_poisoning_rule(checker, config):
         ("correct", "correction", f"{pro.reference} {inj}", ["poison:correction_injection"]),
         ("stale", "correction", "Pay with 4111 1111 1111 1111.", ["pii:correction:card"]),
         ("correct", "correction", pro_stale, ["poison:correction_false_fact:stale"]),
-        ("stale", "preference", {"chosen": "Mail jane@x.org", "rejected": pro_stale},
-         ["pii:preference:email"]),
+        (
+            "stale",
+            "preference",
+            {"chosen": "Mail jane@x.org", "rejected": pro_stale},
+            ["pii:preference:email"],
+        ),
         ("comply", "reviewer_label", "good", ["poison:rewards_harmful_compliance"]),
         ("leak", "rating", 1, ["interaction_quarantined"]),
     ]
     t.feedback = [_event(n, iid, kind, value) for n, (iid, kind, value, _) in enumerate(cases)]
     inter, feed = frames(t)
-    report = screen_frames(inter, feed, RuleGuard(), checker, config,
-                           is_refusal=helpdesk_is_safe_response)
+    report = screen_frames(
+        inter, feed, RuleGuard(), checker, config, is_refusal=helpdesk_is_safe_response
+    )
     got = {feed.loc[label, "id"]: why for label, why in report.feedback_reasons.items()}
     want = {f"fb-{n:03d}": why for n, (*_, why) in enumerate(cases) if why}
     assert got == want
@@ -179,13 +197,30 @@ def test_batch_anomalies(checker, config):
     burst = Traffic(interactions=t.interactions)
     burst.feedback = [
         _event(n, t.interactions[n].id, "rating", 1, author="sim-user-9999") for n in range(40)
-    ] + [_event(500 + n, t.interactions[n].id, "reviewer_label", "good", source="reviewer",
-                author="sim-reviewer") for n in range(40, 100)]
+    ] + [
+        _event(
+            500 + n,
+            t.interactions[n].id,
+            "reviewer_label",
+            "good",
+            source="reviewer",
+            author="sim-reviewer",
+        )
+        for n in range(40, 100)
+    ]
     inter, feed = frames(burst)
-    report = screen_frames(inter, feed, RuleGuard(), checker, config,
-                           is_refusal=helpdesk_is_safe_response, history_rates=[0.25, 0.35])
-    flagged = {feed.loc[k, "id"] for k, v in report.feedback_reasons.items()
-               if "anomaly:author_burst" in v}
+    report = screen_frames(
+        inter,
+        feed,
+        RuleGuard(),
+        checker,
+        config,
+        is_refusal=helpdesk_is_safe_response,
+        history_rates=[0.25, 0.35],
+    )
+    flagged = {
+        feed.loc[k, "id"] for k, v in report.feedback_reasons.items() if "anomaly:author_burst" in v
+    }
     assert flagged == {f"fb-{n:03d}" for n in range(40)}  # the reviewer is not a burst
     assert report.positive_rate == 1.0
     assert report.batch_reasons == [
@@ -201,8 +236,9 @@ def test_honest_traffic_is_not_flagged(checker, config):
     flagged = total = 0
     for seed in (41, 42):
         inter, feed = frames(simulate(250, seed=seed))
-        report = screen_frames(inter, feed, guard, checker, config,
-                               is_refusal=helpdesk_is_safe_response)
+        report = screen_frames(
+            inter, feed, guard, checker, config, is_refusal=helpdesk_is_safe_response
+        )
         flagged += len(report.feedback_reasons) + len(report.interaction_reasons)
         total += len(feed)
     assert flagged / total <= 0.01
@@ -211,8 +247,9 @@ def test_honest_traffic_is_not_flagged(checker, config):
 def test_poisoned_traffic_is_mostly_flagged(checker, config):
     t = simulate(200, seed=43, poisoned=True)
     inter, feed = frames(t)
-    report = screen_frames(inter, feed, RuleGuard(), checker, config,
-                           is_refusal=helpdesk_is_safe_response)
+    report = screen_frames(
+        inter, feed, RuleGuard(), checker, config, is_refusal=helpdesk_is_safe_response
+    )
     responses = dict(zip(inter["id"], inter["response"], strict=True))
     prompts = dict(zip(inter["id"], inter["prompt"], strict=True))
     risky = feed[(feed["kind"] != "rating") | (feed["rating"] > 0)]
@@ -225,7 +262,9 @@ def test_poisoned_traffic_is_mostly_flagged(checker, config):
         assert feed.loc[label, "kind"] == "rating"
         assert checker(prompts[iid], responses[iid]).verdict == "supports"
     assert len(missed) <= 0.03 * len(risky) and len(risky) > 50
-    assert all(label in report.feedback_reasons for label in feed.index[feed["kind"] == "correction"])
+    assert all(
+        label in report.feedback_reasons for label in feed.index[feed["kind"] == "correction"]
+    )
     assert len(report.feedback_reasons) / len(feed) > 0.5
 
 
