@@ -1,0 +1,205 @@
+"""Stages of the nightly improvement loop as plain functions (the flow only composes them).
+
+Each stage reads and writes well-known places under the data repository (``data/`` is one
+DVC output) and returns a small typed record. Every stage is idempotent: a rerun after a
+crash finds its own earlier output (the batch manifest, the DVC hash, the registry's
+lineage tags) and does not redo or duplicate it.
+
+Layout under ``<data_repo>/data``:
+    helpdesk/     the example domain (bootstrap): replay data, frozen held-out sets, suites
+    production/   ingested log tables, quarantine, watermark, batch manifest
+    curated/      sft.jsonl, pairs.jsonl, regression.jsonl (cumulative, deduplicated)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loopwright.config import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class NightlyConfig(BaseModel):
+    """Knobs of one nightly run.
+
+    Attributes:
+        seed: seeds training and splits.
+        tiny: tiny training budgets (tests and smoke runs).
+        finetune_seconds: wall-clock budget of the SFT fine-tune, seconds.
+        replay_ratio: replay rows per new row (4:1 kept old facts; 0 forgets them).
+        replay_file: the champion's training data, relative to ``data/``.
+        dpo: run trl DPO after SFT (measured here: no gain at low lr, harm at high lr;
+            off unless the evaluation shows it helps).
+        reward_heldout_file: frozen held-out human pairs, relative to ``data/``.
+        reward_min_gain: the refreshed reward model must beat the old one's held-out
+            pairwise accuracy by more than this to replace it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = 0
+    tiny: bool = False
+    finetune_seconds: float = Field(default=120.0, gt=0)
+    replay_ratio: float = Field(default=4.0, ge=0)
+    replay_file: str = "helpdesk/sft/v1.jsonl"
+    dpo: bool = False
+    reward_heldout_file: str = "helpdesk/reward/heldout.jsonl"
+    reward_min_gain: float = Field(default=0.0, ge=0)
+
+    def digest(self) -> str:
+        """Short hash of the config: part of a candidate's identity (lineage tag)."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+
+class BatchRejected(RuntimeError):
+    """The night's batch failed validation or screening; nothing may be trained on it."""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Validation and screening verdict of one batch."""
+
+    batch: int
+    passed: bool
+    reasons: list[str]
+    docs_path: str
+    counts: dict[str, Any] = field(default_factory=dict)
+
+
+def data_dir(settings: Settings) -> Path:
+    """``<data_repo>/data``."""
+    return settings.data_repo.resolve() / "data"
+
+
+def ingest_stage(settings: Settings) -> Any:
+    """Stage every log record shipped since the watermark as one batch (IngestResult)."""
+    from loopwright.data.ingest import ingest
+    from loopwright.storage import ObjectStore
+
+    store = ObjectStore.from_settings(settings)
+    result = ingest(
+        store, f"s3://{settings.object_store.bucket}", data_dir(settings) / "production"
+    )
+    if not result.reconciles:
+        raise RuntimeError(f"ingest counts do not reconcile: {result}")
+    return result
+
+
+def check_stage(settings: Settings, batch: int, guard_dir: Path) -> CheckResult:
+    """Validate (Great Expectations) then screen (guard, fact checker) one staged batch.
+
+    A failed batch is rejected whole (all rows quarantined with reasons) by the data
+    library, so it can never be committed; the verdict says why.
+    """
+    from loopwright.data.contracts import validate_batch
+    from loopwright.data.helpdesk import (
+        helpdesk_fact_checker,
+        helpdesk_is_safe_response,
+        helpdesk_screening_config,
+    )
+    from loopwright.data.screening import screen_batch
+    from models.guard import Guard
+
+    production = data_dir(settings) / "production"
+    docs = settings.run_path / "datadocs" / f"batch-{batch}"
+    validation = validate_batch(production, batch, docs)
+    if not validation.passed:
+        return CheckResult(batch, False, list(validation.reasons), str(docs), {})
+    screening = screen_batch(
+        production,
+        batch,
+        Guard.load(guard_dir),
+        helpdesk_fact_checker(2),
+        helpdesk_screening_config(),
+        is_refusal=helpdesk_is_safe_response,
+    )
+    return CheckResult(
+        batch,
+        screening.passed,
+        list(screening.reasons),
+        str(docs),
+        {"validation": validation.counts, "screening": screening.counts},
+    )
+
+
+def curate_stage(settings: Settings, batch: int) -> Any:
+    """Commit the checked batch and curate SFT rows, preference pairs and regression cases."""
+    from loopwright.data.batches import commit_batch
+    from loopwright.data.curate import curate
+    from loopwright.data.helpdesk import helpdesk_is_safe_response
+
+    root = data_dir(settings)
+    commit_batch(root / "production", batch)
+    curated = root / "curated"
+    regression = curated / "regression.jsonl"
+    return curate(
+        root / "production",
+        curated,
+        is_refusal=helpdesk_is_safe_response,
+        existing_regression=regression if regression.is_file() else None,
+    )
+
+
+def refresh_reward(
+    champion_dir: Path, pairs_path: Path, heldout_path: Path, config: NightlyConfig, out_dir: Path
+) -> dict[str, float]:
+    """Continue the reward champion on the new pairs; measure old and new on held-out pairs.
+
+    Returns:
+        Metrics including ``heldout_acc_old``, ``heldout_acc_new`` and ``keep_new``
+        (1.0 when the new model beats the old by more than ``reward_min_gain``).
+    """
+    from loopwright.records import PreferencePair, read_jsonl
+    from models.reward import RewardModel, RewardTrainConfig, pairwise_accuracy, train_reward
+
+    pairs = list(read_jsonl(pairs_path, PreferencePair))
+    heldout = list(read_jsonl(heldout_path, PreferencePair))
+    old = pairwise_accuracy(RewardModel.load(champion_dir), heldout)
+    if not pairs:
+        return {"heldout_acc_old": old, "heldout_acc_new": old, "keep_new": 0.0, "n_pairs": 0.0}
+    train_config = (
+        RewardTrainConfig.tiny(seed=config.seed, epochs=1)
+        if config.tiny
+        else RewardTrainConfig(seed=config.seed, epochs=1)
+    )
+    result = train_reward(pairs, train_config, out_dir, init_from=champion_dir)
+    new = pairwise_accuracy(RewardModel.load(out_dir), heldout)
+    metrics = dict(result.flat_metrics())
+    metrics.update(
+        heldout_acc_old=old,
+        heldout_acc_new=new,
+        keep_new=float(new > old + config.reward_min_gain),
+    )
+    return metrics
+
+
+def finetune_candidate(
+    parent_dir: Path, sft_path: Path, replay_path: Path, config: NightlyConfig, out_dir: Path
+) -> dict[str, float]:
+    """SFT the champion on curated rows with replay of what it already knows."""
+    from models.helpdesk import read_conversations
+    from models.policy import PolicyConfig, finetune_sft
+
+    new_rows = read_conversations(sft_path)
+    replay = read_conversations(replay_path)
+    if not new_rows:
+        raise ValueError(f"{sft_path}: no curated SFT rows; nothing to fine-tune on")
+    train_config = (
+        PolicyConfig.tiny(seed=config.seed, max_steps=20)
+        if config.tiny
+        else PolicyConfig.finetune(seed=config.seed, max_seconds=config.finetune_seconds)
+    )
+    result = finetune_sft(
+        parent_dir, new_rows, replay, train_config, out_dir, replay_ratio=config.replay_ratio
+    )
+    metrics: dict[str, float] = result.metrics()
+    metrics["new_rows"] = float(len(new_rows))
+    metrics["replay_rows"] = float(len(replay))
+    return metrics

@@ -1,0 +1,174 @@
+"""Nightly tasks: each resolves its inputs, calls one library stage, records the outcome."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from loopwright import nightly
+from loopwright.config import Settings
+from loopwright.datastore import snapshot
+from loopwright.publish import find_version, publish_model
+from loopwright.registry import RegisteredVersion, download_model_folder, resolve_version
+
+
+def _champion_dir(settings: Settings, kind: str) -> tuple[Path, str]:
+    uri = f"models:/{settings.app}-{kind}@champion"
+    return download_model_folder(uri, settings.run_path / "model-cache"), resolve_version(
+        uri
+    ).version
+
+
+@task(name="ingest", retries=3, retry_delay_seconds=[2, 10, 30])
+def ingest_logs(settings: Settings) -> int | None:
+    """Stage what the gateway shipped since the watermark; returns the batch (None: none)."""
+    result = nightly.ingest_stage(settings)
+    get_run_logger().info(
+        "ingest: batch %s, %d lines read = %d+%d accepted + %d quarantined + %d duplicates",
+        result.batch,
+        result.lines_read,
+        result.accepted_interactions,
+        result.accepted_feedback,
+        result.quarantined,
+        result.duplicates,
+    )
+    batch: int | None = result.batch
+    return batch
+
+
+@task(name="validate-and-screen")
+def check_batch(settings: Settings, batch: int) -> nightly.CheckResult:
+    """Great Expectations contracts, then guard / fact / poisoning screening."""
+    guard_dir, _ = _champion_dir(settings, "guard")
+    result = nightly.check_stage(settings, batch, guard_dir)
+    get_run_logger().info("batch %d passed=%s %s", batch, result.passed, result.reasons)
+    return result
+
+
+@task(name="curate")
+def curate_batch(settings: Settings, batch: int) -> dict[str, int]:
+    """Commit the batch; write SFT rows, preference pairs and regression cases."""
+    counts: dict[str, int] = nightly.curate_stage(settings, batch).counts
+    get_run_logger().info("curated: %s", counts)
+    return counts
+
+
+@task(name="snapshot-data", retries=2, retry_delay_seconds=5)
+def snapshot_data(settings: Settings) -> str:
+    """``dvc add`` + ``dvc push`` of ``data/``; returns the data version (md5)."""
+    return snapshot(settings.data_repo.resolve(), settings, "data")
+
+
+@task(name="reward-refresh")
+def reward_refresh(settings: Settings, data_version: str, config: nightly.NightlyConfig) -> str:
+    """Continue the reward champion on new pairs; keep it only if it beats the old one."""
+    log = get_run_logger()
+    champion_dir, champion_version = _champion_dir(settings, "reward")
+    lineage = {
+        "data_version": data_version,
+        "parent_version": champion_version,
+        "origin": "nightly",
+        "config": config.digest(),
+    }
+    done = find_version(settings.registered_model("reward"), lineage)
+    if done is not None:
+        return done.version
+    root = nightly.data_dir(settings)
+    out_dir = settings.run_path / "models" / "reward" / f"nightly-{data_version[:8]}"
+    start = time.perf_counter()
+    metrics = nightly.refresh_reward(
+        champion_dir,
+        root / "curated" / "pairs.jsonl",
+        root / config.reward_heldout_file,
+        config,
+        out_dir,
+    )
+    metrics["stage_seconds"] = time.perf_counter() - start
+    if not metrics["keep_new"]:
+        log.info(
+            "reward kept at version %s: refreshed model %.3f vs old %.3f on held-out pairs",
+            champion_version,
+            metrics["heldout_acc_new"],
+            metrics["heldout_acc_old"],
+        )
+        return champion_version
+    version = publish_model(
+        settings,
+        out_dir,
+        "reward",
+        experiment=f"{settings.app}-nightly",
+        run_name="reward-refresh",
+        params=config.model_dump(),
+        metrics=metrics,
+        lineage=lineage,
+    )
+    _promote_internal(settings, version, champion_version, metrics)
+    return version.version
+
+
+def _promote_internal(
+    settings: Settings, version: RegisteredVersion, old: str, metrics: dict[str, float]
+) -> None:
+    """The reward model is internal: its held-out comparison is its gate (auto, recorded)."""
+    from mlflow import MlflowClient
+
+    from loopwright.release.approval import ApprovalDecision
+    from loopwright.release.registry_ops import RegistryOps
+
+    reason = (
+        f"held-out pairwise accuracy {metrics['heldout_acc_new']:.3f} beats "
+        f"{metrics['heldout_acc_old']:.3f} of version {old}"
+    )
+    decision = ApprovalDecision(
+        approved=True,
+        by="loopwright:reward-gate",
+        at=datetime.now(UTC),
+        reason=reason,
+        channel="auto",
+    )
+    RegistryOps(MlflowClient(), settings.app, settings.run_path / "locks").promote(
+        version.name,
+        version.version,
+        decision,
+        expected_champion=old,
+        request_id=f"reward-{version.name}-{version.version}",
+    )
+
+
+@task(name="finetune")
+def finetune(
+    settings: Settings, data_version: str, reward_version: str, config: nightly.NightlyConfig
+) -> RegisteredVersion:
+    """A candidate from the policy champion (SFT with replay); registered without alias."""
+    parent_dir, parent_version = _champion_dir(settings, "policy")
+    lineage = {
+        "data_version": data_version,
+        "parent_version": parent_version,
+        "reward_version": reward_version,
+        "origin": "nightly",
+        "config": config.digest(),
+    }
+    done = find_version(settings.registered_model("policy"), lineage)
+    if done is not None:
+        get_run_logger().info("candidate already registered: version %s", done.version)
+        return done
+    root = nightly.data_dir(settings)
+    out_dir = settings.run_path / "models" / "policy" / f"nightly-{data_version[:8]}"
+    start = time.perf_counter()
+    metrics = nightly.finetune_candidate(
+        parent_dir, root / "curated" / "sft.jsonl", root / config.replay_file, config, out_dir
+    )
+    metrics["stage_seconds"] = time.perf_counter() - start
+    return publish_model(
+        settings,
+        out_dir,
+        "policy",
+        experiment=f"{settings.app}-nightly",
+        run_name="finetune",
+        params=config.model_dump(),
+        metrics=metrics,
+        lineage=lineage,
+    )

@@ -1,0 +1,39 @@
+"""A tiny bootstrapped registry + DVC repo shared by the flow tests (built once)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@dataclass
+class Bootstrapped:
+    settings: Any
+    repo: Path
+    versions: dict[str, Any]
+    config: Any
+
+
+def make_dvc_repo(path: Path) -> Path:
+    path.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=path, check=True)
+    dvc = Path(sys.executable).parent / "dvc"
+    subprocess.run([str(dvc), "init", "-q"], cwd=path, check=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bootstrapped(stack_settings, tmp_path_factory) -> Bootstrapped:
+    from flows.bootstrap import bootstrap_flow
+    from models.bootstrap import BootstrapConfig
+
+    repo = make_dvc_repo(tmp_path_factory.mktemp("flows") / "repo")
+    settings = stack_settings.model_copy(update={"app": "boot", "data_repo": repo})
+    config = BootstrapConfig(tiny=True, scale=0.05)
+    versions = bootstrap_flow(settings, repo, config)
+    return Bootstrapped(settings, repo, versions, config)
