@@ -141,9 +141,9 @@ class EncoderService:
         self._batcher: MicroBatcher[_Request, tuple[dict[str, float] | None, Any]] = (
             MicroBatcher(self._run, max_batch, self._executor)
         )
-        # A guard that embeds in the same forward pass (one encoder, two heads) saves a
-        # whole pass per request; use it when the encoders module offers one.
-        self._joint = getattr(guard, "scores_and_embeddings", None)
+        # A guard that embeds in the same forward pass (``models.guard.Guard.analyse``: one
+        # encoder, two outputs) saves a whole pass per request; use it when offered.
+        self._joint = getattr(guard, "analyse", None) if embedder is not None else None
 
     def _run(
         self, batch: list[_Request]
@@ -152,21 +152,24 @@ class EncoderService:
         vec_idx = [i for i, r in enumerate(batch) if r.want_vector]
         scores: dict[int, dict[str, float]] = {}
         vectors: dict[int, np.ndarray] = {}
-        if self._joint is not None and score_idx and set(vec_idx) <= set(score_idx):
-            sc, emb = self._joint([batch[i].text for i in score_idx])
-            scores = dict(zip(score_idx, sc, strict=True))
-            vectors = {i: emb[j] for j, i in enumerate(score_idx) if i in set(vec_idx)}
-        else:
-            if score_idx:
-                if self.guard is None:
-                    raise RuntimeError("guard scores requested but no guard is loaded")
-                sc = self.guard.scores([batch[i].text for i in score_idx])
-                scores = dict(zip(score_idx, sc, strict=True))
-            if vec_idx:
-                if self.embedder is None:
-                    raise RuntimeError("embeddings requested but no embedder is loaded")
-                emb = self.embedder.encode([batch[i].text for i in vec_idx])
-                vectors = {i: emb[j] for j, i in enumerate(vec_idx)}
+        joint_idx = [i for i in score_idx if batch[i].want_vector] if self._joint else []
+        if joint_idx:
+            analysis = self._joint([batch[i].text for i in joint_idx])
+            for j, i in enumerate(joint_idx):
+                scores[i] = dict(analysis.verdicts[j].scores)
+                vectors[i] = analysis.embeddings[j]
+        rest_scores = [i for i in score_idx if i not in scores]
+        rest_vecs = [i for i in vec_idx if i not in vectors]
+        if rest_scores:
+            if self.guard is None:
+                raise RuntimeError("guard scores requested but no guard is loaded")
+            sc = self.guard.scores([batch[i].text for i in rest_scores])
+            scores.update(zip(rest_scores, sc, strict=True))
+        if rest_vecs:
+            if self.embedder is None:
+                raise RuntimeError("embeddings requested but no embedder is loaded")
+            emb = self.embedder.encode([batch[i].text for i in rest_vecs])
+            vectors.update((i, emb[j]) for j, i in enumerate(rest_vecs))
         return [(scores.get(i), vectors.get(i)) for i in range(len(batch))]
 
     async def analyse(

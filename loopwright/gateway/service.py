@@ -294,6 +294,17 @@ class Gateway:
         needs_guard = needs_guard or (s.output_rails.enabled and s.output_rails.guard)
         self.guard = guard
         self.embedder = embedder
+        calibrated: dict[str, float] = dict(getattr(guard, "thresholds", {}) or {})
+        ir, orr = s.input_rails, s.output_rails
+
+        def pick(explicit: float | None, label: str) -> float:
+            return explicit if explicit is not None else calibrated.get(label, 0.5)
+
+        self.thresholds = {
+            "harmful": pick(ir.harmful_threshold, "harmful"),
+            "injection": pick(ir.injection_threshold, "injection"),
+            "harmful_response": pick(orr.harmful_threshold, "harmful"),
+        }
         if needs_guard and guard is None:
             logger.warning("guard rails are on but no guard is loaded: rules only")
         self.encoders = EncoderService(guard, embedder, max_batch=s.encoders.max_batch)
@@ -601,10 +612,10 @@ class Gateway:
                 guard_text, scores=True, vector=joint)
             assert guard_scores is not None
             scores = {f"guard_{k}": round(float(v), 5) for k, v in guard_scores.items()}
-            if guard_scores.get("harmful", 0.0) >= s.harmful_threshold:
+            if guard_scores.get("harmful", 0.0) >= self.thresholds["harmful"]:
                 action = "block"
                 reasons.append("guard:harmful")
-            if guard_scores.get("injection", 0.0) >= s.injection_threshold:
+            if guard_scores.get("injection", 0.0) >= self.thresholds["injection"]:
                 action = "block"
                 reasons.append("guard:injection")
         if want_vector and vector is None and action != "block":
@@ -650,7 +661,7 @@ class Gateway:
                 normalise(text).text, scores=True, vector=False)
             assert guard_scores is not None
             scores["guard_harmful"] = round(float(guard_scores.get("harmful", 0.0)), 5)
-            if guard_scores.get("harmful", 0.0) >= s.harmful_threshold:
+            if guard_scores.get("harmful", 0.0) >= self.thresholds["harmful_response"]:
                 action = "block"
                 reasons.append("guard:harmful_response")
         if s.pii_redact and action != "block":

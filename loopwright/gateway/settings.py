@@ -75,8 +75,9 @@ class InputRailSettings(_Strict):
 
     Attributes:
         guard: run the guard classifier (needs a guard backend).
-        harmful_threshold: block when P(harmful) is at least this.
-        injection_threshold: block when P(injection) is at least this.
+        harmful_threshold: block when P(harmful) is at least this; None uses the guard's
+            calibrated threshold (fitted to a benign false-positive budget), else 0.5.
+        injection_threshold: the same for P(injection).
         jailbreak_patterns: run the known-jailbreak pattern rules (block on a match).
         pii_action: what a PII hit in the input does (redact replaces it before the model
             and in the log).
@@ -86,8 +87,8 @@ class InputRailSettings(_Strict):
 
     enabled: bool = True
     guard: bool = True
-    harmful_threshold: float = Field(default=0.5, ge=0, le=1)
-    injection_threshold: float = Field(default=0.5, ge=0, le=1)
+    harmful_threshold: float | None = Field(default=None, ge=0, le=1)
+    injection_threshold: float | None = Field(default=None, ge=0, le=1)
     jailbreak_patterns: bool = True
     pii_action: PiiAction = "redact"
     decode_base64: bool = True
@@ -202,14 +203,15 @@ class OutputRailSettings(_Strict):
     """Output rails: guard on the response, PII leakage, grounding.
 
     Attributes:
-        guard: run the guard on the response; block when P(harmful) >= harmful_threshold.
+        guard: run the guard on the response; block when P(harmful) >= harmful_threshold
+            (None: the guard's calibrated harmful threshold, else 0.5).
         pii_redact: redact emails, phone and card numbers that the user did not write.
         grounding: flag numbers (prices, limits) in the answer that no retrieved fact holds.
     """
 
     enabled: bool = True
     guard: bool = True
-    harmful_threshold: float = Field(default=0.5, ge=0, le=1)
+    harmful_threshold: float | None = Field(default=None, ge=0, le=1)
     pii_redact: bool = True
     grounding: bool = True
 
