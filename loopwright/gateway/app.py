@@ -186,11 +186,13 @@ class ControlMiddleware:
                     try:
                         body.decode("utf-8")
                     except UnicodeDecodeError as exc:
-                        gw.reject_validation(ctx, "body is not UTF-8", "validation:utf8")
+                        gw.reject(ctx, "validation", "validation:utf8", "body is not UTF-8")
                         raise ApiError(400, f"request body is not valid UTF-8: byte "
                                        f"0x{body[exc.start]:02x} at position {exc.start}",
                                        reason="validation:utf8") from exc
             except ApiError as err:
+                if ctx.error is None:  # not yet recorded by the layer that raised it
+                    gw.reject(ctx, err.reason.split(":", 1)[0], err.reason, err.message)
                 await answer(err)
                 return
 
@@ -299,7 +301,7 @@ def create_app(gateway: Gateway, *, manage_lifecycle: bool = True) -> FastAPI:
     async def _api_error(request: Request, exc: ApiError) -> Response:
         ctx = request.scope.get("state", {}).get("lw")
         if ctx is not None and exc.status < 500 and exc.reason.startswith("validation:"):
-            gateway.reject_validation(ctx, exc.message, exc.reason)
+            gateway.reject(ctx, "validation", exc.reason, exc.message)
         return Response(error_body(exc.status, exc.message, exc.kind, exc.param, exc.reason),
                         status_code=exc.status, headers=exc.headers,
                         media_type="application/json")
@@ -313,7 +315,7 @@ def create_app(gateway: Gateway, *, manage_lifecycle: bool = True) -> FastAPI:
         message = "invalid request: " + "; ".join(problems)
         ctx = request.scope.get("state", {}).get("lw")
         if ctx is not None:
-            gateway.reject_validation(ctx, message, "validation:schema")
+            gateway.reject(ctx, "validation", "validation:schema", message)
         param = None
         if exc.errors():
             param = ".".join(str(p) for p in exc.errors()[0].get("loc", ()) if p != "body") or None

@@ -474,11 +474,11 @@ class Gateway:
         self.metrics.verdict(layer, "block", None if t0 is None else time.perf_counter() - t0)
         logger.info("layer %s blocked %s: %s", layer, ctx.interaction_id, reason)
 
-    def reject_validation(self, ctx: RequestContext, message: str, reason: str) -> None:
-        """Record a validation rejection (the caller answers 4xx)."""
+    def reject(self, ctx: RequestContext, layer: str, reason: str, message: str) -> None:
+        """Record a refusal by ``layer`` (the caller answers 4xx)."""
         ctx.input_verdicts.append(RailVerdict(action="block", reasons=[reason]))
         ctx.error = message
-        self.metrics.verdict("validation", "block")
+        self.metrics.verdict(layer, "block")
 
     async def finish(self, ctx: RequestContext) -> None:
         """Write the interaction record once (chat endpoint) and count the request."""
