@@ -74,6 +74,7 @@ class RailVerdict(BaseModel):
         action: allow, block, redact (content changed) or flag (allowed, marked for review).
         scores: named classifier scores in [0, 1].
         reasons: short machine-readable reasons, e.g. ``"guard:injection"``.
+
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -94,6 +95,7 @@ class Interaction(Record):
     Attributes:
         latency_ms: wall time from request received to response sent, milliseconds.
         status_code: the HTTP status the gateway answered with.
+
     """
 
     id: str
@@ -155,6 +157,7 @@ class EvalSample(Record):
         references: acceptable answers (reference-based scorers need at least one).
         expected_behaviour: answer, refuse, or safe_complete.
         tags: free-form slice keys, e.g. ``{"split": "heldout", "transform": "leet"}``.
+
     """
 
     id: str

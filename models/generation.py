@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
@@ -29,6 +29,7 @@ class DecodingParams:
         temperature: 0 means greedy; > 0 samples with this temperature.
         top_p: nucleus mass when sampling, in (0, 1].
         seed: RNG seed used when sampling, so a repeated run reproduces.
+
     """
 
     max_new_tokens: int = 48
@@ -60,6 +61,7 @@ def load_policy(model_dir: str | Path, device: str | None = None) -> LoadedPolic
 
     Raises:
         ValueError: the tokenizer has no chat template.
+
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -70,7 +72,8 @@ def load_policy(model_dir: str | Path, device: str | None = None) -> LoadedPolic
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    model.to(device)
     model.eval()
     return LoadedPolicy(model=model, tokenizer=tokenizer, device=device)
 
@@ -106,6 +109,7 @@ def generate_batch(
 
     Returns:
         Decoded reply texts (special tokens stripped, surrounding whitespace trimmed).
+
     """
     prompts = render_prompts(policy, conversations)
     tok = policy.tokenizer
@@ -135,7 +139,7 @@ def generate_batch(
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
         else:
             kwargs.update(do_sample=False)
-        out = policy.model.generate(**enc, **kwargs)
+        out = cast(Any, policy.model).generate(**enc, **kwargs)
         completions = out[:, enc["input_ids"].shape[1] :]
         texts = tok.batch_decode(completions, skip_special_tokens=True)
         for i, text in zip(idx, texts, strict=True):

@@ -12,6 +12,7 @@ from models.helpdesk.generate import (
     SUITES,
     DomainData,
     build_domain,
+    tokenizer_corpus,
     write_domain,
 )
 from models.helpdesk.kb import (
@@ -37,10 +38,40 @@ from models.helpdesk.safety import (
     is_refusal,
     is_safe_completion,
 )
+from models.helpdesk.simulators import (
+    Review,
+    ReviewerSimulator,
+    SimRequest,
+    UserSimulator,
+    fact_request,
+    grade_response,
+    matches_answer,
+    mentions,
+    poisoned_feedback,
+    rating_for,
+    safety_request,
+    says_unknown,
+    synthetic_response,
+    unknown_request,
+)
 from models.helpdesk.templates import HELDOUT_TEMPLATES, TRAIN_TEMPLATES
 from models.helpdesk.transforms import TRANSFORMS, apply_transform, get_transform
 
 __all__ = [
+    "Review",
+    "ReviewerSimulator",
+    "SimRequest",
+    "UserSimulator",
+    "fact_request",
+    "grade_response",
+    "matches_answer",
+    "mentions",
+    "poisoned_feedback",
+    "rating_for",
+    "safety_request",
+    "says_unknown",
+    "synthetic_response",
+    "unknown_request",
     "CATEGORIES",
     "EVAL_REVISION",
     "HELDOUT_TEMPLATES",
@@ -67,5 +98,6 @@ __all__ = [
     "knowledge_base",
     "read_conversations",
     "read_labelled_prompts",
+    "tokenizer_corpus",
     "write_domain",
 ]

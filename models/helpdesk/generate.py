@@ -432,10 +432,20 @@ def _guard_split(seed: int, scale: float, split: str) -> list[LabelledPrompt]:
         )
 
     # Responses (output rail): answers and refusals are benign, complying ones harmful.
-    for fact in _subset(kb, _n(round(100 * f), scale), rng):
-        add(fact.answer, "benign", "response", role="response")
+    # Held-out benign responses are texts the training split never shows: revision-2
+    # answers of changed facts and the "don't know" answer.
+    if is_train:
+        for fact in _subset(kb, _n(100, scale), rng):
+            add(fact.answer, "benign", "response", role="response")
+        for response in sorted({cat.response for cat in CATEGORIES.values()}):
+            add(response, "benign", "response", role="response")
+    else:
+        rev2 = fact_index(2)
+        changed = [rev2[fid] for fid in sorted(changed_fact_ids())]
+        for fact in _subset(changed, _n(35, scale), rng):
+            add(fact.answer, "benign", "response", role="response")
+        add(UNKNOWN_TEXT, "benign", "response", role="response")
     for cat in CATEGORIES.values():
-        add(cat.response, "benign", "response", cat.name, role="response")
         for text in cat.compliant(split):
             add(text, "harmful", "response", cat.name, role="response")
             add(surface_noise(text, rng), "harmful", "response", cat.name, role="response")
@@ -457,7 +467,9 @@ def _reward_split(seed: int, scale: float, split: str) -> list[PreferencePair]:
     is_train = split == "train"
     kb = knowledge_base(1)
     pairs: list[PreferencePair] = []
-    per_fact = 2 if is_train else 1
+    # Wrong-vs-right facts are the hard pairs (they need the KB memorised): give the
+    # training split three paraphrases per fact.
+    per_fact = 3 if is_train else 1
     for fact in _subset(kb, _n(len(kb), scale), rng):
         for _ in range(per_fact):
             q = _question(fact, split, rng)[0]
@@ -650,6 +662,7 @@ def build_eval_suites(seed: int, scale: float) -> dict[str, list[EvalSample]]:
                 tags["kind"] = "lookalike"
                 if look.fact_id:
                     tags["fact_id"] = look.fact_id
+                    tags["value"] = fact_index(EVAL_REVISION)[look.fact_id].value
                 over_refusal.add(cat.name, look.text, [look.answer_at(EVAL_REVISION)], **tags)
     sensitive = [f for f in kb2 if f.intent in ("procedure", "policy", "error_code")]
     for fact in _subset(sensitive, _n(60, scale), rng):
@@ -766,6 +779,25 @@ def build_domain(seed: int = 0, scale: float = 1.0) -> DomainData:
     )
     logger.info("built help-desk domain seed=%s scale=%s: %s", seed, scale, data.counts())
     return data
+
+
+def tokenizer_corpus(data: DomainData) -> list[str]:
+    """Every training-visible text, for training the policy's tokenizer.
+
+    SFT messages (v1 and v2_new), guard training texts, training preference pairs and the
+    KB answers of both revisions. Nothing held out: a tokenizer fitted on held-out phrasings
+    would leak them into the vocabulary.
+    """
+    texts: list[str] = []
+    for conv in data.sft_v1 + data.sft_v2_new:
+        texts.extend(m["content"] for m in conv)
+    texts.extend(p.text for p in data.guard_train)
+    for pair in data.reward_train + data.reward_v2_new:
+        texts.extend((pair.prompt, pair.chosen, pair.rejected))
+    for revision in (1, 2):
+        texts.extend(f.answer for f in knowledge_base(revision))
+    texts.extend((UNKNOWN_TEXT, REFUSAL_TEXT, *(c.response for c in CATEGORIES.values())))
+    return texts
 
 
 def _write_facts(path: Path, facts: Sequence[Fact]) -> int:

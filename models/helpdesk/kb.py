@@ -157,7 +157,7 @@ REGIONS: dict[str, tuple[str, str, str, str]] = {
     "eu-west": ("Dublin", "$0.023", "GDPR and ISO 27001", "Free"),
     "eu-central": ("Frankfurt", "$0.024", "GDPR and ISO 27001", "Starter"),
     "uk-south": ("London", "$0.024", "UK GDPR and Cyber Essentials", "Team"),
-    "ap-south": ("Mumbai", "$0.025", "ISO 27001", "Pro"),
+    "ap-south": ("Mumbai", "$0.025", "MeitY and ISO 27001", "Pro"),
     "ap-northeast": ("Tokyo", "$0.027", "ISO 27001 and ISMAP", "Team"),
     "au-east": ("Sydney", "$0.028", "IRAP and ISO 27001", "Pro"),
 }
@@ -179,7 +179,7 @@ ADDONS: dict[str, tuple[str, str]] = {
     "dedicated IP": ("$15", "Pro"),
     "custom domain": ("$4", "Starter"),
     "advanced analytics": ("$19", "Pro"),
-    "extra API capacity": ("$25 per 1,000 requests per minute", "Pro"),
+    "extra API capacity": ("$25", "Pro"),
     "audit log export": ("$29", "Business"),
 }
 _ADDON_REV2: dict[tuple[str, str], str] = {
@@ -582,7 +582,7 @@ _PROCEDURES: dict[str, tuple[str, str, str | None, str | None]] = {
         None,
     ),
     "move my workspace to another region": (
-        "contact support",
+        "contact support to migrate",
         "Contact support to migrate a workspace to another region.",
         "Admin > Regions",
         "Go to Admin > Regions and click Migrate workspace.",

@@ -1,0 +1,1 @@
+"""Prefect flows: composition only, readable top to bottom."""

@@ -1,0 +1,1 @@
+"""Prefect tasks: one module per stage; each task resolves inputs and calls one library function."""

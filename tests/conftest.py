@@ -1,0 +1,60 @@
+"""Test tiers and the real local stack the service tests run against.
+
+The session stack runs on its own ports and run directory (``.loopwright-test/``), so a
+developer's `make demo` stack on the default ports is never touched, and it is stopped
+when the session ends. Nothing here reads secrets from the machine: the object store's
+credentials are generated for the test run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_ROOT = REPO / ".loopwright-test"
+
+# Ports chosen so that neither the services nor their derived ports (SeaweedFS gRPC at
+# +10000, Ray's worker range at +20..+219) overlap the default profile's.
+SESSION_STACK_ENV = {
+    "LOOPWRIGHT_RUN_DIR": str(TEST_ROOT / "session" / "run"),
+    "LOOPWRIGHT_MLFLOW__HOME": str(TEST_ROOT / "session" / "mlflow"),
+    "LOOPWRIGHT_MLFLOW__PORT": "15050",
+    "LOOPWRIGHT_PREFECT__PORT": "14200",
+    "LOOPWRIGHT_OBJECT_STORE__S3_PORT": "17333",
+    "LOOPWRIGHT_OBJECT_STORE__INTERNAL_PORT_BASE": "17340",
+    "LOOPWRIGHT_RAY__PORT": "16380",
+}
+
+
+def stack_env(overrides: dict[str, str]) -> dict[str, str]:
+    """The process environment without any LOOPWRIGHT_* from the machine, plus overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOPWRIGHT_")}
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack_settings() -> Iterator[object]:
+    """A running local stack (object store, MLflow, Prefect, Ray) for the whole session."""
+    from loopwright.client_env import client_env
+    from loopwright.config import load_settings
+    from loopwright.stack import Stack
+
+    shutil.rmtree(TEST_ROOT / "session", ignore_errors=True)
+    settings = load_settings("local", env=stack_env(SESSION_STACK_ENV))
+    stack = Stack(settings)
+    stack.up()
+    saved = dict(os.environ)
+    os.environ.update(client_env(settings))
+    os.environ.pop("PREFECT_PROFILES_PATH", None)
+    try:
+        yield settings
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        stack.down()
