@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from loopwright.gateway.components import SettingsError, load_settings
 from loopwright.gateway.keys import ROLES, KeyStore, KeyStoreError
+from loopwright.gateway.settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
 
@@ -91,15 +92,42 @@ def keys_revoke(
     typer.echo(f"revoked {info.key_id} at {info.revoked_at}")
 
 
+def resolve_settings(main: Any, config: Path | None) -> tuple[GatewaySettings, Path, Any]:
+    """Gateway settings, run directory and object store for ``serve``.
+
+    ``main`` is the main loopwright config (``loopwright.config.Settings``) when the command
+    runs under the main CLI, else None. Gateway settings come from ``--config`` when given,
+    else from ``main.gateway`` when the main config carries them, else defaults; the
+    application name, MLflow URI and object store are filled from ``main``.
+    """
+    try:
+        if config is not None or main is None or getattr(main, "gateway", None) is None:
+            settings = load_settings(config)
+        else:
+            settings = main.gateway
+    except SettingsError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    run_dir = Path(getattr(main, "run_path", None) or getattr(main, "run_dir", None)
+                   or ".loopwright")
+    store = None
+    if main is not None:
+        routing = settings.routing.model_copy(update={
+            "app": main.app,
+            "tracking_uri": settings.routing.tracking_uri or main.mlflow_tracking_uri,
+        })
+        settings = settings.model_copy(update={"routing": routing})
+    if settings.log.store_uri:
+        from loopwright.storage import ObjectStore
+
+        store = ObjectStore.from_settings(main) if main is not None else ObjectStore()
+    return settings, run_dir, store
+
+
 def serve(
+    ctx: typer.Context,
     config: ConfigOpt = None,
-    run_dir: RunDirOpt = Path(".loopwright"),
     host: Annotated[str | None, typer.Option(help="Bind address (default from settings)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default from settings)")] = None,
-    s3_endpoint: Annotated[
-        str | None, typer.Option(help="S3 endpoint URL for shipping logs (credentials from "
-                                      "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
-    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
     """Serve the gateway with uvicorn until interrupted."""
@@ -108,11 +136,8 @@ def serve(
     from loopwright.gateway.app import build_app
     from loopwright.gateway.components import load_components
 
-    try:
-        settings = load_settings(config)
-    except SettingsError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    components = load_components(settings, run_dir, s3_endpoint)
+    settings, run_dir, store = resolve_settings(ctx.obj, config)
+    components = load_components(settings, run_dir, store)
 
     def factory() -> object:
         return build_app(settings, run_dir, **components.as_kwargs())

@@ -108,15 +108,19 @@ def _guard_folder(root: Path) -> Path:
 
 
 def load_components(
-    settings: GatewaySettings, run_dir: Path, s3_endpoint: str | None = None
+    settings: GatewaySettings, run_dir: Path, store: Any | None = None
 ) -> Components:
-    """Load guard, embedder, facts and object store as the settings say.
+    """Load guard, embedder and facts as the settings say; pass ``store`` through.
 
     The guard's own embedder is used for retrieval when a guard is loaded (one forward pass
     serves both, and facts and requests are embedded by the same graph).
+
+    Args:
+        store: a ``loopwright.storage.ObjectStore`` for shipping logs (None keeps the logs
+            in the local spool).
     """
     s = settings
-    comps = Components()
+    comps = Components(store=store)
     wants_guard = (s.input_rails.enabled and s.input_rails.guard) or (
         s.output_rails.enabled and s.output_rails.guard)
     wants_embed = s.augment.enabled and s.augment.retrieval
@@ -129,9 +133,9 @@ def load_components(
             folder = Path(s.encoders.guard_dir)
         elif s.routing.source == "mlflow" and s.routing.tracking_uri:
             try:
-                folder = _guard_folder(download_registry_folder(
+                folder = download_registry_folder(
                     s.routing.tracking_uri, f"{s.routing.app}-guard", "champion",
-                    run_dir / s.routing.model_cache_dir))
+                    run_dir / s.routing.model_cache_dir)
             except Exception as exc:  # noqa: BLE001 - rules-only beats not serving
                 logger.warning("no guard from the registry (%s); input rails use rules only",
                                exc)
@@ -139,8 +143,9 @@ def load_components(
             comps.guard = Guard.load(_guard_folder(folder), backend=s.encoders.runtime)
             comps.embedder = comps.guard.embedder()
         elif wants_embed:
-            comps.embedder = Embedder.load(s.encoders.embedder_dir, backend=s.encoders.runtime
-                                           if s.encoders.embedder_dir else "torch")
+            comps.embedder = Embedder.load(
+                s.encoders.embedder_dir,
+                backend=s.encoders.runtime if s.encoders.embedder_dir else "torch")
     if wants_embed:
         if s.encoders.kb_path:
             comps.facts = load_facts_jsonl(s.encoders.kb_path)
@@ -149,12 +154,4 @@ def load_components(
                 comps.facts = domain_facts(s.encoders.kb_revision)
             except ImportError:
                 logger.warning("no kb_path and no example domain installed: no retrieval")
-    if s.log.store_uri and not s.log.store_uri.startswith("file://"):
-        from loopwright.storage import ObjectStore  # type: ignore[import-not-found]
-
-        comps.store = ObjectStore(s3_endpoint, None)
-    elif s.log.store_uri:
-        from loopwright.storage import ObjectStore  # type: ignore[import-not-found]
-
-        comps.store = ObjectStore(None, None)
     return comps

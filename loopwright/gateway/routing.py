@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -197,12 +198,18 @@ def mlflow_loader(
         target = cache_dir / model_name / version
         done = target / ".complete"
         if not done.exists():
-            target.mkdir(parents=True, exist_ok=True)
+            # Download beside the target and rename, so a crash never leaves a half folder
+            # that a later start would take for a complete version.
+            staging = target.with_name(f"{version}.partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
             mlflow.artifacts.download_artifacts(
                 artifact_uri=f"models:/{model_name}/{version}",
-                dst_path=str(target),
+                dst_path=str(staging),
                 tracking_uri=tracking_uri,
             )
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
             done.touch()
         return build_backend(kind, target, model_name, version, options)
 

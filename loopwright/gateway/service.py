@@ -317,11 +317,12 @@ class Gateway:
         self.poller: RegistryPoller | None = None
         self.model_name = s.routing.policy_model_name
         if s.routing.source == "mlflow":
+            if not s.routing.tracking_uri:
+                raise ValueError("routing.source=mlflow needs routing.tracking_uri")
             if registry_client is None:
                 from mlflow import MlflowClient
 
                 registry_client = MlflowClient(tracking_uri=s.routing.tracking_uri)
-            assert s.routing.tracking_uri is not None
             loader = mlflow_loader(
                 s.routing.tracking_uri,
                 self.run_dir / s.routing.model_cache_dir,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 PiiAction = Literal["allow", "flag", "redact", "block"]
 BackendKind = Literal["stub", "hf"]
@@ -172,7 +172,8 @@ class RoutingSettings(_Strict):
         source: ``static`` serves one local model (``static_model_dir`` for hf, nothing for
             stub); ``mlflow`` loads ``<app>-policy`` versions by alias and polls for moves.
         app: application name; the registered model is ``<app>-policy``.
-        tracking_uri: MLflow tracking server (``mlflow`` source only).
+        tracking_uri: MLflow tracking server (``mlflow`` source only; ``loopwright serve``
+            fills it from the main config when unset).
         poll_interval_s: seconds between registry polls.
         model_cache_dir: where downloaded versions live, relative to the run directory.
         static_model_dir: HF model folder for the static source with the hf backend.
@@ -186,12 +187,6 @@ class RoutingSettings(_Strict):
     model_cache_dir: str = "gateway/models"
     static_model_dir: str | None = None
     timeout_s: float = Field(default=20.0, gt=0)
-
-    @model_validator(mode="after")
-    def _needs_uri(self) -> RoutingSettings:
-        if self.source == "mlflow" and not self.tracking_uri:
-            raise ValueError("routing.source=mlflow needs routing.tracking_uri")
-        return self
 
     @property
     def policy_model_name(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import openai
 import pytest
-from gateway_helpers import LiveServer, spool_records
+from tests.loopwright.gateway.gateway_helpers import LiveServer, spool_records
 
 from loopwright.gateway.app import create_app
 from loopwright.gateway.service import Gateway
