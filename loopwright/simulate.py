@@ -45,6 +45,7 @@ class SimulationReport:
         feedback_sent / feedback_ok: feedback posts and those answered 200.
         by_user_kind: requests per simulated user kind.
         seconds: wall time of the run.
+
     """
 
     sent: int = 0
@@ -78,6 +79,7 @@ def check_loopback(base_url: str) -> None:
 
     Raises:
         SimulationError: the host is not ``localhost`` or a loopback IP.
+
     """
     host = urlparse(base_url).hostname or ""
     if host == "localhost":
@@ -135,6 +137,7 @@ async def run_simulation(
 
     Raises:
         SimulationError: a non-loopback URL or out-of-range bounds.
+
     """
     from models.helpdesk.simulators import UserSimulator
 

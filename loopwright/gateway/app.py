@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loopwright.gateway.keys import KeyStoreError
@@ -106,7 +107,8 @@ def error_body(status: int, message: str, kind: str, param: str | None = None,
 
 
 def _ctx(request: Request) -> RequestContext:
-    return request.scope["state"]["lw"]  # type: ignore[no-any-return]
+    ctx: RequestContext = request.scope["state"]["lw"]
+    return ctx
 
 
 class ControlMiddleware:
@@ -137,6 +139,7 @@ class ControlMiddleware:
                 return b"".join(chunks)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry: control ``/v1`` requests, pass everything else through."""
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return
@@ -239,8 +242,10 @@ _PIECES = re.compile(r"\S+\s*|\s+")
 
 
 def _sse(outcome: ChatOutcome, include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events of a finished answer, word by word (buffered streaming: the
-    output rails need the whole answer before any of it may leave)."""
+    """Server-sent events of a finished answer, word by word.
+
+    Buffered streaming: the output rails need the whole answer before any of it may leave.
+    """
 
     async def events() -> AsyncIterator[str]:
         base: dict[str, Any] = {
@@ -256,7 +261,8 @@ def _sse(outcome: ChatOutcome, include_usage: bool) -> AsyncIterator[str]:
         yield chunk(choices=[ChunkChoice(delta=Delta(role="assistant", content=""))])
         for piece in _PIECES.findall(outcome.text):
             yield chunk(choices=[ChunkChoice(delta=Delta(content=piece))])
-        yield chunk(choices=[ChunkChoice(delta=Delta(), finish_reason=outcome.finish_reason)])
+        yield chunk(choices=[ChunkChoice(delta=Delta(),
+                                         finish_reason=outcome.finish_reason)])  # type: ignore[arg-type]
         if include_usage:
             yield chunk(choices=[], usage=Usage(
                 prompt_tokens=outcome.prompt_tokens,
@@ -273,6 +279,7 @@ def create_app(gateway: Gateway, *, manage_lifecycle: bool = True) -> FastAPI:
     Args:
         gateway: the runtime (models, stores, settings).
         manage_lifecycle: start the gateway on startup and stop it on shutdown.
+
     """
 
     @asynccontextmanager
@@ -378,7 +385,9 @@ def create_app(gateway: Gateway, *, manage_lifecycle: bool = True) -> FastAPI:
                            kind="not_found_error", param="interaction_id",
                            reason="feedback:unknown_interaction")
         key_id = ctx.principal.key_id if ctx.principal else "anonymous"
-        value: Any = body.value.model_dump() if body.kind == "preference" else body.value  # type: ignore[union-attr]
+        value: Any = body.value
+        if isinstance(body.value, BaseModel):
+            value = body.value.model_dump()
         event = FeedbackEvent(
             id=f"fb-{secrets.token_hex(12)}",
             interaction_id=body.interaction_id,

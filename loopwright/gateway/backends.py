@@ -33,6 +33,7 @@ class Generation:
         prompt_tokens: tokens in the rendered prompt (the backend's tokenizer).
         completion_tokens: tokens in the reply.
         finish_reason: ``stop`` or ``length`` (hit ``max_new_tokens``).
+
     """
 
     text: str
@@ -74,6 +75,7 @@ class StubBackend:
         version: model version reported in responses.
         delay_ms: simulated generation time, milliseconds.
         reply: reply template.
+
     """
 
     DEFAULT_REPLY = "Thanks for your question about: {head}"
@@ -136,6 +138,7 @@ def find_hf_folder(root: Path) -> Path:
 
     Raises:
         FileNotFoundError: no such folder under ``root``.
+
     """
     candidates = sorted(
         p.parent
@@ -163,6 +166,7 @@ class HFBackend:
         max_batch: most conversations per ``generate`` call.
         batch_wait_ms: extra wait for company once a request arrives at an idle model.
         torch_threads: torch intra-op threads (0 leaves the default).
+
     """
 
     def __init__(
@@ -274,7 +278,8 @@ class HFBackend:
                 if self.batch_wait_s:
                     await asyncio.sleep(self.batch_wait_s)
                 with self._lock:
-                    batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+                    batch = self._queue[: self.max_batch]
+                    self._queue = self._queue[self.max_batch :]
                     if not batch:
                         self._busy = False
                         return
@@ -302,6 +307,7 @@ class HFBackend:
         Raises:
             RuntimeError: the backend was closed.
             ValueError: the conversation cannot fit the model even after trimming.
+
         """
         if self.closed:
             raise RuntimeError(f"model {self.name} v{self.version} is closed")
@@ -334,11 +340,14 @@ def build_backend(
     Args:
         kind: ``stub`` or ``hf``.
         folder: the model artifacts (stub: optional ``stub.json``; hf: an HF folder inside).
+        name: model name reported in responses.
+        version: model version reported in responses.
         options: :class:`~loopwright.gateway.settings.BackendSettings`.
 
     Raises:
         ValueError: unknown kind (the message lists the valid ones).
         FileNotFoundError: an hf backend without a model folder.
+
     """
     if kind == "stub":
         if folder is None:

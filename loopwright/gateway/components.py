@@ -26,11 +26,14 @@ class SettingsError(ValueError):
 
 def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = None
                   ) -> GatewaySettings:
-    """Settings from a YAML file (either the settings themselves or a file with a
-    ``gateway:`` section, such as the main loopwright profile), plus overrides.
+    """Settings from a YAML file, plus dotted-key overrides.
+
+    The file holds either the settings themselves or a ``gateway:`` section (as the main
+    loopwright profile does).
 
     Raises:
         SettingsError: unreadable YAML or invalid settings (names the keys and why).
+
     """
     data: dict[str, Any] = {}
     source = "<defaults>"
@@ -78,6 +81,7 @@ def domain_facts(revision: int) -> list[Fact]:
 
     Raises:
         ImportError: the example domain is not installed.
+
     """
     from models.helpdesk import knowledge_base
 
@@ -86,8 +90,9 @@ def domain_facts(revision: int) -> list[Fact]:
 
 def download_registry_folder(tracking_uri: str, name: str, alias: str, cache: Path) -> Path:
     """Download ``models:/<name>@<alias>`` into ``cache/<name>/<version>`` (once)."""
-    from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
+
+    from mlflow import MlflowClient
 
     version = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, alias)
     target = cache / name / str(version.version)
@@ -116,8 +121,11 @@ def load_components(
     serves both, and facts and requests are embedded by the same graph).
 
     Args:
+        settings: the gateway settings.
+        run_dir: the run directory (registry downloads are cached under it).
         store: a ``loopwright.storage.ObjectStore`` for shipping logs (None keeps the logs
             in the local spool).
+
     """
     s = settings
     comps = Components(store=store)

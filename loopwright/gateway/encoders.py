@@ -59,6 +59,7 @@ class MicroBatcher(Generic[T, R]):
             worker thread; it may release the GIL, as ONNX Runtime and torch do).
         max_batch: most items per call.
         executor: the worker (one thread: calls never overlap).
+
     """
 
     def __init__(
@@ -127,6 +128,7 @@ class EncoderService:
         guard: the guard classifier, or None (guard rails then cannot run).
         embedder: the embedder, or None (retrieval then cannot run).
         max_batch: most texts per encoder call.
+
     """
 
     def __init__(
@@ -152,9 +154,10 @@ class EncoderService:
         vec_idx = [i for i, r in enumerate(batch) if r.want_vector]
         scores: dict[int, dict[str, float]] = {}
         vectors: dict[int, np.ndarray] = {}
-        joint_idx = [i for i in score_idx if batch[i].want_vector] if self._joint else []
-        if joint_idx:
-            analysis = self._joint([batch[i].text for i in joint_idx])
+        joint = self._joint
+        joint_idx = [i for i in score_idx if batch[i].want_vector] if joint else []
+        if joint is not None and joint_idx:
+            analysis = joint([batch[i].text for i in joint_idx])
             for j, i in enumerate(joint_idx):
                 scores[i] = dict(analysis.verdicts[j].scores)
                 vectors[i] = analysis.embeddings[j]
@@ -199,6 +202,7 @@ class KnowledgeIndex:
     Args:
         facts: the facts (ids unique).
         vectors: their embeddings, shape (len(facts), dim), rows normalised.
+
     """
 
     def __init__(self, facts: Sequence[Fact], vectors: np.ndarray) -> None:
@@ -240,6 +244,7 @@ def load_facts_jsonl(path: str | Path) -> list[Fact]:
 
     Raises:
         ValueError: a line is not such an object (the message names file and line).
+
     """
     import json
 

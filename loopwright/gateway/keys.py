@@ -50,6 +50,7 @@ class Principal:
         tenant: the tenant whose data this key may see.
         role: user, reviewer or admin (admin implies reviewer).
         requests_per_s: per-key rate override, or None for the default.
+
     """
 
     key_id: str
@@ -90,6 +91,7 @@ class KeyStore:
 
     Args:
         path: the SQLite file; created with a fresh random salt when missing.
+
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -129,6 +131,7 @@ class KeyStore:
         Raises:
             KeyStoreError: an unknown role, or a tenant/name with characters outside
                 letters, digits, ``-_.``.
+
         """
         if role not in ROLES:
             raise KeyStoreError(f"unknown role {role!r}; valid roles: {', '.join(ROLES)}")
@@ -193,6 +196,7 @@ class KeyStore:
 
         Raises:
             KeyStoreError: no such key (in that tenant).
+
         """
         with self._lock:
             row = self._conn.execute(

@@ -35,6 +35,7 @@ class GatewayMetrics:
         log_records: records written to the spool, by log.
         log_pending_segments: sealed segments waiting to ship, by log.
         log_ship_failures: failed shipping attempts, by log.
+
     """
 
     def __init__(self) -> None:

@@ -128,6 +128,7 @@ class Normalised:
         text: the view the guard and the PII rules read.
         pattern_text: lower-cased, leet-folded, space-collapsed view for jailbreak rules.
         steps: transforms that changed something, e.g. ``["base64", "homoglyphs"]``.
+
     """
 
     text: str

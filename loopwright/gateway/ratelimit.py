@@ -21,6 +21,7 @@ class BucketDecision:
         allowed: the request may proceed.
         retry_after_s: seconds until a token is available (0 when allowed).
         remaining: whole tokens left after this take.
+
     """
 
     allowed: bool
@@ -40,6 +41,7 @@ class TokenBuckets:
         rate: default refill rate, tokens per second (> 0).
         burst: capacity, tokens (>= 1).
         clock: monotonic seconds (injectable for tests).
+
     """
 
     def __init__(

@@ -78,6 +78,7 @@ class ReviewQueue:
 
     Args:
         path: SQLite file (created when missing).
+
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -145,6 +146,7 @@ class ReviewQueue:
 
         Raises:
             ReviewError: 404 when there is no such item in this tenant.
+
         """
         with self._lock:
             row = self._conn.execute(
@@ -159,6 +161,7 @@ class ReviewQueue:
 
         Raises:
             ReviewError: 404 no such item; 409 claimed by someone else or resolved.
+
         """
         with self._lock:
             cur = self._conn.execute(
@@ -190,6 +193,7 @@ class ReviewQueue:
         Raises:
             ReviewError: 422 unknown label; 404 no such item; 409 claimed by someone else
                 or already resolved.
+
         """
         if label not in REVIEW_LABELS:
             raise ReviewError(

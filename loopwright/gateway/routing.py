@@ -71,10 +71,12 @@ class ServedModel:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def acquire(self) -> None:
+        """A request starts using this model."""
         with self._lock:
             self.inflight += 1
 
     def release(self) -> None:
+        """A request is done with it; closes a retired model when it was the last."""
         with self._lock:
             self.inflight -= 1
             close = self.retired and self.inflight == 0
@@ -140,6 +142,7 @@ class Router:
 
         Raises:
             NoModelError: nothing is loaded.
+
         """
         table = self._table
         arm = choose_arm(user_key, table.canary_fraction, table.canary is not None)
@@ -170,10 +173,12 @@ def read_registry(client: object, model_name: str) -> RegistryState:
 
     Args:
         client: an ``mlflow.MlflowClient``.
+        model_name: the registered model, ``<app>-policy``.
 
     Raises:
         mlflow.exceptions.MlflowException: the registry is unreachable or the model is
             not registered (missing aliases are not errors).
+
     """
     model = client.get_registered_model(model_name)  # type: ignore[attr-defined]
     aliases: dict[str, str] = dict(getattr(model, "aliases", {}) or {})
@@ -188,8 +193,10 @@ def read_registry(client: object, model_name: str) -> RegistryState:
 def mlflow_loader(
     tracking_uri: str, cache_dir: Path, kind: str, options: object
 ) -> Loader:
-    """A loader that downloads ``models:/<name>/<version>`` into ``cache_dir`` and builds a
-    backend of ``kind`` from it (downloaded once per version; never into a temp dir)."""
+    """A loader: download ``models:/<name>/<version>`` and build a ``kind`` backend.
+
+    Each version is downloaded once into ``cache_dir/<name>/<version>`` (never a temp dir).
+    """
     from loopwright.gateway.backends import build_backend
 
     def load(model_name: str, version: str) -> ModelBackend:
@@ -228,6 +235,7 @@ class RegistryPoller:
         model_name: ``<app>-policy``.
         loader: builds a backend for (name, version).
         interval_s: seconds between polls.
+
     """
 
     def __init__(
@@ -260,8 +268,11 @@ class RegistryPoller:
         return ServedModel(backend=backend, name=self.model_name, version=version)
 
     def poll_once(self) -> RegistryState | None:
-        """One poll: read the registry, load what moved, swap. Returns what it read, or
-        None when the registry could not be read (the current table keeps serving)."""
+        """One poll: read the registry, load what moved, swap.
+
+        Returns what it read, or None when the registry could not be read (the current
+        table keeps serving).
+        """
         with self._poll_lock:
             self.polls += 1
             try:

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 PII_KINDS = ("email", "phone", "card")
 
-_EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+_EMAIL = re.compile(
+    r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+)
 # Phone candidates: an optional +, then digit groups joined by space, dot, dash or
 # parentheses. Accepted when they hold 9-15 digits and either start with + or use a
 # separator (a bare 9-digit run is more often an order number than a phone).
@@ -133,8 +135,11 @@ def _canonical_number(raw: str) -> str:
 
 
 def numbers_in(text: str, *, ignore_small: bool = True) -> set[str]:
-    """Canonical figures in ``text``; single digits without a unit are ignored by default
-    (they are usually step numbers or counts, not facts)."""
+    """Canonical figures in ``text``.
+
+    Single digits without a unit are ignored by default: they are usually step numbers or
+    counts, not facts.
+    """
     found: set[str] = set()
     for match in _NUMBER.finditer(text):
         num = _canonical_number(match.group("num"))

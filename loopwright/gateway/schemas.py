@@ -101,8 +101,11 @@ class Usage(BaseModel):
 
 
 class ChatCompletion(BaseModel):
-    """``chat.completion`` object. ``id`` is the interaction id to use for feedback;
-    ``system_fingerprint`` is ``<model>@<version>/<arm>``."""
+    """``chat.completion`` object.
+
+    ``id`` is the interaction id to use for feedback; ``system_fingerprint`` is
+    ``<model>@<version>/<arm>``.
+    """
 
     id: str
     object: Literal["chat.completion"] = "chat.completion"

@@ -70,6 +70,7 @@ class ApiError(Exception):
         param: the offending field path, when there is one.
         reason: machine-readable verdict reason, e.g. ``validation:control_char``.
         headers: extra response headers (``Retry-After``).
+
     """
 
     def __init__(
@@ -92,8 +93,11 @@ class ApiError(Exception):
 
 
 def merge_verdicts(*verdicts: RailVerdict) -> RailVerdict:
-    """One verdict from several: the strongest action (block > flag > redact > allow),
-    all scores, all reasons in order."""
+    """One verdict from several.
+
+    The strongest action wins (block > flag > redact > allow); scores and reasons are kept
+    in order.
+    """
     action = "allow"
     scores: dict[str, float] = {}
     reasons: list[str] = []
@@ -239,8 +243,11 @@ class IdSigner:
 
 
 def _control_char(text: str) -> tuple[int, str] | None:
-    """Position and code of the first disallowed character (C0/C1 controls except tab,
-    newline, carriage return; DEL; unpaired surrogates), else None."""
+    """Position and code of the first disallowed character, else None.
+
+    Disallowed: C0/C1 controls except tab, newline and carriage return; DEL; unpaired
+    surrogates.
+    """
     for i, char in enumerate(text):
         code = ord(char)
         if char in "\t\n\r":
@@ -267,6 +274,7 @@ class Gateway:
         registry_client: an ``mlflow.MlflowClient`` (mlflow routing; built from the
             settings when None).
         static_backend: serve this backend instead of building one (static routing).
+
     """
 
     def __init__(
@@ -342,15 +350,14 @@ class Gateway:
             self.router.swap(RouteTable(ServedModel(backend, backend.name, backend.version)))
         spool_dir = self.run_dir / s.log.spool_dir
         store_uri = s.log.store_uri if store is not None else None
-        common = {
-            "store": store,
-            "store_uri": store_uri,
-            "max_records": s.log.segment_max_records,
-            "max_age_s": s.log.segment_max_age_s,
-            "keep_shipped": s.log.keep_shipped,
-        }
-        self.interaction_log = Spool(spool_dir / "interactions", kind="interactions", **common)
-        self.feedback_log = Spool(spool_dir / "feedback", kind="feedback", **common)
+
+        def spool(kind: str) -> Spool:
+            return Spool(spool_dir / kind, kind=kind, store=store, store_uri=store_uri,
+                         max_records=s.log.segment_max_records,
+                         max_age_s=s.log.segment_max_age_s, keep_shipped=s.log.keep_shipped)
+
+        self.interaction_log = spool("interactions")
+        self.feedback_log = spool("feedback")
         # One writer thread keeps appends ordered and off the event loop.
         self._log_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="log")
         self._io_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-io")
@@ -407,6 +414,7 @@ class Gateway:
 
         Raises:
             ApiError: 401 with what was wrong (missing, malformed, unknown or revoked key).
+
         """
         t0 = time.perf_counter()
         s = self.settings.auth
@@ -439,6 +447,7 @@ class Gateway:
 
         Raises:
             ApiError: 403 naming the role needed.
+
         """
         principal = ctx.principal
         if principal is None or not self.settings.auth.enabled or not principal.can(needed):  # type: ignore[arg-type]
@@ -452,6 +461,7 @@ class Gateway:
 
         Raises:
             ApiError: 429 with ``Retry-After``.
+
         """
         if not self.settings.rate_limit.enabled or ctx.principal is None:
             return
@@ -738,6 +748,7 @@ class Gateway:
 
         Raises:
             ApiError: 4xx from input validation (other failures become fallbacks).
+
         """
         created = int(time.time())
         ctx.session_id = (req.metadata or {}).get("session_id")

@@ -27,6 +27,7 @@ class AuthSettings(_Strict):
             (benchmarks only; review and admin endpoints then refuse everyone).
         keys_file: SQLite file holding salted key hashes, relative to the run directory.
         anonymous_tenant: tenant recorded when auth is off.
+
     """
 
     enabled: bool = True
@@ -42,6 +43,7 @@ class RateLimitSettings(_Strict):
         requests_per_s: bucket refill rate, requests per second per key (a key may override).
         burst: bucket capacity, requests.
         max_body_bytes: largest accepted request body; larger gets 413.
+
     """
 
     enabled: bool = True
@@ -60,6 +62,7 @@ class ValidationSettings(_Strict):
         max_tokens_cap: largest ``max_tokens`` a client may ask for.
         allow_client_system: accept ``system`` messages from clients (they are rail-checked
             like user text and placed after the gateway's own system prompt).
+
     """
 
     enabled: bool = True
@@ -83,6 +86,7 @@ class InputRailSettings(_Strict):
             and in the log).
         decode_base64: decode base64 spans before checking.
         max_guard_chars: the guard sees at most this many characters (the tail).
+
     """
 
     enabled: bool = True
@@ -107,6 +111,7 @@ class EncoderSettings(_Strict):
             domain's knowledge base when it is installed.
         kb_revision: revision of the example domain's knowledge base.
         max_batch: most texts per encoder call when batching concurrent requests.
+
     """
 
     guard_dir: str | None = None
@@ -133,6 +138,7 @@ class AugmentSettings(_Strict):
         min_score: cosine similarity below which a fact is not used.
         inject_context: put the retrieved fact texts into the system prompt; off by default
             because the example policy has only ~160 positions.
+
     """
 
     enabled: bool = True
@@ -155,6 +161,7 @@ class BackendSettings(_Strict):
             while the model is idle; 0 sends immediately.
         torch_threads: torch threads for the HF backend (0 leaves torch's default).
         default_max_tokens: new tokens when the client does not say.
+
     """
 
     kind: BackendKind = "stub"
@@ -178,6 +185,7 @@ class RoutingSettings(_Strict):
         model_cache_dir: where downloaded versions live, relative to the run directory.
         static_model_dir: HF model folder for the static source with the hf backend.
         timeout_s: inference time limit; beyond it the fallback answers.
+
     """
 
     source: Literal["static", "mlflow"] = "static"
@@ -202,6 +210,7 @@ class OutputRailSettings(_Strict):
             (None: the guard's calibrated harmful threshold, else 0.5).
         pii_redact: redact emails, phone and card numbers that the user did not write.
         grounding: flag numbers (prices, limits) in the answer that no retrieved fact holds.
+
     """
 
     enabled: bool = True
@@ -233,6 +242,7 @@ class EscalationSettings(_Strict):
         on_input_block: an input rail blocked the request (noisy under attack traffic).
         on_model_error: the model failed or timed out.
         queue_file: SQLite file of the queue, relative to the run directory.
+
     """
 
     enabled: bool = True
@@ -253,6 +263,7 @@ class LogSettings(_Strict):
         segment_max_age_s: or after this many seconds since its first record.
         ship_interval_s: seconds between shipping attempts (and the retry delay).
         keep_shipped: keep local segment files after shipping (else delete them).
+
     """
 
     spool_dir: str = "gateway/spool"

@@ -89,6 +89,7 @@ def object_uri(store_uri: str, kind: str, segment_id: str) -> str:
         store_uri: ``s3://bucket[/prefix]`` or ``file:///path``.
         kind: log name, e.g. ``interactions`` or ``feedback``.
         segment_id: ``<YYYYmmddTHHMMSS>-<spool id>-<seq>``.
+
     """
     stamp = datetime.strptime(segment_id[:15], "%Y%m%dT%H%M%S")
     base = store_uri.rstrip("/")
@@ -112,6 +113,7 @@ class Spool:
         max_age_s: or this many seconds after its first record.
         keep_shipped: keep local files after shipping (moved to ``shipped/``).
         clock: wall clock in seconds since the epoch (injectable for tests).
+
     """
 
     def __init__(
@@ -229,6 +231,7 @@ class Spool:
         Raises:
             ValueError: ``line`` contains a newline (it would split into two records).
             OSError: the disk refused the write; the record is not stored.
+
         """
         self.append_many([line])
 

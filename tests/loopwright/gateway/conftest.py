@@ -19,7 +19,15 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from tests.loopwright.gateway.gateway_helpers import BIN, REPO, WeedServer, deep_merge, free_port, spool_records
+
+from tests.loopwright.gateway.gateway_helpers import (
+    BIN,
+    REPO,
+    WeedServer,
+    deep_merge,
+    free_port,
+    spool_records,
+)
 
 torch.set_num_threads(1)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import openai
 import pytest
-from tests.loopwright.gateway.gateway_helpers import LiveServer, spool_records
 
 from loopwright.gateway.app import create_app
 from loopwright.gateway.service import Gateway
 from loopwright.gateway.settings import GatewaySettings
+from tests.loopwright.gateway.gateway_helpers import LiveServer, spool_records
 
 
 @pytest.fixture
