@@ -37,6 +37,11 @@ from typing import Protocol
 logger = logging.getLogger(__name__)
 
 
+# Characters that some line splitters treat as line ends; only legal inside JSON strings,
+# where their \u escapes mean the same.
+_LINE_SAFE = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 class ObjectStoreLike(Protocol):
     """What the shipper needs from ``loopwright.storage.ObjectStore``."""
 
@@ -236,12 +241,17 @@ class Spool:
         self.append_many([line])
 
     def append_many(self, lines: Iterable[str]) -> None:
-        """Append several JSON lines with one fsync (all or, on a crash, a prefix)."""
+        """Append several JSON lines with one fsync (all or, on a crash, a prefix).
+
+        NEL, LINE SEPARATOR and PARAGRAPH SEPARATOR are written as JSON escapes: JSON
+        allows them raw inside strings, but ``str.splitlines`` (and some JSONL readers)
+        would cut a record there.
+        """
         payload = []
         for line in lines:
             if "\n" in line:
                 raise ValueError("a spool record must be one line")
-            payload.append(line)
+            payload.append(line.translate(_LINE_SAFE))
         if not payload:
             return
         data = ("\n".join(payload) + "\n").encode("utf-8")

@@ -45,7 +45,7 @@ def spool_records(run_dir: Path, kind: str = "interactions") -> list[dict[str, A
     out: list[dict[str, Any]] = []
     for sub in ("open", "sealed", "shipped"):
         for path in sorted((root / sub).glob("*.jsonl")):
-            out.extend(json.loads(line) for line in path.read_text().splitlines() if line)
+            out.extend(json.loads(line) for line in path.read_text().split("\n") if line)
     return out
 
 

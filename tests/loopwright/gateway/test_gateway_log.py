@@ -29,7 +29,7 @@ def _list(store: ObjectStore, prefix: str) -> list[str]:
 def _lines(store: ObjectStore, prefix: str) -> list[dict[str, Any]]:
     out = []
     for uri in _list(store, prefix):
-        out.extend(json.loads(line) for line in store.get_bytes(uri).decode().splitlines())
+        out.extend(json.loads(line) for line in store.get_bytes(uri).decode().split("\n") if line)
     return out
 
 
@@ -175,3 +175,13 @@ def test_restart_after_a_crash_ships_what_the_dead_process_left(weed, tmp_path):
     assert [r["id"] for r in shipped] == ids
     second.stop()
     assert len(_lines(store, "s3://lw-logs/crash/logs/interactions/")) == 5
+
+
+def test_spool_lines_survive_any_line_splitter(tmp_path):
+    spool = Spool(tmp_path / "spool", kind="interactions")
+    record = {"text": "a\u2028b\u2029c\x85d"}
+    spool.append(json.dumps(record, ensure_ascii=False))
+    spool.seal()
+    raw = spool.pending()[0].read_text()
+    assert raw.splitlines() == [raw.rstrip("\n")]
+    assert json.loads(raw) == record

@@ -13,7 +13,7 @@ from tests.loopwright.gateway.gateway_helpers import LiveServer, spool_records
 
 @pytest.fixture
 def live(tmp_path):
-    settings = GatewaySettings.model_validate({"rate_limit": {"requests_per_s": 0.2, "burst": 6}})
+    settings = GatewaySettings.model_validate({"rate_limit": {"requests_per_s": 0.001, "burst": 6}})
     gw = Gateway(settings, tmp_path / "run")
     _, key = gw.keys.create("acme", "user")
     with LiveServer(create_app(gw)) as server:
@@ -77,7 +77,8 @@ def test_openai_client_plain_streaming_errors_and_feedback(live):
     with pytest.raises(openai.RateLimitError) as limited:
         client.chat.completions.create(model="helpdesk-policy",
                                        messages=[{"role": "user", "content": "again"}])
-    assert limited.value.response.headers["retry-after"] == "5"
+    # About 1000 s until the next token (a little less when the test itself ran slowly).
+    assert 900 <= int(limited.value.response.headers["retry-after"]) <= 1000
 
     server.__exit__(None, None, None)  # stop the server: the gateway seals its logs
     records = spool_records(run_dir)
