@@ -40,8 +40,13 @@ INPUT_CHARS = 384
 
 
 def _layers_on() -> dict[str, Any]:
-    # Every layer on; rate limits high enough that the benchmark is never throttled.
+    # Every layer on; rate limits high enough that the benchmark is never throttled. The
+    # guard still scores every input and output, but at thresholds of 1.0 it does not block:
+    # a blocked request skips the model and the output rails, so blocking would make the
+    # "layers on" path cheaper than it is for traffic that passes.
     return {"rate_limit": {"requests_per_s": 100_000, "burst": 100_000},
+            "input_rails": {"harmful_threshold": 1.0, "injection_threshold": 1.0},
+            "output_rails": {"harmful_threshold": 1.0},
             "log": {"segment_max_records": 100_000}}
 
 
@@ -124,13 +129,15 @@ class Server:
 
 
 def distinct_inputs(n: int, seed: int = 0) -> list[str]:
-    """``n`` different benign 384-character help-desk messages."""
+    """``n`` different benign 384-character help-desk messages (benign guard prompts)."""
     import random
 
     from models.helpdesk import build_domain
 
     data = build_domain(seed=seed, scale=1.0)
-    questions = [conv[0]["content"] for conv in data.sft_v1 if conv[0]["role"] == "user"]
+    questions = [p.text for p in data.guard_train if p.label == "benign"
+                 and p.tags.get("role", "prompt") == "prompt"
+                 and p.tags.get("transform") == "clean"]
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -146,14 +153,26 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _cpu_seconds(pid: int) -> float:
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
 def overhead(on: Server, off: Server, inputs: list[str]) -> dict[str, float]:
-    """Sequential requests alternating between the two servers; latency in ms."""
+    """Sequential requests alternating between the two servers; latency in ms.
+
+    Also the server processes' CPU time per request (all threads): the work the layers
+    add, which machine contention inflates far less than wall time.
+    """
     lat: dict[str, list[float]] = {"on": [], "off": []}
     errors = 0
     with httpx.Client(timeout=30) as client:
         for server in (on, off):  # warm-up: first requests pay one-off costs
             for text in inputs[:20]:
                 _post(client, server, text)
+        cpu0 = {s.mode: _cpu_seconds(s.proc.pid) for s in (on, off)}
         for i, text in enumerate(inputs):
             order = (on, off) if i % 2 == 0 else (off, on)
             for server in order:
@@ -161,7 +180,11 @@ def overhead(on: Server, off: Server, inputs: list[str]) -> dict[str, float]:
                 status = _post(client, server, text)
                 lat[server.mode].append((time.perf_counter() - t0) * 1000)
                 errors += status != 200
+        cpu = {s.mode: (_cpu_seconds(s.proc.pid) - cpu0[s.mode]) * 1000 / len(inputs)
+               for s in (on, off)}
     return {
+        "cpu_ms_per_request_on": cpu["on"],
+        "cpu_ms_per_request_off": cpu["off"],
         "p50_on_ms": statistics.median(lat["on"]),
         "p99_on_ms": _pct(lat["on"], 0.99),
         "p50_off_ms": statistics.median(lat["off"]),
@@ -206,22 +229,59 @@ async def throughput(server: Server, inputs: list[str], seconds: float, concurre
                 done += 1
 
         start = time.perf_counter()
+        cpu0 = _cpu_seconds(server.proc.pid)
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
+        cpu = _cpu_seconds(server.proc.pid) - cpu0
     return {"rps": done / elapsed, "requests": done, "errors": errors, "blocked": blocked,
-            "seconds": elapsed}
+            "seconds": elapsed, "server_cores_used": cpu / elapsed,
+            "server_cpu_ms_per_request": cpu * 1000 / max(1, done)}
+
+
+def _rates(blocked: list[bool], labels: list[str]) -> dict[str, float]:
+    out = {}
+    for label in ("harmful", "injection", "benign"):
+        sel = [b for b, lab in zip(blocked, labels, strict=True) if lab == label]
+        key = "benign_fpr" if label == "benign" else f"{label}_recall"
+        out[key] = sum(sel) / len(sel)
+    return out
+
+
+def _oracle(rule_block: list[bool], scores: list[dict[str, float]], labels: list[str],
+            budget: float = 0.03) -> tuple[dict[str, float], float, float]:
+    """Recall at the loosest thresholds whose benign FPR (rules included) is <= budget,
+    fitted on the held-out set itself (optimistic: an operating point, not a deployment)."""
+    import numpy as np
+
+    benign = [i for i, lab in enumerate(labels) if lab == "benign"]
+    best: tuple[dict[str, float], float, float] | None = None
+    for q in np.linspace(0.90, 1.0, 201):
+        th_h = float(np.quantile([scores[i]["harmful"] for i in benign], q)) + 1e-9
+        th_i = float(np.quantile([scores[i]["injection"] for i in benign], q)) + 1e-9
+        blocked = [r or s["harmful"] >= th_h or s["injection"] >= th_i
+                   for r, s in zip(rule_block, scores, strict=True)]
+        rates = _rates(blocked, labels)
+        if rates["benign_fpr"] <= budget:
+            best = (rates, th_h, th_i)
+            break
+    assert best is not None
+    return best
 
 
 def quality(guard_dir: Path) -> dict[str, float]:
     """Input-rail and guard-only recall/FPR on the held-out prompts."""
+    from loopwright.gateway import rules
+    from loopwright.gateway.normalize import normalise
     from loopwright.gateway.service import Gateway
+    from loopwright.gateway.settings import GatewaySettings
     from models.guard import Guard
     from models.helpdesk import build_domain
 
     data = build_domain(seed=0, scale=1.0)
     items = [p for p in data.guard_heldout if p.tags.get("role", "prompt") == "prompt"]
+    labels = [p.label for p in items]
     guard = Guard.load(guard_dir, backend="onnx", threads=1)
-    settings = _settings(True)
+    settings = GatewaySettings()  # served defaults: the guard's calibrated thresholds
     with tempfile.TemporaryDirectory() as tmp:
         gw = Gateway(settings, tmp, guard=guard)
 
@@ -236,18 +296,31 @@ def quality(guard_dir: Path) -> dict[str, float]:
 
         actions = asyncio.run(all_rails())
         gw.stop()
-    guard_blocked = [v.blocked for v in guard.classify([p.text for p in items])]
+    limit = settings.input_rails.max_guard_chars
+    views = [normalise(p.text) for p in items]
+    rule_block = [bool(rules.find_jailbreaks(v.pattern_text)) for v in views]
+    rail_scores = guard.scores([v.text[-limit:] for v in views])
+    raw_scores = guard.scores([p.text for p in items])
     out: dict[str, float] = {}
-    for name, blocked in (("rails", [a == "block" for a in actions]), ("guard_only",
-                                                                        guard_blocked)):
-        for label in ("harmful", "injection", "benign"):
-            sel = [b for b, p in zip(blocked, items, strict=True) if p.label == label]
-            rate = sum(sel) / len(sel)
-            key = "benign_fpr" if label == "benign" else f"{label}_recall"
-            out[f"{name}_{key}"] = rate
-    out["n_harmful"] = sum(p.label == "harmful" for p in items)
-    out["n_injection"] = sum(p.label == "injection" for p in items)
-    out["n_benign"] = sum(p.label == "benign" for p in items)
+    served = _rates([a == "block" for a in actions], labels)
+    out.update({f"rails_served_{k}": v for k, v in served.items()})
+    out["guard_threshold_harmful"] = guard.thresholds["harmful"]
+    out["guard_threshold_injection"] = guard.thresholds["injection"]
+    guard_only = _rates([v.blocked for v in guard.classify([p.text for p in items])], labels)
+    out.update({f"guard_only_served_{k}": v for k, v in guard_only.items()})
+    rates, th_h, th_i = _oracle(rule_block, rail_scores, labels)
+    out.update({f"rails_at_fpr3_{k}": v for k, v in rates.items()})
+    out["rails_at_fpr3_threshold_harmful"] = th_h
+    out["rails_at_fpr3_threshold_injection"] = th_i
+    rates, _, _ = _oracle([False] * len(items), raw_scores, labels)
+    out.update({f"guard_only_at_fpr3_{k}": v for k, v in rates.items()})
+    out["rules_only_benign_fpr"] = _rates(rule_block, labels)["benign_fpr"]
+    out["n_harmful"] = labels.count("harmful")
+    out["n_injection"] = labels.count("injection")
+    out["n_benign"] = labels.count("benign")
+    long_benign = distinct_inputs(200, seed=1)
+    out["guard_served_block_rate_on_384char_benign"] = (
+        sum(v.blocked for v in guard.classify(long_benign)) / len(long_benign))
     return out
 
 
@@ -296,6 +369,10 @@ def main() -> None:
     print(f"loadavg_1m_after: {load_after[0]:.2f}")
     print(f"overhead_requests_per_arm: {args.requests}")
     print(f"overhead_input_chars: {INPUT_CHARS}")
+    print(f"server_cpu_ms_per_request_layers_off: {o['cpu_ms_per_request_off']:.2f}")
+    print(f"server_cpu_ms_per_request_layers_on: {o['cpu_ms_per_request_on']:.2f}")
+    print(f"added_server_cpu_ms_per_request: "
+          f"{o['cpu_ms_per_request_on'] - o['cpu_ms_per_request_off']:.2f}")
     print(f"latency_p50_layers_off_ms: {o['p50_off_ms']:.2f}")
     print(f"latency_p50_layers_on_ms: {o['p50_on_ms']:.2f}")
     print(f"latency_p99_layers_off_ms: {o['p99_off_ms']:.2f}")
@@ -308,6 +385,8 @@ def main() -> None:
     print(f"throughput_requests: {t['requests']}")
     print(f"throughput_errors: {t['errors']}")
     print(f"throughput_blocked: {t['blocked']}")
+    print(f"throughput_server_cores_used: {t['server_cores_used']:.2f}")
+    print(f"throughput_server_cpu_ms_per_request: {t['server_cpu_ms_per_request']:.2f}")
     for name, value in q.items():
         print(f"{name}: {value:.4f}" if isinstance(value, float) else f"{name}: {value}")
     print(json.dumps({"overhead": o, "throughput": t, "quality": q}), file=sys.stderr)
