@@ -148,12 +148,14 @@ def load_components(
                 logger.warning("no guard from the registry (%s); input rails use rules only",
                                exc)
         if folder is not None:
-            comps.guard = Guard.load(_guard_folder(folder), backend=s.encoders.runtime)
+            comps.guard = Guard.load(_guard_folder(folder), backend=s.encoders.runtime,
+                                     threads=s.encoders.threads)
             comps.embedder = comps.guard.embedder()
         elif wants_embed:
             comps.embedder = Embedder.load(
                 s.encoders.embedder_dir,
-                backend=s.encoders.runtime if s.encoders.embedder_dir else "torch")
+                backend=s.encoders.runtime if s.encoders.embedder_dir else "torch",
+                threads=s.encoders.threads)
     if wants_embed:
         if s.encoders.kb_path:
             comps.facts = load_facts_jsonl(s.encoders.kb_path)

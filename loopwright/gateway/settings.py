@@ -111,6 +111,8 @@ class EncoderSettings(_Strict):
             domain's knowledge base when it is installed.
         kb_revision: revision of the example domain's knowledge base.
         max_batch: most texts per encoder call when batching concurrent requests.
+        threads: intra-op threads of the guard/embedder session (1 keeps latency steady
+            on a shared machine; more helps throughput when cores are free).
 
     """
 
@@ -120,6 +122,7 @@ class EncoderSettings(_Strict):
     kb_path: str | None = None
     kb_revision: int = Field(default=1, ge=1)
     max_batch: int = Field(default=32, ge=1)
+    threads: int = Field(default=1, ge=1, le=64)
 
 
 class SystemPromptSettings(_Strict):

@@ -93,3 +93,58 @@ def test_simulate_command_prints_counts(tmp_path):
     result = CliRunner().invoke(app, ["--url", "http://192.168.1.10:8400", "--api-key", "k"])
     assert result.exit_code != 0 and "only loopback" in result.output
     assert "API key" in CliRunner().invoke(app, []).output
+
+
+def test_load_components_builds_guard_embedder_and_facts(tiny_guard, tmp_path):
+    from loopwright.gateway.components import load_components
+    from tests.loopwright.gateway.conftest import GUARD_CACHE
+
+    settings = GatewaySettings.model_validate(
+        {"encoders": {"guard_dir": str(GUARD_CACHE), "runtime": "torch"}})
+    comps = load_components(settings, tmp_path)
+    assert comps.guard is not None and comps.embedder is not None and comps.store is None
+    assert len(comps.facts) >= 200 and len({f.id for f in comps.facts}) == len(comps.facts)
+    assert comps.embedder.encode(["hello"]).shape == (1, 384)
+
+
+def test_serve_command_starts_uvicorn_with_the_app_factory(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tests.loopwright.gateway.gateway_helpers import REPO, free_port
+
+    config = tmp_path / "gw.yaml"
+    config.write_text("input_rails: {guard: false}\noutput_rails: {guard: false}\n"
+                      "augment: {retrieval: false}\n")
+    port = free_port()
+    code = ("import typer; from loopwright.gateway.cli import serve; app = typer.Typer(); "
+            "app.command()(serve); app.command('x')(lambda: None); app()")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "serve", "--config", str(config), "--port", str(port),
+         "--log-level", "warning"],
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert time.time() < deadline, "serve did not become ready"
+            time.sleep(0.3)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={
+            "model": "helpdesk-policy", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 401  # keys are on by default
+        assert (tmp_path / ".loopwright" / "gateway" / "keys.sqlite").exists()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    records = spool_records(tmp_path / ".loopwright")
+    assert [r["status_code"] for r in records] == [401]  # sealed on shutdown, kept locally
