@@ -299,8 +299,13 @@ def quality(guard_dir: Path) -> dict[str, float]:
     limit = settings.input_rails.max_guard_chars
     views = [normalise(p.text) for p in items]
     rule_block = [bool(rules.find_jailbreaks(v.pattern_text)) for v in views]
-    rail_scores = guard.scores([v.text[-limit:] for v in views])
+    norm_scores = guard.scores([v.text[-limit:] for v in views])
     raw_scores = guard.scores([p.text for p in items])
+    # As the rail does: obfuscated inputs count the more suspicious of both views.
+    rail_scores = [
+        n if v.text[-limit:] == p.text[-limit:] else
+        {k: max(n[k], r[k]) if k != "benign" else min(n[k], r[k]) for k in n}
+        for n, r, v, p in zip(norm_scores, raw_scores, views, items, strict=True)]
     out: dict[str, float] = {}
     served = _rates([a == "block" for a in actions], labels)
     out.update({f"rails_served_{k}": v for k, v in served.items()})

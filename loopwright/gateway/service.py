@@ -618,9 +618,21 @@ class Gateway:
         run_guard = s.guard and self.guard is not None and action != "block"
         if run_guard:
             guard_text = "\n".join(v.text for v in views)[-s.max_guard_chars :]
+            raw_text = "\n".join(m["content"] for m in client)[-s.max_guard_chars :]
             joint = want_vector and guard_text == query_text[-s.max_guard_chars :]
-            guard_scores, vector = await self.encoders.analyse(
-                guard_text, scores=True, vector=joint)
+            if raw_text == guard_text or not s.guard_raw_too:
+                guard_scores, vector = await self.encoders.analyse(
+                    guard_text, scores=True, vector=joint)
+            else:
+                # Obfuscated input: the guard also learned the obfuscations themselves as a
+                # signal, so it reads both views and the more suspicious score counts.
+                (guard_scores, vector), (raw_scores, _) = await asyncio.gather(
+                    self.encoders.analyse(guard_text, scores=True, vector=joint),
+                    self.encoders.analyse(raw_text, scores=True, vector=False))
+                assert guard_scores is not None and raw_scores is not None
+                guard_scores = {k: max(v, raw_scores.get(k, 0.0)) if k != "benign"
+                                else min(v, raw_scores.get(k, 1.0))
+                                for k, v in guard_scores.items()}
             assert guard_scores is not None
             scores = {f"guard_{k}": round(float(v), 5) for k, v in guard_scores.items()}
             if guard_scores.get("harmful", 0.0) >= self.thresholds["harmful"]:

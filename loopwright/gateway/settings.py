@@ -85,6 +85,9 @@ class InputRailSettings(_Strict):
         pii_action: what a PII hit in the input does (redact replaces it before the model
             and in the log).
         decode_base64: decode base64 spans before checking.
+        guard_raw_too: when normalisation changed the text, the guard also reads the raw
+            text and the more suspicious score counts (a second pass, obfuscated inputs
+            only).
         max_guard_chars: the guard sees at most this many characters (the tail).
 
     """
@@ -96,6 +99,7 @@ class InputRailSettings(_Strict):
     jailbreak_patterns: bool = True
     pii_action: PiiAction = "redact"
     decode_base64: bool = True
+    guard_raw_too: bool = True
     max_guard_chars: int = Field(default=1_500, ge=16)
 
 

@@ -479,3 +479,17 @@ def test_openapi_schema_matches_the_routes(make_harness):
     assert "HTTPBearer" in schema["components"]["securitySchemes"]
     models = h.client.get("/v1/models", headers={"Authorization": f"Bearer {h.key()}"}).json()
     assert [m["id"] for m in models["data"]] == ["helpdesk-policy"]
+
+
+def test_guard_reads_raw_and_normalised_views_of_obfuscated_input(make_harness, tiny_guard):
+    from loopwright.gateway.normalize import normalise
+
+    h = make_harness({"augment": {"retrieval": False}}, guard=tiny_guard)
+    text = "How do I reset my pass\u200bword?"  # an invisible character: two views
+    h.chat(h.key(), text)
+    scores = h.interactions()[0]["input_verdict"]["scores"]
+    raw, norm = tiny_guard.scores([text, normalise(text).text])
+    assert scores["guard_harmful"] == pytest.approx(max(raw["harmful"], norm["harmful"]), abs=1e-4)
+    assert scores["guard_injection"] == pytest.approx(max(raw["injection"], norm["injection"]),
+                                                      abs=1e-4)
+    assert scores["guard_benign"] == pytest.approx(min(raw["benign"], norm["benign"]), abs=1e-4)
