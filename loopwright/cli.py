@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import yaml
 
 from loopwright.config import ConfigError, Settings, load_settings, masked_dump
+
+if TYPE_CHECKING:
+    from loopwright.release.registry_ops import RegistryOps
 
 app = typer.Typer(
     name="loopwright",
@@ -133,6 +136,98 @@ def _run_smoke(settings: Settings) -> bool:
 
 
 @app.command()
+def bootstrap(
+    ctx: typer.Context,
+    force: Annotated[bool, typer.Option(help="train and register again even if v1 exists")] = False,
+    tiny: Annotated[
+        bool, typer.Option(help="tiny models and data (seconds; for smoke runs)")
+    ] = False,
+    seed: int = 0,
+) -> None:
+    """Build the example data and v1 of policy, guard and reward; register them as champion."""
+    _run_bootstrap(_settings(ctx), force=force, tiny=tiny, seed=seed)
+
+
+def _run_bootstrap(settings: Settings, *, force: bool, tiny: bool, seed: int) -> None:
+    from loopwright.client_env import apply_client_env
+
+    apply_client_env(settings)
+    from flows.bootstrap import bootstrap_flow
+    from models.bootstrap import BootstrapConfig
+
+    config = BootstrapConfig(seed=seed, tiny=tiny, scale=0.15 if tiny else 1.0)
+    versions = bootstrap_flow(settings, settings.data_repo.resolve(), config, force)
+    for kind, version in versions.items():
+        typer.echo(f"  {kind:<7} models:/{version.name}/{version.version} (champion)")
+
+
+KindOption = Annotated[str, typer.Option(help="which registered model: policy, guard or reward")]
+
+
+def _registry_ops(settings: Settings) -> RegistryOps:
+    from loopwright.client_env import apply_client_env
+
+    apply_client_env(settings)
+    from mlflow import MlflowClient
+
+    from loopwright.release.registry_ops import RegistryOps
+
+    return RegistryOps(MlflowClient(), settings.app, settings.run_path / "locks")
+
+
+def _model_name(settings: Settings, kind: str) -> str:
+    if kind not in ("policy", "guard", "reward"):
+        typer.secho(f"unknown kind {kind!r}; valid: policy, guard, reward", fg="red", err=True)
+        raise typer.Exit(2)
+    return settings.registered_model(kind)  # type: ignore[arg-type]
+
+
+@app.command()
+def rollback(
+    ctx: typer.Context,
+    reason: Annotated[str, typer.Option(help="why (recorded in the audit history)")],
+    to: Annotated[str | None, typer.Option(help="version to serve (default: @previous)")] = None,
+    kind: KindOption = "policy",
+    actor: Annotated[str | None, typer.Option(help="who (default: $USER)")] = None,
+) -> None:
+    """Move ``champion`` back (to ``previous`` or ``--to``); the gateway follows in seconds."""
+    import getpass
+
+    from loopwright.release.registry_ops import RegistryError
+
+    settings = _settings(ctx)
+    name = _model_name(settings, kind)
+    try:
+        result = _registry_ops(settings).rollback(
+            name, to, actor=actor or getpass.getuser(), reason=reason
+        )
+    except RegistryError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from None
+    for move in result.moves:
+        typer.echo(f"  {move.alias}: {move.from_version} -> {move.to_version}")
+    now = result.moves[0].to_version if result.moves else "unchanged"
+    typer.echo(f"rollback {result.status}: {name} champion is now {now}")
+
+
+@app.command()
+def history(ctx: typer.Context, kind: KindOption = "policy") -> None:
+    """Every alias move of a registered model: when, who, why, from, to."""
+    settings = _settings(ctx)
+    moves = _registry_ops(settings).history(_model_name(settings, kind))
+    typer.echo(
+        f"{'#':>3} {'when (UTC)':<19} {'op':<15} {'alias':<15} {'from':>5} {'to':>5}  who: why"
+    )
+    for m in moves:
+        when = m.at.strftime("%Y-%m-%d %H:%M:%S")
+        typer.echo(
+            f"{m.seq:>3} {when:<19} {m.op:<15} {m.alias:<15} {m.from_version or '-':>5} "
+            f"{m.to_version or '-':>5}  {m.actor}: {m.reason}"
+            + ("" if m.status == "done" else f" [{m.status}]")
+        )
+
+
+@app.command()
 def demo(ctx: typer.Context) -> None:
     """Start the stack (or reuse it) and run the main job as far as it exists today."""
     from loopwright.stack import Stack, StackError
@@ -148,6 +243,8 @@ def demo(ctx: typer.Context) -> None:
     _print_status(settings)
     typer.echo("2. smoke round trips")
     ok = _run_smoke(settings)
+    typer.echo("3. bootstrap: example data and v1 models (skipped when already registered)")
+    _run_bootstrap(settings, force=False, tiny=False, seed=0)
     typer.echo("")
     typer.echo("Summary")
     typer.echo(f"  smoke:      {'all round trips passed' if ok else 'FAILED'}")

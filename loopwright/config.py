@@ -139,6 +139,8 @@ class Settings(BaseSettings):
             path to a YAML file).
         app: the application name; registered models are ``<app>-policy`` etc.
         run_dir: every piece of local state, log, PID and temp file lives under it.
+        data_repo: the git + DVC repository whose ``data/`` (tracked by ``data.dvc``) holds
+            the curated datasets; the project checkout by default.
         managed_services: services ``loopwright up`` starts; the cluster profile
             manages none (they are external).
 
@@ -154,6 +156,7 @@ class Settings(BaseSettings):
     profile: str = "local"
     app: str = Field(default="helpdesk", pattern=r"^[a-z][a-z0-9-]{1,40}$")
     run_dir: Path = Path(".loopwright")
+    data_repo: Path = Path(".")
     managed_services: list[ManagedService] = Field(default_factory=lambda: list(MANAGED_SERVICES))
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)

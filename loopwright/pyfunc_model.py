@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlflow.pyfunc import PythonModel
-
 import mlflow
+from mlflow.pyfunc import PythonModel
 
 
 class FolderModel(PythonModel):

@@ -37,8 +37,9 @@ def object_store_round_trip(store: ObjectStore, bucket: str) -> Check:
 def mlflow_registry_round_trip(app: str) -> Check:
     """Log a run, register a tiny model version, set and read back an alias."""
     import mlflow
-    from loopwright.registry import log_and_register, resolve_version
     from mlflow import MlflowClient
+
+    from loopwright.registry import log_and_register, resolve_version
 
     start = time.perf_counter()
     name = f"{app}-smoke"

@@ -14,6 +14,7 @@ stale rather than mistaken for the service.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 ServiceName = Literal["objectstore", "mlflow", "prefect", "ray"]
 START_ORDER: tuple[ServiceName, ...] = ("objectstore", "mlflow", "prefect", "ray")
 Health = Literal["healthy", "starting", "unhealthy", "stopped", "stale"]
+# 107-byte AF_UNIX limit minus Ray's "/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store".
+RAY_TEMP_MAX_CHARS = 107 - 64
 
 
 class StackError(RuntimeError):
@@ -132,6 +135,23 @@ class Stack:
 
     def _log_file(self, name: str) -> Path:
         return self.run / "logs" / f"{name}.log"
+
+    @property
+    def ray_temp_dir(self) -> Path:
+        """Ray's temp dir: ``<run>/ray``, unless that is too long for Ray's sockets.
+
+        Ray puts Unix sockets at ``<temp>/session_<timestamp>_<pid>/sockets/plasma_store``
+        (about 62 characters below the temp dir) and AF_UNIX paths end at 107 bytes. A
+        deep checkout would make Ray fail to start, so then a short folder named after the
+        run directory is used instead (and logged).
+        """
+        preferred = self.run / "ray"
+        if len(str(preferred)) <= RAY_TEMP_MAX_CHARS:
+            return preferred
+        digest = hashlib.sha1(str(self.run).encode()).hexdigest()[:10]
+        fallback = Path("/tmp") / f"lw-ray-{digest}"
+        logger.warning("%s is too long for Ray's sockets; using %s", preferred, fallback)
+        return fallback
 
     def base_env(self) -> dict[str, str]:
         """Environment for every child: home and temp inside the run dir, telemetry off."""
@@ -288,7 +308,7 @@ class Stack:
                 "--node-ip-address=127.0.0.1",
                 "--include-dashboard=false",
                 "--disable-usage-stats",
-                f"--temp-dir={self.run / 'ray'}",
+                f"--temp-dir={self.ray_temp_dir}",
                 f"--object-store-memory={r.object_store_memory_mb * 1024 * 1024}",
                 *(f"{flag}={port}" for flag, port in ray_ports.items()),
                 # Ray's default worker range (10002-19999) would collide with everything.
@@ -305,7 +325,7 @@ class Stack:
                 url=f"ray://127.0.0.1:{base + 1} (GCS {s.ray_address})",
                 ports=[(base, "ray.port")] + [(p, "ray.port") for p in ray_ports.values()],
                 health=lambda: _tcp_open("127.0.0.1", base) and _tcp_open("127.0.0.1", base + 1),
-                data_dirs=[self.run / "ray"],
+                data_dirs=[self.ray_temp_dir],
             )
         return {name: specs[name] for name in START_ORDER if name in specs}
 

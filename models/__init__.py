@@ -1,1 +1,1 @@
-"""The learnable parts: policy LM, reward model, guard classifier, embedder, and the example domain."""
+"""Learnable parts: policy LM, reward model, guard, embedder, and the example domain."""

@@ -81,9 +81,7 @@ def load_policy(model_dir: str | Path, device: str | None = None) -> LoadedPolic
 def render_prompts(policy: LoadedPolicy, conversations: Sequence[ChatMessages]) -> list[str]:
     """Apply the chat template with the generation prompt to each conversation."""
     return [
-        policy.tokenizer.apply_chat_template(
-            list(conv), tokenize=False, add_generation_prompt=True
-        )
+        policy.tokenizer.apply_chat_template(list(conv), tokenize=False, add_generation_prompt=True)
         for conv in conversations
     ]
 

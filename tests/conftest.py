@@ -52,9 +52,20 @@ def stack_settings() -> Iterator[object]:
     saved = dict(os.environ)
     os.environ.update(client_env(settings))
     os.environ.pop("PREFECT_PROFILES_PATH", None)
+    # Prefect caches its settings when first imported (perhaps before this fixture ran):
+    # override them explicitly so flows talk to this stack's server, not an ephemeral one.
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     try:
-        yield settings
+        with temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url}):
+            yield settings
     finally:
         os.environ.clear()
         os.environ.update(saved)
         stack.down()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(stack_settings) -> str:
+    """Tracking URI of the session stack's real MLflow server (SQLite store, S3 artifacts)."""
+    return str(stack_settings.mlflow_tracking_uri)

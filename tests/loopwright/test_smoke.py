@@ -27,6 +27,7 @@ def test_smoke_flow_runs_through_prefect_and_all_checks_pass(stack_settings):
 
 def test_registered_folder_downloads_byte_identical(stack_settings, tmp_path):
     import mlflow
+
     from loopwright.registry import download_model_folder, folder_digest, log_and_register
 
     folder = tmp_path / "model"

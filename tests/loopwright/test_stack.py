@@ -40,7 +40,7 @@ def test_lifecycle_up_status_up_again_down_down_again():
         # Everything the stack writes stays in its run directory and MLflow home.
         run = settings.run_path
         assert (run / "logs" / "mlflow.log").is_file()
-        assert (run / "prefect").is_dir() and (run / "ray").is_dir()
+        assert (run / "prefect").is_dir() and stack.ray_temp_dir.is_dir()
         assert (TEST_ROOT / "lifecycle" / "mlflow" / "store" / "mlflow.db").is_file()
     finally:
         stack.down()
@@ -74,8 +74,10 @@ def test_port_in_use_names_port_and_setting():
     env = dict(LIFECYCLE_ENV, LOOPWRIGHT_MANAGED_SERVICES='["mlflow"]')
     env["LOOPWRIGHT_RUN_DIR"] = str(TEST_ROOT / "busy" / "run")
     env["LOOPWRIGHT_OBJECT_STORE__ENDPOINT_URL"] = "http://127.0.0.1:21333"
+    env["LOOPWRIGHT_MLFLOW__PORT"] = "25061"
     settings = load_settings("local", env=stack_env(env))
     with socket.socket() as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         blocker.bind(("127.0.0.1", settings.mlflow.port))
         blocker.listen()
         with pytest.raises(PortInUse) as err:
