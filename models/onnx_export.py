@@ -35,6 +35,7 @@ def require_onnx() -> None:
 
     Raises:
         OnnxToolingMissingError: ``import onnx`` fails.
+
     """
     try:
         import onnx  # noqa: F401
@@ -61,6 +62,7 @@ def export_int8(module: nn.Module, out_path: str | Path, *, keep_fp32: bool = Fa
 
     Raises:
         OnnxToolingMissingError: the ``onnx`` package is missing.
+
     """
     require_onnx()
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -91,9 +93,7 @@ def export_int8(module: nn.Module, out_path: str | Path, *, keep_fp32: bool = Fa
                 dynamic_axes=dynamic_axes,
                 opset_version=OPSET,
             )
-        quantize_dynamic(
-            str(fp32), str(out_path), weight_type=QuantType.QInt8, per_channel=True
-        )
+        quantize_dynamic(str(fp32), str(out_path), weight_type=QuantType.QInt8, per_channel=True)
         if keep_fp32:
             fp32_out = out_path.with_name(f"{out_path.stem}.fp32.onnx")
             fp32_out.write_bytes(fp32.read_bytes())

@@ -58,6 +58,7 @@ class RewardTrainConfig(BaseModel):
         logging_steps: steps between loss records.
         progress: show a progress bar while training (otherwise training is quiet).
         encoder_folder: the pretrained encoder (default: the packaged all-MiniLM-L6-v2).
+
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -78,7 +79,7 @@ class RewardTrainConfig(BaseModel):
 
     @classmethod
     def tiny(cls, **overrides: Any) -> RewardTrainConfig:
-        """A config that trains in seconds on a handful of pairs (tests)."""
+        """Return a config that trains in seconds on a handful of pairs (tests)."""
         values: dict[str, Any] = dict(
             epochs=6,
             batch_size=4,
@@ -193,6 +194,7 @@ def train_reward(
     Raises:
         ValueError: a malformed pair (naming its index), no pair with weight > 0, or an
             ``init_from`` folder that is not a reward folder.
+
     """
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
@@ -214,9 +216,7 @@ def train_reward(
     tokenizer = load_tokenizer(source)
     prompts = [r[0] for r in used]
     chosen_ids, cut_c = _encode_pairs(tokenizer, prompts, [r[1] for r in used], config.max_length)
-    rejected_ids, cut_r = _encode_pairs(
-        tokenizer, prompts, [r[2] for r in used], config.max_length
-    )
+    rejected_ids, cut_r = _encode_pairs(tokenizer, prompts, [r[2] for r in used], config.max_length)
     weights = np.asarray([r[3] for r in used], dtype=np.float64)
     weighted = bool(not np.allclose(weights, weights[0]))
     dataset = Dataset.from_dict({"chosen_ids": chosen_ids, "rejected_ids": rejected_ids})
@@ -250,9 +250,7 @@ def train_reward(
         dataloader_num_workers=0,
     )
     trainer_cls = _weighted_trainer(weights) if weighted else RewardTrainer
-    trainer = trainer_cls(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer
-    )
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.remove_callback(PrinterCallback)  # log lines go to trainer.state, not stdout
     started = time.perf_counter()
     trainer.train()
@@ -290,13 +288,17 @@ def train_reward(
     )
     logger.info(
         "reward trained on %d pairs: %d steps in %.1fs, loss %.3f -> %.3f",
-        result.n_used, result.steps, train_seconds, result.loss_first, result.loss_last,
+        result.n_used,
+        result.steps,
+        train_seconds,
+        result.loss_first,
+        result.loss_last,
     )
     return result
 
 
 def _weighted_trainer(weights: np.ndarray) -> type:
-    """A ``RewardTrainer`` that samples pairs in proportion to their weights."""
+    """Build a ``RewardTrainer`` that samples pairs in proportion to their weights."""
     from torch.utils.data import WeightedRandomSampler
     from trl import RewardTrainer
 
@@ -304,7 +306,7 @@ def _weighted_trainer(weights: np.ndarray) -> type:
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
             generator = torch.Generator().manual_seed(int(self.args.seed))
             return WeightedRandomSampler(
-                torch.as_tensor(weights, dtype=torch.double),
+                [float(w) for w in weights],
                 num_samples=len(weights),
                 replacement=True,
                 generator=generator,
@@ -340,10 +342,12 @@ class RewardModel:
         """Load a folder written by :func:`train_reward`.
 
         Args:
+            folder: the reward folder.
             threads: torch intra-op threads (process-wide); ``None`` leaves them alone.
 
         Raises:
             FileNotFoundError: not a reward folder.
+
         """
         from transformers import AutoModelForSequenceClassification
 
@@ -361,6 +365,7 @@ class RewardModel:
 
         Raises:
             ValueError: ``prompts`` and ``responses`` differ in length.
+
         """
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -391,6 +396,7 @@ def pairwise_accuracy(model: RewardModel, pairs: Iterable[Any]) -> float:
 
     Raises:
         ValueError: no pairs, or a malformed pair (naming its index).
+
     """
     rows = [_pair_fields(p, i) for i, p in enumerate(pairs)]
     if not rows:
