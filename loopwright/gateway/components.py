@@ -90,9 +90,8 @@ def domain_facts(revision: int) -> list[Fact]:
 
 def download_registry_folder(tracking_uri: str, name: str, alias: str, cache: Path) -> Path:
     """Download ``models:/<name>@<alias>`` into ``cache/<name>/<version>`` (once)."""
-    from mlflow.artifacts import download_artifacts
-
     from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
 
     version = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, alias)
     target = cache / name / str(version.version)

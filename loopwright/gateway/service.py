@@ -303,6 +303,7 @@ class Gateway:
         self.guard = guard
         self.embedder = embedder
         calibrated: dict[str, float] = dict(getattr(guard, "thresholds", {}) or {})
+        self.guard_normalises = bool(getattr(guard, "normalize", False))
         ir, orr = s.input_rails, s.output_rails
 
         def pick(explicit: float | None, label: str) -> float:
@@ -620,7 +621,12 @@ class Gateway:
             guard_text = "\n".join(v.text for v in views)[-s.max_guard_chars :]
             raw_text = "\n".join(m["content"] for m in client)[-s.max_guard_chars :]
             joint = want_vector and guard_text == query_text[-s.max_guard_chars :]
-            if raw_text == guard_text or not s.guard_raw_too:
+            decoded = any(v.steps and {"base64", "percent"} & set(v.steps) for v in views)
+            # A guard that folds look-alikes and invisible characters itself only needs the
+            # raw view when we decoded something it cannot (base64, percent-encoding).
+            need_raw = s.guard_raw_too and raw_text != guard_text and (
+                decoded or not self.guard_normalises)
+            if not need_raw:
                 guard_scores, vector = await self.encoders.analyse(
                     guard_text, scores=True, vector=joint)
             else:

@@ -87,7 +87,8 @@ class InputRailSettings(_Strict):
         decode_base64: decode base64 spans before checking.
         guard_raw_too: when normalisation changed the text, the guard also reads the raw
             text and the more suspicious score counts (a second pass, obfuscated inputs
-            only).
+            only; with a self-normalising guard, only when base64 or percent-encoding was
+            decoded).
         max_guard_chars: the guard sees at most this many characters (the tail).
 
     """

@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # -- a tiny real guard (trained once, cached between sessions) -------------------------
 
-GUARD_CACHE = REPO / ".loopwright-test" / "gateway" / "guard-tiny-v1"
+GUARD_CACHE = REPO / ".loopwright-test" / "gateway" / "guard-tiny-v2"
 
 
 @pytest.fixture(scope="session")

@@ -485,7 +485,8 @@ def test_guard_reads_raw_and_normalised_views_of_obfuscated_input(make_harness, 
     from loopwright.gateway.normalize import normalise
 
     h = make_harness({"augment": {"retrieval": False}}, guard=tiny_guard)
-    text = "How do I reset my pass\u200bword?"  # an invisible character: two views
+    hidden = base64.b64encode(b"how do I reset my password").decode()
+    text = f"Please help: {hidden}"  # decoded by the rail, not by the guard: two views
     h.chat(h.key(), text)
     scores = h.interactions()[0]["input_verdict"]["scores"]
     raw, norm = tiny_guard.scores([text, normalise(text).text])

@@ -22,6 +22,7 @@ from tests.loopwright.gateway.gateway_helpers import LiveServer, spool_records
 def _register_stub(tmp: Path, name: str, reply: str) -> str:
     """Register a version whose folder describes a stub model (real pyfunc logging)."""
     import mlflow
+
     from loopwright.registry import log_and_register
 
     folder = tmp / f"stub-{abs(hash(reply))}"
