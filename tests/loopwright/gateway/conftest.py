@@ -8,9 +8,6 @@ environment: the S3 credentials are generated per server.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +18,9 @@ import pytest
 import torch
 
 from tests.loopwright.gateway.gateway_helpers import (
-    BIN,
     REPO,
     WeedServer,
     deep_merge,
-    free_port,
     spool_records,
 )
 
@@ -115,39 +110,5 @@ def weed(tmp_path: Path) -> Iterator[WeedServer]:
         server.stop()
 
 
-# -- a real MLflow tracking server -----------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
-               MLFLOW_DISABLE_TELEMETRY="true")
-    log = (root / "server.log").open("ab")
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'm.db'}",
-         "--artifacts-destination", str(root / "art"), "--host", "127.0.0.1", "--port",
-         str(port), "--workers", "1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.time() > deadline or proc.poll() is not None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise RuntimeError(f"mlflow server did not start; see {root / 'server.log'}")
-        time.sleep(0.3)
-    try:
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+# The MLflow server comes from the session stack (``mlflow_server`` in tests/conftest.py),
+# shared with the other registry tests.
