@@ -791,7 +791,7 @@ class Gateway:
         want_vector = a.enabled and a.retrieval and self.index is not None
         verdict, model_messages, vector = await self._input_rails(ctx, messages, want_vector)
         ctx.input_verdicts.append(verdict)
-        if verdict.action == "redact":
+        if model_messages is not messages:  # PII was redacted (whatever else was decided)
             ctx.messages = [Message(role=m["role"], content=_safe_text(m["content"]))  # type: ignore[arg-type]
                             for m in model_messages]
         fingerprint = f"{self.model_name}@none/none"
