@@ -107,6 +107,7 @@ def test_load_components_builds_guard_embedder_and_facts(tiny_guard, tmp_path):
     assert comps.embedder.encode(["hello"]).shape == (1, 384)
 
 
+@pytest.mark.slow  # a fresh interpreter importing the whole stack: ~10 s idle, more on load
 def test_serve_command_starts_uvicorn_with_the_app_factory(tmp_path):
     import os
     import subprocess
