@@ -279,7 +279,7 @@ def quality(guard_dir: Path) -> dict[str, float]:
 
     data = build_domain(seed=0, scale=1.0)
     items = [p for p in data.guard_heldout if p.tags.get("role", "prompt") == "prompt"]
-    labels = [p.label for p in items]
+    labels: list[str] = [str(p.label) for p in items]
     guard = Guard.load(guard_dir, backend="onnx", threads=1)
     settings = GatewaySettings()  # served defaults: the guard's calibrated thresholds
     with tempfile.TemporaryDirectory() as tmp:
