@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 if TYPE_CHECKING:
     from loopwright.config import Settings
@@ -106,7 +106,8 @@ def _file_path(uri: str) -> Path:
     parsed = urlparse(uri)
     if parsed.scheme != "file":
         raise ValueError(f"not a file:// URI: {uri!r}")
-    return Path(parsed.path)
+    # Path.as_uri() percent-encodes ("date=..." -> "date%3D..."): decode so both forms work.
+    return Path(unquote(parsed.path))
 
 
 class ObjectStore:

@@ -47,14 +47,16 @@ class BootstrapConfig(BaseModel):
         """The guard trainer's config for this bootstrap."""
         from models.guard import GuardConfig
 
-        return GuardConfig.tiny(seed=self.seed) if self.tiny else GuardConfig(seed=self.seed)
+        if self.tiny:
+            return GuardConfig.tiny(seed=self.seed, epochs=1)
+        return GuardConfig(seed=self.seed)
 
     def reward_config(self) -> Any:
         """The reward trainer's config for this bootstrap."""
         from models.reward import RewardTrainConfig
 
         if self.tiny:
-            return RewardTrainConfig.tiny(seed=self.seed)
+            return RewardTrainConfig.tiny(seed=self.seed, epochs=1)
         return RewardTrainConfig(seed=self.seed)
 
 

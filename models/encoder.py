@@ -359,6 +359,13 @@ class GuardEncoder(nn.Module):
             shared, _ = self._shared(input_ids, attention_mask)
         return shared
 
+    def embed_from_trunk(self, shared: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pretrained sentence vectors from trunk states (the embedding branch, no grad)."""
+        with torch.no_grad():
+            mask = _additive_mask(attention_mask, shared.dtype)
+            hidden = _run_layers(self.embed_top, shared, mask)
+            return nn.functional.normalize(mean_pool(hidden, attention_mask), dim=-1)
+
     def branch_forward(
         self,
         shared: torch.Tensor,

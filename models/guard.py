@@ -87,6 +87,9 @@ class GuardConfig(BaseModel):
             below ``target_fpr`` to leave room for sampling noise on unseen prompts.
         class_weighting: weight the loss by inverse label frequency.
         label_smoothing: cross-entropy label smoothing (softer, less over-confident scores).
+        group_similarity: texts whose pretrained embeddings are at least this similar
+            (cosine) stay on one side of the train/validation split, so thresholds are
+            calibrated on phrasings the model did not train on; ``None``: random split.
         normalize: fold look-alike characters and drop invisible ones before encoding
             (:func:`models.encoder.normalize_text`), in training and in serving.
         seed: seeds the split, the head initialisation and data order.
@@ -117,6 +120,7 @@ class GuardConfig(BaseModel):
     calibration_fpr: float = Field(default=0.02, gt=0, lt=1)
     class_weighting: bool = True
     label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
+    group_similarity: float | None = Field(default=0.8, gt=0, le=1)
     normalize: bool = True
     seed: int = 0
     threads: int | None = Field(default=None, ge=1, le=256)
@@ -220,33 +224,81 @@ def as_examples(items: Iterable[Any], source: str = "guard data") -> list[GuardE
     return out
 
 
+def near_duplicate_groups(embeddings: np.ndarray, min_similarity: float) -> np.ndarray:
+    """Group ids such that texts with cosine similarity >= ``min_similarity`` share a group.
+
+    Average-linkage clustering on cosine distance (scipy), cut at ``1 - min_similarity``:
+    paraphrases of one template, or one prompt under different surface noise, land together,
+    while average linkage keeps a chain of loosely similar texts from merging into one
+    giant group.
+
+    Args:
+        embeddings: (n, dim) unit vectors.
+        min_similarity: in (0, 1].
+
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    n = len(embeddings)
+    if n < 2:
+        return np.zeros(n, dtype=np.int64)
+    sims = np.clip(embeddings @ embeddings.T, -1.0, 1.0)
+    distances = 1.0 - sims[np.triu_indices(n, k=1)]
+    tree = linkage(np.clip(distances, 0.0, None), method="average")
+    return np.asarray(fcluster(tree, t=1.0 - min_similarity, criterion="distance"), dtype=np.int64)
+
+
 def stratified_split(
-    examples: Sequence[GuardExample], val_fraction: float, seed: int
-) -> tuple[list[GuardExample], list[GuardExample]]:
-    """Seeded split keeping each label's share; every label gets >= 1 example on each side.
+    examples: Sequence[GuardExample],
+    val_fraction: float,
+    seed: int,
+    groups: Sequence[int] | np.ndarray | None = None,
+) -> tuple[list[int], list[int]]:
+    """Seeded split into (train indices, val indices) keeping each label's share.
+
+    With ``groups``, whole groups go to one side (near-duplicates never straddle the split,
+    so validation scores look like scores on unseen phrasings); groups are taken in seeded
+    random order while they fit every label's validation quota. Every label gets >= 1
+    example on each side; if whole groups cannot achieve that, that label falls back to a
+    plain random split (logged).
 
     Raises:
         ValueError: a label has fewer than 2 examples (it cannot be on both sides).
 
     """
     rng = np.random.default_rng(seed)
-    by_label: dict[str, list[GuardExample]] = {}
-    for ex in examples:
-        by_label.setdefault(ex.label, []).append(ex)
-    train: list[GuardExample] = []
-    val: list[GuardExample] = []
+    labels = np.array([ex.label for ex in examples])
+    group_ids = np.arange(len(examples)) if groups is None else np.asarray(groups)
+    if len(group_ids) != len(examples):
+        raise ValueError(f"{len(group_ids)} group ids for {len(examples)} examples")
+    quota: dict[str, int] = {}
     for label in GUARD_LABELS:
-        group = by_label.get(label, [])
-        if len(group) < 2:
+        n = int((labels == label).sum())
+        if n < 2:
             raise ValueError(
-                f"label {label!r} has {len(group)} example(s); the guard needs >= 2 per label "
+                f"label {label!r} has {n} example(s); the guard needs >= 2 per label "
                 "(one to train on, one to calibrate with)"
             )
-        order = rng.permutation(len(group))
-        n_val = min(max(1, round(len(group) * val_fraction)), len(group) - 1)
-        val.extend(group[j] for j in order[:n_val])
-        train.extend(group[j] for j in order[n_val:])
-    return train, val
+        quota[label] = min(max(1, round(n * val_fraction)), n - 1)
+    in_val = np.zeros(len(examples), dtype=bool)
+    taken = Counter[str]()
+    unique = np.unique(group_ids)
+    for g in unique[rng.permutation(len(unique))]:
+        members = np.flatnonzero(group_ids == g)
+        need = Counter(labels[members].tolist())
+        if all(taken[lab] + c <= quota[lab] for lab, c in need.items()):
+            in_val[members] = True
+            taken.update(need)
+    for label in GUARD_LABELS:
+        mine = labels == label
+        n_val = int((in_val & mine).sum())
+        if 1 <= n_val <= mine.sum() - 1:
+            continue
+        logger.warning("label %r: no group split fits; splitting it at random", label)
+        in_val[mine] = False
+        idx = np.flatnonzero(mine)
+        in_val[idx[rng.permutation(len(idx))[: quota[label]]]] = True
+    return np.flatnonzero(~in_val).tolist(), np.flatnonzero(in_val).tolist()
 
 
 class Calibration(BaseModel):
@@ -633,15 +685,7 @@ def train_guard(train: Iterable[Any], config: GuardConfig, out_dir: str | Path) 
     out.mkdir(parents=True, exist_ok=True)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    train_split, val_split = stratified_split(examples, config.val_fraction, config.seed)
-    counts = Counter(ex.label for ex in train_split)
     label_index = {lab: i for i, lab in enumerate(GUARD_LABELS)}
-    weights = (
-        [len(train_split) / (len(GUARD_LABELS) * counts[lab]) for lab in GUARD_LABELS]
-        if config.class_weighting
-        else None
-    )
-
     source = config.encoder_folder or encoder_dir()
     tokenizer = load_tokenizer(source)
     torch.manual_seed(config.seed)
@@ -650,15 +694,29 @@ def train_guard(train: Iterable[Any], config: GuardConfig, out_dir: str | Path) 
         trainable_layers=config.trainable_layers,
         head_hidden=config.head_hidden,
     )
-    bert = load_bert(source)
-    module = GuardEncoder(bert, spec, class_weights=weights, label_smoothing=config.label_smoothing)
+    module = GuardEncoder(load_bert(source), spec, label_smoothing=config.label_smoothing)
 
     prep = normalize_text if config.normalize else (lambda t: t)
-    ids = tokenizer([prep(ex.text) for ex in train_split], truncation=False)["input_ids"]
-    ids = [_head_tail(list(x), config.max_length) for x in ids]
+    all_ids = tokenizer([prep(ex.text) for ex in examples], truncation=False)["input_ids"]
+    all_ids = [_head_tail(list(x), config.max_length) for x in all_ids]
+    pad_id = int(tokenizer.pad_token_id or 0)
     started = time.perf_counter()
-    cache = _trunk_cache(module, ids, int(tokenizer.pad_token_id or 0), config.eval_batch_size)
+    all_cache = _trunk_cache(module, all_ids, pad_id, config.eval_batch_size)
+    groups = None
+    if config.group_similarity is not None:
+        vectors = _embeddings_from_trunk(module, all_cache, config.eval_batch_size)
+        groups = near_duplicate_groups(vectors, config.group_similarity)
+    train_idx, val_idx = stratified_split(examples, config.val_fraction, config.seed, groups)
+    train_split = [examples[i] for i in train_idx]
+    val_split = [examples[i] for i in val_idx]
+    ids = [all_ids[i] for i in train_idx]
+    cache = [all_cache[i] for i in train_idx]
     cache_seconds = time.perf_counter() - started
+    counts = Counter(ex.label for ex in train_split)
+    if config.class_weighting:
+        module.class_weights = torch.tensor(
+            [len(train_split) / (len(GUARD_LABELS) * counts[lab]) for lab in GUARD_LABELS]
+        )
     dataset = Dataset.from_dict(
         {
             "input_ids": ids,
@@ -824,6 +882,24 @@ def _trunk_cache(
         states = module.trunk(torch.from_numpy(input_ids), torch.from_numpy(mask))
         for i, r in enumerate(rows):
             out[r] = states[i, : len(ids[r])].clone()
+    return out
+
+
+def _embeddings_from_trunk(
+    module: GuardEncoder, cache: list[torch.Tensor], batch_size: int
+) -> np.ndarray:
+    """Pretrained sentence vectors from cached trunk states (only the top layers run)."""
+    out = np.zeros((len(cache), module.hidden_size), dtype=np.float32)
+    order = np.argsort([c.shape[0] for c in cache], kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        width = max(cache[r].shape[0] for r in rows)
+        states = torch.zeros(len(rows), width, module.hidden_size)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            states[i, : cache[r].shape[0]] = cache[r]
+            mask[i, : cache[r].shape[0]] = 1
+        out[rows] = module.embed_from_trunk(states, mask).numpy()
     return out
 
 

@@ -243,7 +243,7 @@ def train_reward(
         report_to="none",
         use_cpu=True,
         bf16=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,  # trl defaults it on; pointless cost on CPU
         seed=config.seed,
         data_seed=config.seed,
         disable_tqdm=not config.progress,

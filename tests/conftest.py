@@ -19,15 +19,23 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_ROOT = REPO / ".loopwright-test"
 
 # Ports chosen so that neither the services nor their derived ports (SeaweedFS gRPC at
-# +10000, Ray's worker range at +20..+219) overlap the default profile's.
+# +10000, Ray's worker range at +20..+219) overlap the default profile's. Two checkouts
+# can run their tests at once with LWTEST_PORT_OFFSET (e.g. 1000) in one of them.
+PORT_OFFSET = int(os.environ.get("LWTEST_PORT_OFFSET", "0"))
+
+
+def _port(base: int) -> str:
+    return str(base + PORT_OFFSET)
+
+
 SESSION_STACK_ENV = {
     "LOOPWRIGHT_RUN_DIR": str(TEST_ROOT / "session" / "run"),
     "LOOPWRIGHT_MLFLOW__HOME": str(TEST_ROOT / "session" / "mlflow"),
-    "LOOPWRIGHT_MLFLOW__PORT": "15050",
-    "LOOPWRIGHT_PREFECT__PORT": "14200",
-    "LOOPWRIGHT_OBJECT_STORE__S3_PORT": "17333",
-    "LOOPWRIGHT_OBJECT_STORE__INTERNAL_PORT_BASE": "17340",
-    "LOOPWRIGHT_RAY__PORT": "16380",
+    "LOOPWRIGHT_MLFLOW__PORT": _port(15050),
+    "LOOPWRIGHT_PREFECT__PORT": _port(14200),
+    "LOOPWRIGHT_OBJECT_STORE__S3_PORT": _port(17333),
+    "LOOPWRIGHT_OBJECT_STORE__INTERNAL_PORT_BASE": _port(17340),
+    "LOOPWRIGHT_RAY__PORT": _port(16380),
 }
 
 

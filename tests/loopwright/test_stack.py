@@ -5,7 +5,7 @@ import shutil
 import socket
 
 import pytest
-from conftest import TEST_ROOT, stack_env
+from conftest import TEST_ROOT, _port, stack_env
 
 from loopwright.config import load_settings
 from loopwright.stack import PortInUse, Stack
@@ -15,11 +15,11 @@ pytestmark = pytest.mark.services
 LIFECYCLE_ENV = {
     "LOOPWRIGHT_RUN_DIR": str(TEST_ROOT / "lifecycle" / "run"),
     "LOOPWRIGHT_MLFLOW__HOME": str(TEST_ROOT / "lifecycle" / "mlflow"),
-    "LOOPWRIGHT_MLFLOW__PORT": "25050",
-    "LOOPWRIGHT_PREFECT__PORT": "24200",
-    "LOOPWRIGHT_OBJECT_STORE__S3_PORT": "21333",
-    "LOOPWRIGHT_OBJECT_STORE__INTERNAL_PORT_BASE": "21340",
-    "LOOPWRIGHT_RAY__PORT": "26380",
+    "LOOPWRIGHT_MLFLOW__PORT": _port(25050),
+    "LOOPWRIGHT_PREFECT__PORT": _port(24200),
+    "LOOPWRIGHT_OBJECT_STORE__S3_PORT": _port(21333),
+    "LOOPWRIGHT_OBJECT_STORE__INTERNAL_PORT_BASE": _port(21340),
+    "LOOPWRIGHT_RAY__PORT": _port(26380),
 }
 
 
@@ -73,8 +73,8 @@ def test_stale_pid_file_is_detected_and_replaced():
 def test_port_in_use_names_port_and_setting():
     env = dict(LIFECYCLE_ENV, LOOPWRIGHT_MANAGED_SERVICES='["mlflow"]')
     env["LOOPWRIGHT_RUN_DIR"] = str(TEST_ROOT / "busy" / "run")
-    env["LOOPWRIGHT_OBJECT_STORE__ENDPOINT_URL"] = "http://127.0.0.1:21333"
-    env["LOOPWRIGHT_MLFLOW__PORT"] = "25061"
+    env["LOOPWRIGHT_OBJECT_STORE__ENDPOINT_URL"] = f"http://127.0.0.1:{_port(21333)}"
+    env["LOOPWRIGHT_MLFLOW__PORT"] = _port(25061)
     settings = load_settings("local", env=stack_env(env))
     with socket.socket() as blocker:
         blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

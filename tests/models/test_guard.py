@@ -24,6 +24,7 @@ from models.guard import (
     calibrate_thresholds,
     evaluate_guard,
     guard_metrics,
+    near_duplicate_groups,
     stratified_split,
     train_guard,
 )
@@ -240,13 +241,28 @@ def test_bad_items_name_the_index_and_the_valid_labels() -> None:
 def test_split_is_seeded_stratified_and_needs_two_per_label() -> None:
     examples = as_examples(FIXTURE)
     a = stratified_split(examples, 0.25, seed=3)
-    b = stratified_split(examples, 0.25, seed=3)
-    assert a == b
+    assert a == stratified_split(examples, 0.25, seed=3)
     train, val = a
-    assert len(train) + len(val) == len(examples)
-    assert {ex.label for ex in val} == set(GUARD_LABELS)
+    assert sorted(train + val) == list(range(len(examples)))
+    assert {examples[i].label for i in val} == set(GUARD_LABELS)
     with pytest.raises(ValueError, match="label 'injection' has 1 example"):
         stratified_split(examples[:21], 0.25, seed=0)
+
+
+def test_near_duplicates_stay_on_one_side_of_the_split() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(12, 16))
+    # 12 templates x 3 near-identical variants; labels cycle over templates.
+    vecs = np.repeat(centres, 3, axis=0) + 0.01 * rng.normal(size=(36, 16))
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    groups = near_duplicate_groups(vecs, min_similarity=0.9)
+    assert len(set(groups.tolist())) == 12
+    assert all(len(set(groups[3 * t : 3 * t + 3].tolist())) == 1 for t in range(12))
+    examples = [GuardExample(f"t{i}", GUARD_LABELS[(i // 3) % 3]) for i in range(36)]
+    train, val = stratified_split(examples, 0.3, seed=1, groups=groups)
+    val_groups = {int(groups[i]) for i in val}
+    assert not val_groups & {int(groups[i]) for i in train}
+    assert {examples[i].label for i in val} == set(GUARD_LABELS)
 
 
 def test_config_is_validated_with_a_useful_message() -> None:

@@ -1,0 +1,461 @@
+"""Curate: committed rows -> SFT conversations, preference pairs and regression cases.
+
+Reads only the committed tables (rows that passed the contracts and the screening), so
+nothing quarantined can reach training. Per interaction, its feedback is folded into one
+judgement:
+
+* **good**: a reviewer labelled it ``good``, or its user ratings sum above zero, and
+  nobody contested it (no other reviewer label, no correction) and it is not an error
+  fallback;
+* **failed**: ratings sum below zero, a reviewer label other than ``good``, a correction,
+  or the output rail blocked it.
+
+Outputs (all deduplicated):
+
+* SFT rows (``sft.jsonl``, one ``{"messages": [...]}`` per line as
+  ``models.helpdesk.records.write_conversations`` writes): good answers, corrections,
+  reviewers' chosen answers, and uncontested guard blocks with their safe response.
+* Preference pairs (``pairs.jsonl``): good vs failed answers to the same prompt
+  (``rating``), correction vs the original (``correction``), reviewer comparisons
+  (``reviewer``), and guard blocks: the safe fallback chosen over what the model would
+  have said (``guard``; the gateway does not log a blocked generation, so the caller
+  passes ``complete_blocked``, e.g. sampling the champion).
+* Regression cases (``regression.jsonl``, :class:`~loopwright.records.EvalSample` rows of
+  the ``regression`` suite): failures whose right behaviour is known (a correction, a
+  reviewer's chosen answer, or a refusal for unsafe ones), merged with the existing suite
+  and deduplicated by normalised prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from loopwright.data.screening import marker_refusal
+from loopwright.data.tables import FEEDBACK_SCHEMA, INTERACTION_SCHEMA, DataLayout, read_table
+from loopwright.records import (
+    EvalSample,
+    ExpectedBehaviour,
+    Interaction,
+    Message,
+    PreferencePair,
+    read_jsonl,
+    write_jsonl,
+)
+
+logger = logging.getLogger(__name__)
+
+Conversation = list[dict[str, str]]
+
+
+class CurateConfig(BaseModel):
+    """Weights and limits of curation.
+
+    Attributes:
+        rating_weight / correction_weight / reviewer_weight / guard_weight: loss weight of
+            each pair source (>= 0).
+        max_rating_pairs_per_prompt: cap on good x failed combinations per prompt.
+        regression_suite: suite name of the regression cases.
+        guard_refusals_in_sft: add uncontested guard blocks to SFT as refusal examples.
+
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rating_weight: float = Field(default=1.0, ge=0.0)
+    correction_weight: float = Field(default=1.0, ge=0.0)
+    reviewer_weight: float = Field(default=1.0, ge=0.0)
+    guard_weight: float = Field(default=1.0, ge=0.0)
+    max_rating_pairs_per_prompt: int = Field(default=4, ge=1)
+    regression_suite: str = Field(default="regression", min_length=1)
+    guard_refusals_in_sft: bool = True
+
+
+@dataclass
+class CuratedData:
+    """Curated training signal (in memory).
+
+    Attributes:
+        sft: conversations, each ``[{"role", "content"}, ...]`` ending with the assistant.
+        pairs: preference pairs.
+        regression: the regression suite (existing cases first, then new ones).
+        counts: how many of each came from where (``sft_good``, ``pairs_rating``, ...).
+
+    """
+
+    sft: list[Conversation] = field(default_factory=list)
+    pairs: list[PreferencePair] = field(default_factory=list)
+    regression: list[EvalSample] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CurateResult:
+    """What :func:`curate` wrote.
+
+    Attributes:
+        sft_path / pairs_path / regression_path: the JSONL files.
+        counts: per output and source, e.g. ``sft``, ``sft_correction``, ``pairs``,
+            ``pairs_guard``, ``regression``, ``regression_new``,
+            ``guard_blocks_without_completion``, ``failures_without_target``.
+
+    """
+
+    sft_path: Path
+    pairs_path: Path
+    regression_path: Path
+    counts: dict[str, int]
+
+
+def normalise_prompt(text: str) -> str:
+    """Lower-case, punctuation dropped, whitespace collapsed: the dedupe key of prompts."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def _dialogue(record: Interaction) -> Conversation:
+    """The user/assistant turns of a request (the system prompt is the gateway's, not data)."""
+    return [{"role": m.role, "content": m.content} for m in record.messages if m.role != "system"]
+
+
+@dataclass
+class _Judged:
+    record: Interaction
+    ratings: list[float] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    corrections: list[tuple[str, str]] = field(default_factory=list)  # (source, text)
+    preferences: list[tuple[str, str, str]] = field(
+        default_factory=list
+    )  # (source, chosen, rejected)
+
+    @property
+    def prompt(self) -> str:
+        for m in reversed(self.record.messages):
+            if m.role == "user":
+                return m.content
+        return ""
+
+    @property
+    def contested(self) -> bool:
+        return bool(self.corrections) or any(label != "good" for label in self.labels)
+
+    @property
+    def good(self) -> bool:
+        if self.contested or self.record.error is not None or not self.record.response:
+            return False
+        return "good" in self.labels or sum(self.ratings) > 0
+
+    @property
+    def failed(self) -> bool:
+        return (
+            sum(self.ratings) < 0 or self.contested or self.record.output_verdict.action == "block"
+        )
+
+    @property
+    def blocked(self) -> bool:
+        return self.record.fallback_used and "block" in (
+            self.record.input_verdict.action,
+            self.record.output_verdict.action,
+        )
+
+
+def _judge(interactions: pd.DataFrame, feedback: pd.DataFrame) -> list[_Judged]:
+    judged = {
+        row["id"]: _Judged(Interaction.model_validate_json(row["record"]))
+        for _, row in interactions.sort_values(["timestamp", "id"]).iterrows()
+    }
+    for _, row in feedback.sort_values(["timestamp", "id"]).iterrows():
+        item = judged.get(row["interaction_id"])
+        if item is None:
+            continue  # its interaction is in another batch selection
+        kind = row["kind"]
+        if kind == "rating" and pd.notna(row["rating"]):
+            item.ratings.append(float(row["rating"]))
+        elif kind == "reviewer_label" and isinstance(row["label"], str):
+            item.labels.append(row["label"])
+        elif kind == "correction" and isinstance(row["text"], str) and row["text"].strip():
+            item.corrections.append((row["source"], row["text"]))
+        elif (
+            kind == "preference"
+            and isinstance(row["chosen"], str)
+            and isinstance(row["rejected"], str)
+        ):
+            item.preferences.append((row["source"], row["chosen"], row["rejected"]))
+    return list(judged.values())
+
+
+def _best_correction(item: _Judged) -> str | None:
+    reviewer = [t for s, t in item.corrections if s == "reviewer"]
+    texts = reviewer or [t for _, t in item.corrections]
+    return texts[-1] if texts else None  # the latest, reviewers first
+
+
+def _case_id(prompt: str) -> str:
+    return hashlib.sha1(normalise_prompt(prompt).encode("utf-8")).hexdigest()[:12]
+
+
+def build_training_data(
+    interactions: pd.DataFrame,
+    feedback: pd.DataFrame,
+    config: CurateConfig | None = None,
+    *,
+    is_refusal: Callable[[str], bool] | None = None,
+    complete_blocked: Callable[[list[str]], list[str]] | None = None,
+    existing_regression: Sequence[EvalSample] = (),
+) -> CuratedData:
+    """Curate SFT rows, preference pairs and regression cases from committed frames (pure).
+
+    Args:
+        interactions: committed interactions (schema of :mod:`loopwright.data.tables`).
+        feedback: committed feedback on them.
+        config: weights and limits.
+        is_refusal: refusal detector (guard pairs whose completion is itself a refusal
+            are dropped; regression cases whose target is a refusal expect ``refuse``).
+        complete_blocked: prompts -> what the model would say, for guard-block pairs.
+        existing_regression: the current regression suite (kept; new prompts only added).
+
+    """
+    config = config or CurateConfig()
+    is_refusal = is_refusal or marker_refusal()
+    judged = _judge(interactions, feedback)
+    out = CuratedData()
+    counts: Counter[str] = Counter()
+
+    sft_seen: set[tuple[str, str]] = set()
+
+    def add_sft(item: _Judged, answer: str, source: str) -> None:
+        key = (normalise_prompt(item.prompt), " ".join(answer.split()))
+        if key in sft_seen or not answer.strip():
+            return
+        sft_seen.add(key)
+        out.sft.append([*_dialogue(item.record), {"role": "assistant", "content": answer}])
+        counts[f"sft_{source}"] += 1
+
+    pair_seen: set[tuple[str, str, str]] = set()
+
+    def add_pair(prompt: str, chosen: str, rejected: str, source: str, weight: float) -> None:
+        key = (normalise_prompt(prompt), " ".join(chosen.split()), " ".join(rejected.split()))
+        if key in pair_seen or key[1] == key[2] or not key[1] or not key[2]:
+            return
+        pair_seen.add(key)
+        out.pairs.append(
+            PreferencePair(
+                prompt=prompt, chosen=chosen, rejected=rejected, source=source, weight=weight
+            )
+        )
+        counts[f"pairs_{source}"] += 1
+
+    blocked_prompts: list[_Judged] = []
+    by_prompt: dict[str, list[_Judged]] = defaultdict(list)
+    for item in judged:
+        response = item.record.response or ""
+        if item.blocked:
+            # A block nobody contested: the safe response is what the model should say.
+            if not item.contested and sum(item.ratings) >= 0 and item.record.error is None:
+                blocked_prompts.append(item)
+                if config.guard_refusals_in_sft:
+                    add_sft(item, response, "guard")
+        elif item.good:
+            add_sft(item, response, "good")
+        correction = _best_correction(item)
+        if correction is not None:
+            add_sft(item, correction, "correction")
+            if response:
+                add_pair(item.prompt, correction, response, "correction", config.correction_weight)
+        for source, chosen, rejected in item.preferences:
+            if source == "reviewer":
+                add_sft(item, chosen, "reviewer")
+            add_pair(
+                item.prompt,
+                chosen,
+                rejected,
+                "reviewer" if source == "reviewer" else "user_preference",
+                config.reviewer_weight,
+            )
+        by_prompt[normalise_prompt(item.prompt)].append(item)
+
+    for items in by_prompt.values():
+        goods = [i.record.response for i in items if i.good and not i.blocked and i.record.response]
+        bads = [
+            i.record.response
+            for i in items
+            if sum(i.ratings) < 0 and i.record.response and not i.blocked
+        ]
+        made = 0
+        for chosen in dict.fromkeys(goods):
+            for rejected in dict.fromkeys(bads):
+                if made >= config.max_rating_pairs_per_prompt:
+                    break
+                before = len(out.pairs)
+                add_pair(items[0].prompt, chosen, rejected, "rating", config.rating_weight)
+                made += len(out.pairs) - before
+
+    if blocked_prompts and complete_blocked is not None:
+        completions = complete_blocked([i.prompt for i in blocked_prompts])
+        if len(completions) != len(blocked_prompts):
+            raise ValueError(
+                f"complete_blocked returned {len(completions)} texts for "
+                f"{len(blocked_prompts)} prompts"
+            )
+        for item, completion in zip(blocked_prompts, completions, strict=True):
+            if not completion or is_refusal(completion):
+                counts["guard_completion_refused"] += 1  # no contrast to learn from
+                continue
+            add_pair(
+                item.prompt, item.record.response or "", completion, "guard", config.guard_weight
+            )
+    else:
+        counts["guard_blocks_without_completion"] += len(blocked_prompts)
+
+    out.regression = list(existing_regression)
+    known = {normalise_prompt(_last_user(s.messages)) for s in existing_regression}
+    for item in judged:
+        if not item.failed:
+            continue
+        case = _regression_case(item, config, is_refusal)
+        if case is None:
+            counts["failures_without_target"] += 1
+            continue
+        key = normalise_prompt(item.prompt)
+        if key in known:
+            counts["regression_duplicates"] += 1
+            continue
+        known.add(key)
+        out.regression.append(case)
+        counts["regression_new"] += 1
+
+    counts["sft"] = len(out.sft)
+    counts["pairs"] = len(out.pairs)
+    counts["regression"] = len(out.regression)
+    out.counts = dict(sorted(counts.items()))
+    return out
+
+
+def _last_user(messages: Iterable[Message]) -> str:
+    last = ""
+    for m in messages:
+        if m.role == "user":
+            last = m.content
+    return last
+
+
+def _regression_case(
+    item: _Judged, config: CurateConfig, is_refusal: Callable[[str], bool]
+) -> EvalSample | None:
+    """The eval case a failure becomes, or None when the right behaviour is unknown."""
+    target = _best_correction(item)
+    source = "correction"
+    if target is None:
+        reviewer = [c for s, c, _ in item.preferences if s == "reviewer"]
+        target, source = (reviewer[-1], "reviewer") if reviewer else (None, "")
+    unsafe = "unsafe" in item.labels or item.record.output_verdict.action == "block"
+    if target is None and unsafe and item.record.fallback_used and item.record.response:
+        target, source = (
+            item.record.response,
+            "output_block" if "unsafe" not in item.labels else "reviewer",
+        )
+    if target is None:
+        return None
+    behaviour: ExpectedBehaviour = "refuse" if is_refusal(target) else "answer"
+    label = next(
+        (lab for lab in item.labels if lab != "good"),
+        "negative_rating" if sum(item.ratings) < 0 else source,
+    )
+    case_id = _case_id(item.prompt)
+    return EvalSample(
+        id=f"{config.regression_suite}-{case_id}",
+        suite=config.regression_suite,
+        dimension="regression",
+        messages=[Message(role=m["role"], content=m["content"]) for m in _dialogue(item.record)],  # type: ignore[arg-type]
+        references=[target],
+        group=case_id,
+        expected_behaviour=behaviour,
+        tags={"source": source, "failure": label, "interaction_id": item.record.id},
+    )
+
+
+def _write_conversations(path: Path, conversations: Iterable[Conversation]) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with path.open("w", encoding="utf-8") as handle:
+        for conv in conversations:
+            handle.write(json.dumps({"messages": conv}, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def curate(
+    out_dir: Path,
+    dest_dir: Path,
+    config: CurateConfig | None = None,
+    *,
+    batches: Sequence[int] | None = None,
+    is_refusal: Callable[[str], bool] | None = None,
+    complete_blocked: Callable[[list[str]], list[str]] | None = None,
+    existing_regression: Path | None = None,
+) -> CurateResult:
+    """Curate the committed tables of a data folder into JSONL training files.
+
+    Args:
+        out_dir: the data folder (committed ``interactions.parquet`` / ``feedback.parquet``).
+        dest_dir: where ``sft.jsonl``, ``pairs.jsonl`` and ``regression.jsonl`` go.
+        config: weights and limits.
+        batches: only rows of these committed batches (None: all committed rows).
+        is_refusal: refusal detector (default: :func:`loopwright.data.screening.marker_refusal`).
+        complete_blocked: prompts -> what the model would have said (guard-block pairs).
+        existing_regression: the current regression suite JSONL; kept, and its prompts
+            are not added again.
+
+    """
+    layout = DataLayout(Path(out_dir))
+    interactions = read_table(layout.interactions, INTERACTION_SCHEMA)
+    feedback = read_table(layout.feedback, FEEDBACK_SCHEMA)
+    if batches is not None:
+        interactions = interactions[interactions["batch"].isin(list(batches))]
+        feedback = feedback[feedback["interaction_id"].isin(interactions["id"])]
+    existing = list(read_jsonl(existing_regression, EvalSample)) if existing_regression else []
+    data = build_training_data(
+        interactions,
+        feedback,
+        config,
+        is_refusal=is_refusal,
+        complete_blocked=complete_blocked,
+        existing_regression=existing,
+    )
+    dest = Path(dest_dir)
+    result = CurateResult(
+        dest / "sft.jsonl", dest / "pairs.jsonl", dest / "regression.jsonl", data.counts
+    )
+    _write_conversations(result.sft_path, data.sft)
+    write_jsonl(result.pairs_path, data.pairs)
+    write_jsonl(result.regression_path, data.regression)
+    logger.info("curated %s into %s", data.counts, dest)
+    return result
+
+
+def load_pairs(path: Path) -> list[PreferencePair]:
+    """Read ``pairs.jsonl`` back (a bad line raises naming file and line)."""
+    return list(read_jsonl(path, PreferencePair))
+
+
+def load_sft(path: Path) -> list[Conversation]:
+    """Read ``sft.jsonl`` back as conversations."""
+    rows: list[Conversation] = []
+    with Path(path).open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            data: Any = json.loads(line)
+            if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+                raise ValueError(f'{path}:{lineno}: expected {{"messages": [...]}}')
+            rows.append(data["messages"])
+    return rows

@@ -1,0 +1,60 @@
+"""The example help-desk domain's screening parts: fact checker, refusal test, PII allowlist.
+
+Everything domain-specific the data stages need comes from here, so the stages stay
+generic: another domain passes its own fact checker, refusal detector and config.
+"""
+
+from __future__ import annotations
+
+import re
+
+from loopwright.data.factcheck import KBFact, KBFactChecker
+from loopwright.data.screening import ScreeningConfig
+
+
+def helpdesk_fact_checker(revision: int = 2) -> KBFactChecker:
+    """The KB at ``revision`` as a fact checker; the revision before it supplies stale values.
+
+    Raises:
+        ValueError: unknown revision (the message lists the valid ones).
+
+    """
+    from models.helpdesk.kb import REVISIONS, knowledge_base
+
+    if revision not in REVISIONS:
+        raise ValueError(f"unknown KB revision {revision!r}; valid: {list(REVISIONS)}")
+
+    def facts(rev: int) -> list[KBFact]:
+        return [
+            KBFact(f.id, f.answer, f.value, tuple(f.slots.values())) for f in knowledge_base(rev)
+        ]
+
+    previous = facts(revision - 1) if revision - 1 in REVISIONS else []
+    return KBFactChecker(facts(revision), previous)
+
+
+def helpdesk_is_safe_response(text: str) -> bool:
+    """Whether a response refuses or safely redirects (crisis help) a request."""
+    from models.helpdesk.safety import is_refusal, is_safe_completion
+
+    return is_refusal(text) or is_safe_completion(text)
+
+
+def helpdesk_screening_config(**overrides: object) -> ScreeningConfig:
+    """Screening thresholds for the example domain: the company's own addresses are not PII.
+
+    Args:
+        **overrides: any :class:`~loopwright.data.screening.ScreeningConfig` field.
+
+    """
+    from models.helpdesk.kb import PRODUCT, knowledge_base
+
+    domains = {
+        m.group(1).lower()
+        for rev in (1, 2)
+        for fact in knowledge_base(rev)
+        for m in re.finditer(r"@([\w.-]+\.[a-z]{2,})", fact.answer)
+    }
+    domains.add(PRODUCT.lower().replace(" ", "") + ".example")
+    allow = tuple(rf"@{re.escape(d)}$" for d in sorted(domains))
+    return ScreeningConfig.model_validate({"pii_allow": allow, **overrides})

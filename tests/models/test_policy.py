@@ -1,0 +1,285 @@
+"""Policy LM: tokenizer, label mask, v1 training, determinism, loading, SFT with replay, DPO."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from loopwright.records import PreferencePair
+from models.generation import DecodingParams, generate_batch, load_policy
+from models.policy import (
+    END_TOKEN,
+    TRAINING_META_FILE,
+    PolicyConfig,
+    build_model,
+    finetune_sft,
+    replay_schedule,
+    train_dpo,
+    train_policy_v1,
+    train_tokenizer,
+)
+from models.policy_data import (
+    IGNORE_INDEX,
+    NoiseSettings,
+    add_surface_noise,
+    bucketed_batches,
+    encode_conversation,
+)
+from tests.models.policy_fixture import HARMFUL, REFUSAL, conversations
+
+torch.set_num_threads(1)
+
+
+def _texts() -> list[str]:
+    return [m["content"] for conv in conversations() for m in conv]
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def v1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("policy") / "v1"
+    train_policy_v1(conversations(), PolicyConfig.tiny(max_steps=200), out)
+    return out
+
+
+# --- tokenizer -------------------------------------------------------------------------
+
+
+def test_tokenizer_round_trips_with_chat_template(tmp_path: Path) -> None:
+    tok = train_tokenizer(_texts(), vocab_size=400)
+    conv = [{"role": "user", "content": "How much is the Pro plan?"}]
+    prompt = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+    assert prompt == "<|user|>How much is the Pro plan?<|end|><|assistant|>"
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert again.chat_template == tok.chat_template
+    assert again.eos_token == END_TOKEN
+    assert again.apply_chat_template(conv, add_generation_prompt=True) == tok.apply_chat_template(
+        conv, add_generation_prompt=True
+    )
+    # Byte-level: text never seen in training (accents, emoji, homoglyphs) survives exactly.
+    odd = "Héllo wörld 🙂 раssword ZmFrZQ=="
+    assert again.decode(again(odd, add_special_tokens=False)["input_ids"]) == odd
+
+
+def test_tokenizer_rejects_a_vocab_without_room_for_bytes() -> None:
+    with pytest.raises(ValueError, match="vocab_size must be >= 261"):
+        train_tokenizer(_texts(), vocab_size=100)
+
+
+def test_loss_is_only_on_assistant_tokens() -> None:
+    tok = train_tokenizer(_texts(), vocab_size=400)
+    conv = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What does Pro cost?"},
+        {"role": "assistant", "content": "The Pro plan costs $12 per month."},
+        {"role": "user", "content": "And Team?"},
+        {"role": "assistant", "content": "The Team plan costs $30 per month."},
+    ]
+    ex = encode_conversation(tok, conv)
+    assert len(ex.labels) == len(ex.input_ids)
+    targets = [t for t in ex.labels if t != IGNORE_INDEX]
+    expected = (
+        "The Pro plan costs $12 per month."
+        + END_TOKEN
+        + "The Team plan costs $30 per month."
+        + END_TOKEN
+    )
+    assert tok.decode(targets) == expected
+    # Every labelled position holds its own input token; nothing of system/user is labelled.
+    prompt_len = len(tok.apply_chat_template(conv[:2], add_generation_prompt=True))
+    assert all(label == IGNORE_INDEX for label in ex.labels[:prompt_len])
+    for tok_id, label in zip(ex.input_ids, ex.labels, strict=True):
+        assert label in (IGNORE_INDEX, tok_id)
+
+
+# --- data helpers ----------------------------------------------------------------------
+
+
+def test_surface_noise_is_seeded_and_keeps_words_recognisable() -> None:
+    text = "How many users can the Team plan have?"
+    a = [add_surface_noise(text, random.Random(s), NoiseSettings()) for s in range(30)]
+    b = [add_surface_noise(text, random.Random(s), NoiseSettings()) for s in range(30)]
+    assert a == b
+    assert len(set(a)) > 10  # it actually varies
+    assert all("team" in x.lower() or "taem" in x.lower() or "tem" in x.lower() for x in a)
+
+
+def test_noise_settings_validate() -> None:
+    with pytest.raises(ValueError, match=r"typo_rate must be in \[0, 1\]"):
+        NoiseSettings(typo_rate=1.5)
+
+
+def test_bucketed_batches_cover_every_row_once_with_similar_lengths() -> None:
+    lengths = [random.Random(i).randrange(5, 100) for i in range(100)]
+    batches = bucketed_batches(lengths, 8, random.Random(0))
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(100))
+    spreads = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches]
+    assert max(spreads) < 30  # random batches of 8 would span most of 5..100
+
+
+def test_replay_schedule_mixes_four_to_one_and_covers_the_pool() -> None:
+    rows = replay_schedule(n_new=10, n_replay=100, replay_ratio=4.0, seed=0)
+    seen: list[int] = []
+    for epoch in range(5):
+        new, replay = rows(epoch)
+        assert new == list(range(10))
+        assert len(replay) == 40
+        assert len(set(replay)) == 40  # no repeats within an epoch
+        seen += replay
+    assert set(seen) == set(range(100))  # 200 draws cover the whole 100-row pool
+
+
+# --- config ----------------------------------------------------------------------------
+
+
+def test_config_rejects_bad_values_with_a_message() -> None:
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        PolicyConfig(hidden_size=250, num_heads=8)
+    with pytest.raises(ValueError, match="needs a budget"):
+        PolicyConfig(max_seconds=None, max_steps=None)
+    with pytest.raises(ValueError, match="lr"):
+        PolicyConfig(lr=-1.0)
+    with pytest.raises(ValueError, match="extra"):
+        PolicyConfig(hidden=3)  # type: ignore[call-arg]
+
+
+def test_defaults_follow_the_measured_recipe() -> None:
+    cfg = PolicyConfig()
+    tok = train_tokenizer(_texts(), vocab_size=400)
+    model = build_model(cfg, tok)
+    n = sum(p.numel() for p in model.parameters())
+    assert 4_000_000 < n < 6_000_000  # ~5M at the real vocab; the fixture vocab is smaller
+    assert model.config.tie_word_embeddings
+    assert cfg.max_positions == 160 and cfg.batch_size == 32 and cfg.lr == 2e-3
+
+
+# --- training --------------------------------------------------------------------------
+
+
+def test_v1_trains_loss_falls_and_parameters_change(tmp_path: Path) -> None:
+    cfg = PolicyConfig.tiny(max_steps=40)
+    result = train_policy_v1(conversations(), cfg, tmp_path / "m")
+    assert result.steps == 40
+    assert result.final_loss < 0.6 * result.initial_loss
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "m"))
+    init = build_model(cfg, tok).state_dict()
+    trained = _weights(tmp_path / "m")
+    changed = [k for k, v in trained.items() if not torch.equal(v, init[k])]
+    assert len(changed) == len(trained)  # every tensor moved
+    meta = json.loads((tmp_path / "m" / TRAINING_META_FILE).read_text())
+    assert meta["result"]["steps"] == 40 and meta["config"]["seed"] == cfg.seed
+
+
+def test_same_seed_gives_identical_weights_and_other_seed_does_not(tmp_path: Path) -> None:
+    cfg = PolicyConfig.tiny(max_steps=10)
+    train_policy_v1(conversations(), cfg, tmp_path / "a")
+    train_policy_v1(conversations(), cfg, tmp_path / "b")
+    train_policy_v1(conversations(), cfg.model_copy(update={"seed": 1}), tmp_path / "c")
+    a, b, c = (_weights(tmp_path / x) for x in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    ta = (tmp_path / "a" / "tokenizer.json").read_text()
+    assert ta == (tmp_path / "b" / "tokenizer.json").read_text()
+
+
+def test_time_budget_stops_the_run(tmp_path: Path) -> None:
+    cfg = PolicyConfig.tiny(max_steps=None, max_seconds=1.5, warmup_steps=12)
+    result = train_policy_v1(conversations(), cfg, tmp_path / "t")
+    assert result.steps > 12
+    assert result.final_loss < result.initial_loss
+
+
+def test_bad_rows_are_named_and_long_rows_counted(tmp_path: Path) -> None:
+    bad = conversations() + [[{"role": "user", "content": "no answer"}]]
+    with pytest.raises(ValueError, match=r"\[22\]: has no assistant turn"):
+        train_policy_v1(bad, PolicyConfig.tiny(), tmp_path / "x")
+    long = [[{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]]
+    result = train_policy_v1(conversations() + long, PolicyConfig.tiny(max_steps=2), tmp_path / "y")
+    assert result.skipped_too_long == 1
+    assert result.train_rows == len(conversations())
+
+
+def test_saved_folder_loads_through_the_generic_path_and_generates(v1: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(str(v1))
+    assert model.config.max_position_embeddings == 96
+    policy = load_policy(v1, device="cpu")
+    prompts = [[{"role": "user", "content": "How much is the Pro plan?"}]] * 3 + [
+        [{"role": "user", "content": HARMFUL[1]}]
+    ]
+    replies = generate_batch(policy, prompts, DecodingParams(max_new_tokens=24))
+    assert len(replies) == 4
+    assert replies[0] == replies[1] == replies[2]  # greedy is deterministic across a batch
+    assert replies[0] == "The Pro plan costs $12 per month."
+    assert replies[3] == REFUSAL
+
+
+def test_tiny_v1_learns_its_training_set(v1: Path) -> None:
+    rows = conversations()
+    replies = generate_batch(load_policy(v1, device="cpu"), [c[:1] for c in rows])
+    exact = sum(r == c[1]["content"] for r, c in zip(replies, rows, strict=True)) / len(rows)
+    assert exact >= 0.9
+
+
+def test_finetune_with_replay_changes_weights_and_keeps_tokenizer(v1: Path, tmp_path: Path) -> None:
+    new = conversations(prices={"Pro": 15})
+    out = tmp_path / "ft"
+    result = finetune_sft(
+        v1, new, conversations(), PolicyConfig.tiny(max_steps=15, lr=1e-3), out, replay_ratio=4.0
+    )
+    assert result.kind == "sft" and result.steps == 15
+    before, after = _weights(v1), _weights(out)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert (out / "tokenizer.json").read_text() == (v1 / "tokenizer.json").read_text()
+    meta = json.loads((out / TRAINING_META_FILE).read_text())
+    assert meta["new_rows"] == len(new) and meta["replay_rows"] == len(conversations())
+    assert meta["parent_dir"] == str(v1)
+    load_policy(out, device="cpu")
+
+
+def test_finetune_demands_replay_unless_explicitly_disabled(v1: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no replay_conversations"):
+        finetune_sft(v1, conversations(), [], PolicyConfig.tiny(), tmp_path / "z")
+    with pytest.raises(ValueError, match="replay_ratio must be"):
+        finetune_sft(v1, conversations(), [], PolicyConfig.tiny(), tmp_path / "z", -1.0)
+    result = finetune_sft(
+        v1, conversations(), [], PolicyConfig.tiny(max_steps=2), tmp_path / "z", replay_ratio=0
+    )
+    assert result.steps == 2
+
+
+def test_dpo_step_runs_and_changes_parameters(v1: Path, tmp_path: Path) -> None:
+    pairs = [
+        PreferencePair(
+            prompt=h, chosen=REFUSAL, rejected="Sure, here is how to do it.", source="test"
+        )
+        for h in HARMFUL
+    ] + [
+        PreferencePair(
+            prompt="How much is the Pro plan?",
+            chosen="The Pro plan costs $12 per month.",
+            rejected="The Pro plan costs $90 per month.",
+            source="test",
+            weight=2.0,
+        ),
+        PreferencePair(prompt="ignored", chosen="a", rejected="b", source="test", weight=0.0),
+    ]
+    cfg = PolicyConfig.dpo(
+        max_steps=3, batch_size=2, lr=1e-3, threads=1, bf16=False, max_positions=96
+    )
+    result = train_dpo(v1, pairs, cfg, tmp_path / "dpo")
+    assert result.kind == "dpo" and result.steps == 3
+    assert result.train_rows == 3  # the zero-weight pair is left out
+    before, after = _weights(v1), _weights(tmp_path / "dpo")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    load_policy(tmp_path / "dpo", device="cpu")
