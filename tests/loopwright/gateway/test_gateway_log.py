@@ -21,8 +21,7 @@ from tests.loopwright.gateway.gateway_helpers import LiveServer
 
 
 def _list(store: ObjectStore, prefix: str) -> list[str]:
-    # ObjectStore.list quotes file:// paths ("=" -> "%3D") that get_bytes cannot read back;
-    # unquote until that is fixed on main.
+    # file:// listings may percent-escape "=" in partition names; compare unescaped.
     return sorted(unquote(u) for u in store.list(prefix))
 
 
