@@ -1,0 +1,166 @@
+"""Build the gateway's heavy components (guard, embedder, facts, object store) from settings.
+
+Kept apart from the app so tests and benchmarks can pass their own components, and so
+nothing heavy is imported until a gateway is really started.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from loopwright.gateway.encoders import Fact, load_facts_jsonl
+from loopwright.gateway.settings import GatewaySettings
+
+logger = logging.getLogger(__name__)
+
+
+class SettingsError(ValueError):
+    """Gateway settings could not be read; the message names the file and the problem."""
+
+
+def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = None
+                  ) -> GatewaySettings:
+    """Settings from a YAML file, plus dotted-key overrides.
+
+    The file holds either the settings themselves or a ``gateway:`` section (as the main
+    loopwright profile does).
+
+    Raises:
+        SettingsError: unreadable YAML or invalid settings (names the keys and why).
+
+    """
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SettingsError(f"{path}: cannot read gateway settings: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"{path}: expected a mapping at the top level")
+        data = loaded.get("gateway", loaded) if "gateway" in loaded else loaded
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        return GatewaySettings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise SettingsError(f"{source}: invalid gateway settings: {problems}") from exc
+
+
+@dataclass
+class Components:
+    """What :class:`~loopwright.gateway.service.Gateway` takes besides settings."""
+
+    guard: Any | None = None
+    embedder: Any | None = None
+    facts: list[Fact] = field(default_factory=list)
+    store: Any | None = None
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``Gateway``."""
+        return {"guard": self.guard, "embedder": self.embedder, "facts": self.facts,
+                "store": self.store}
+
+
+def domain_facts(revision: int) -> list[Fact]:
+    """The example domain's knowledge base as retrieval facts (id, answer text).
+
+    Raises:
+        ImportError: the example domain is not installed.
+
+    """
+    from models.helpdesk import knowledge_base
+
+    return [Fact(id=f.id, text=f.answer) for f in knowledge_base(revision)]
+
+
+def download_registry_folder(tracking_uri: str, name: str, alias: str, cache: Path) -> Path:
+    """Download ``models:/<name>@<alias>`` into ``cache/<name>/<version>`` (once)."""
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+
+    version = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, alias)
+    target = cache / name / str(version.version)
+    done = target / ".complete"
+    if not done.exists():
+        target.mkdir(parents=True, exist_ok=True)
+        download_artifacts(artifact_uri=f"models:/{name}/{version.version}",
+                           dst_path=str(target), tracking_uri=tracking_uri)
+        done.touch()
+    return target
+
+
+def _guard_folder(root: Path) -> Path:
+    hits = sorted(root.rglob("guard_config.json"), key=lambda p: len(p.parts))
+    if not hits:
+        raise FileNotFoundError(f"{root}: no guard folder (guard_config.json) inside")
+    return hits[0].parent
+
+
+def load_components(
+    settings: GatewaySettings, run_dir: Path, store: Any | None = None
+) -> Components:
+    """Load guard, embedder and facts as the settings say; pass ``store`` through.
+
+    The guard's own embedder is used for retrieval when a guard is loaded (one forward pass
+    serves both, and facts and requests are embedded by the same graph).
+
+    Args:
+        settings: the gateway settings.
+        run_dir: the run directory (registry downloads are cached under it).
+        store: a ``loopwright.storage.ObjectStore`` for shipping logs (None keeps the logs
+            in the local spool).
+
+    """
+    s = settings
+    comps = Components(store=store)
+    wants_guard = (s.input_rails.enabled and s.input_rails.guard) or (
+        s.output_rails.enabled and s.output_rails.guard)
+    wants_embed = s.augment.enabled and s.augment.retrieval
+    if wants_guard or wants_embed:
+        from models.embedder import Embedder
+        from models.guard import Guard
+
+        folder: Path | None = None
+        if s.encoders.guard_dir:
+            folder = Path(s.encoders.guard_dir)
+        elif s.routing.source == "mlflow" and s.routing.tracking_uri:
+            try:
+                folder = download_registry_folder(
+                    s.routing.tracking_uri, f"{s.routing.app}-guard", "champion",
+                    run_dir / s.routing.model_cache_dir)
+            except Exception as exc:  # noqa: BLE001 - rules-only beats not serving
+                logger.warning("no guard from the registry (%s); input rails use rules only",
+                               exc)
+        if folder is not None:
+            comps.guard = Guard.load(_guard_folder(folder), backend=s.encoders.runtime,
+                                     threads=s.encoders.threads)
+            comps.embedder = comps.guard.embedder()
+        elif wants_embed:
+            comps.embedder = Embedder.load(
+                s.encoders.embedder_dir,
+                backend=s.encoders.runtime if s.encoders.embedder_dir else "torch",
+                threads=s.encoders.threads)
+    if wants_embed:
+        if s.encoders.kb_path:
+            comps.facts = load_facts_jsonl(s.encoders.kb_path)
+        else:
+            try:
+                comps.facts = domain_facts(s.encoders.kb_revision)
+            except ImportError:
+                logger.warning("no kb_path and no example domain installed: no retrieval")
+    return comps

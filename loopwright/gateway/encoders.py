@@ -1,0 +1,261 @@
+"""Guard classifier and embedder behind protocols, served through one batching thread.
+
+The guard (``models.guard.Guard``) and the embedder (``models.embedder.Embedder``) are
+small encoders; on CPU one forward pass over a handful of texts costs about the same as
+over one, so concurrent requests are batched: while a batch runs, new texts queue up and
+go together in the next one. A lone request is sent at once (no batching wait).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+GUARD_LABELS = ("benign", "harmful", "injection")
+
+
+class GuardLike(Protocol):
+    """A prompt/response classifier: per text, a probability per label."""
+
+    def scores(self, texts: Sequence[str]) -> list[dict[str, float]]:
+        """Label probabilities (benign, harmful, injection) per text."""
+        ...
+
+
+class EmbedderLike(Protocol):
+    """A sentence embedder returning L2-normalised vectors."""
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Array of shape (len(texts), dim), rows normalised."""
+        ...
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class _Job(Generic[T, R]):
+    item: T
+    future: asyncio.Future[R]
+    loop: asyncio.AbstractEventLoop = field(repr=False)
+
+
+class MicroBatcher(Generic[T, R]):
+    """Opportunistic batching of a blocking batch function onto one worker thread.
+
+    Args:
+        fn: maps a list of items to a list of results of the same length (runs in the
+            worker thread; it may release the GIL, as ONNX Runtime and torch do).
+        max_batch: most items per call.
+        executor: the worker (one thread: calls never overlap).
+
+    """
+
+    def __init__(
+        self, fn: Callable[[list[T]], list[R]], max_batch: int, executor: ThreadPoolExecutor
+    ) -> None:
+        self.fn = fn
+        self.max_batch = max_batch
+        self.executor = executor
+        self._lock = threading.Lock()
+        self._queue: list[_Job[T, R]] = []
+        self._busy = False
+        self.calls = 0
+        self.items = 0
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._lock:
+                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+                if not batch:
+                    self._busy = False
+                    return
+            self.calls += 1
+            self.items += len(batch)
+            try:
+                results = await loop.run_in_executor(
+                    self.executor, self.fn, [job.item for job in batch]
+                )
+                if len(results) != len(batch):
+                    raise RuntimeError(
+                        f"batch function returned {len(results)} results for {len(batch)} items"
+                    )
+            except Exception as exc:  # noqa: BLE001 - each caller gets the error
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            for job, result in zip(batch, results, strict=True):
+                if not job.future.done():
+                    job.future.set_result(result)
+
+    async def submit(self, item: T) -> R:
+        """Queue ``item`` and wait for its result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        with self._lock:
+            self._queue.append(_Job(item, future, loop))
+            start = not self._busy
+            self._busy = True
+        if start:
+            loop.create_task(self._drain())
+        return await future
+
+
+@dataclass(frozen=True)
+class _Request:
+    text: str
+    want_scores: bool
+    want_vector: bool
+
+
+class EncoderService:
+    """Guard scores and embeddings for single texts, batched across concurrent requests.
+
+    Args:
+        guard: the guard classifier, or None (guard rails then cannot run).
+        embedder: the embedder, or None (retrieval then cannot run).
+        max_batch: most texts per encoder call.
+
+    """
+
+    def __init__(
+        self,
+        guard: GuardLike | None,
+        embedder: EmbedderLike | None,
+        max_batch: int = 32,
+    ) -> None:
+        self.guard = guard
+        self.embedder = embedder
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoders")
+        self._batcher: MicroBatcher[_Request, tuple[dict[str, float] | None, Any]] = (
+            MicroBatcher(self._run, max_batch, self._executor)
+        )
+        # A guard that embeds in the same forward pass (``models.guard.Guard.analyse``: one
+        # encoder, two outputs) saves a whole pass per request; use it when offered.
+        self._joint = getattr(guard, "analyse", None) if embedder is not None else None
+
+    def _run(
+        self, batch: list[_Request]
+    ) -> list[tuple[dict[str, float] | None, Any]]:
+        score_idx = [i for i, r in enumerate(batch) if r.want_scores]
+        vec_idx = [i for i, r in enumerate(batch) if r.want_vector]
+        scores: dict[int, dict[str, float]] = {}
+        vectors: dict[int, np.ndarray] = {}
+        joint = self._joint
+        joint_idx = [i for i in score_idx if batch[i].want_vector] if joint else []
+        if joint is not None and joint_idx:
+            analysis = joint([batch[i].text for i in joint_idx])
+            for j, i in enumerate(joint_idx):
+                scores[i] = dict(analysis.verdicts[j].scores)
+                vectors[i] = analysis.embeddings[j]
+        rest_scores = [i for i in score_idx if i not in scores]
+        rest_vecs = [i for i in vec_idx if i not in vectors]
+        if rest_scores:
+            if self.guard is None:
+                raise RuntimeError("guard scores requested but no guard is loaded")
+            sc = self.guard.scores([batch[i].text for i in rest_scores])
+            scores.update(zip(rest_scores, sc, strict=True))
+        if rest_vecs:
+            if self.embedder is None:
+                raise RuntimeError("embeddings requested but no embedder is loaded")
+            emb = self.embedder.encode([batch[i].text for i in rest_vecs])
+            vectors.update((i, emb[j]) for j, i in enumerate(rest_vecs))
+        return [(scores.get(i), vectors.get(i)) for i in range(len(batch))]
+
+    async def analyse(
+        self, text: str, *, scores: bool, vector: bool
+    ) -> tuple[dict[str, float] | None, np.ndarray | None]:
+        """Guard scores and/or the embedding of ``text`` (None for what was not asked)."""
+        if not scores and not vector:
+            return None, None
+        return await self._batcher.submit(_Request(text, scores, vector))
+
+    def close(self) -> None:
+        """Stop the worker thread."""
+        self._executor.shutdown(wait=False)
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One knowledge-base fact: a stable id and its text."""
+
+    id: str
+    text: str
+
+
+class KnowledgeIndex:
+    """Dense retrieval over KB facts by cosine similarity (vectors are normalised).
+
+    Args:
+        facts: the facts (ids unique).
+        vectors: their embeddings, shape (len(facts), dim), rows normalised.
+
+    """
+
+    def __init__(self, facts: Sequence[Fact], vectors: np.ndarray) -> None:
+        if len(facts) != len(vectors):
+            raise ValueError(f"{len(facts)} facts but {len(vectors)} vectors")
+        ids = [f.id for f in facts]
+        if len(set(ids)) != len(ids):
+            raise ValueError("fact ids must be unique")
+        self.facts = list(facts)
+        self.vectors = np.asarray(vectors, dtype=np.float32)
+        self._by_id = {f.id: f for f in self.facts}
+
+    @classmethod
+    def build(cls, facts: Sequence[Fact], embedder: EmbedderLike, batch: int = 64
+              ) -> KnowledgeIndex:
+        """Embed ``facts`` with ``embedder``."""
+        parts = [embedder.encode([f.text for f in facts[i : i + batch]])
+                 for i in range(0, len(facts), batch)]
+        vectors = np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.float32)
+        return cls(facts, vectors)
+
+    def search(self, vector: np.ndarray, k: int, min_score: float) -> list[tuple[Fact, float]]:
+        """The ``k`` best facts with similarity at least ``min_score``, best first."""
+        if not self.facts:
+            return []
+        sims = self.vectors @ np.asarray(vector, dtype=np.float32)
+        k = min(k, len(self.facts))
+        top = np.argpartition(-sims, k - 1)[:k]
+        top = top[np.argsort(-sims[top])]
+        return [(self.facts[i], float(sims[i])) for i in top if sims[i] >= min_score]
+
+    def get(self, fact_id: str) -> Fact | None:
+        """The fact with this id, if any."""
+        return self._by_id.get(fact_id)
+
+
+def load_facts_jsonl(path: str | Path) -> list[Fact]:
+    """Facts from a JSONL file of ``{"id": ..., "text": ...}`` objects.
+
+    Raises:
+        ValueError: a line is not such an object (the message names file and line).
+
+    """
+    import json
+
+    facts = []
+    path = Path(path)
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+            facts.append(Fact(id=str(data["id"]), text=str(data["text"])))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}:{lineno}: expected {{\"id\", \"text\"}} ({exc})") from exc
+    return facts
