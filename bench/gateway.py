@@ -44,10 +44,12 @@ def _layers_on() -> dict[str, Any]:
     # guard still scores every input and output, but at thresholds of 1.0 it does not block:
     # a blocked request skips the model and the output rails, so blocking would make the
     # "layers on" path cheaper than it is for traffic that passes.
-    return {"rate_limit": {"requests_per_s": 100_000, "burst": 100_000},
-            "input_rails": {"harmful_threshold": 1.0, "injection_threshold": 1.0},
-            "output_rails": {"harmful_threshold": 1.0},
-            "log": {"segment_max_records": 100_000}}
+    return {
+        "rate_limit": {"requests_per_s": 100_000, "burst": 100_000},
+        "input_rails": {"harmful_threshold": 1.0, "injection_threshold": 1.0},
+        "output_rails": {"harmful_threshold": 1.0},
+        "log": {"segment_max_records": 100_000},
+    }
 
 
 def _settings(on: bool) -> Any:
@@ -99,12 +101,29 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.run_dir = root / mode
         self.run_dir.mkdir(parents=True)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *sys.path[1:]]),
-                   HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join([str(REPO), *sys.path[1:]]),
+            HF_HUB_OFFLINE="1",
+            OMP_NUM_THREADS="1",
+        )
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", mode, "--port", str(self.port),
-             "--run-dir", str(self.run_dir), "--guard-dir", str(guard_dir)],
-            env=env, stdout=subprocess.DEVNULL, stderr=(self.run_dir / "server.log").open("w"))
+            [
+                sys.executable,
+                __file__,
+                "--serve",
+                mode,
+                "--port",
+                str(self.port),
+                "--run-dir",
+                str(self.run_dir),
+                "--guard-dir",
+                str(guard_dir),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=(self.run_dir / "server.log").open("w"),
+        )
         deadline = time.time() + 300
         while True:
             try:
@@ -113,12 +132,15 @@ class Server:
             except httpx.HTTPError:
                 pass
             if self.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"{mode} server did not start: "
-                                   f"{(self.run_dir / 'server.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"{mode} server did not start: "
+                    f"{(self.run_dir / 'server.log').read_text()[-2000:]}"
+                )
             time.sleep(0.3)
         key_file = self.run_dir / "key"
-        self.headers = ({"Authorization": f"Bearer {key_file.read_text()}"}
-                        if key_file.exists() else {})
+        self.headers = (
+            {"Authorization": f"Bearer {key_file.read_text()}"} if key_file.exists() else {}
+        )
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -135,9 +157,13 @@ def distinct_inputs(n: int, seed: int = 0) -> list[str]:
     from models.helpdesk import build_domain
 
     data = build_domain(seed=seed, scale=1.0)
-    questions = [p.text for p in data.guard_train if p.label == "benign"
-                 and p.tags.get("role", "prompt") == "prompt"
-                 and p.tags.get("transform") == "clean"]
+    questions = [
+        p.text
+        for p in data.guard_train
+        if p.label == "benign"
+        and p.tags.get("role", "prompt") == "prompt"
+        and p.tags.get("transform") == "clean"
+    ]
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -180,8 +206,10 @@ def overhead(on: Server, off: Server, inputs: list[str]) -> dict[str, float]:
                 status = _post(client, server, text)
                 lat[server.mode].append((time.perf_counter() - t0) * 1000)
                 errors += status != 200
-        cpu = {s.mode: (_cpu_seconds(s.proc.pid) - cpu0[s.mode]) * 1000 / len(inputs)
-               for s in (on, off)}
+        cpu = {
+            s.mode: (_cpu_seconds(s.proc.pid) - cpu0[s.mode]) * 1000 / len(inputs)
+            for s in (on, off)
+        }
     return {
         "cpu_ms_per_request_on": cpu["on"],
         "cpu_ms_per_request_off": cpu["off"],
@@ -194,13 +222,17 @@ def overhead(on: Server, off: Server, inputs: list[str]) -> dict[str, float]:
 
 
 def _post(client: httpx.Client, server: Server, text: str) -> int:
-    r = client.post(f"{server.url}/v1/chat/completions", headers=server.headers, json={
-        "model": "helpdesk-policy", "messages": [{"role": "user", "content": text}]})
+    r = client.post(
+        f"{server.url}/v1/chat/completions",
+        headers=server.headers,
+        json={"model": "helpdesk-policy", "messages": [{"role": "user", "content": text}]},
+    )
     return r.status_code
 
 
-async def throughput(server: Server, inputs: list[str], seconds: float, concurrency: int
-                     ) -> dict[str, float]:
+async def throughput(
+    server: Server, inputs: list[str], seconds: float, concurrency: int
+) -> dict[str, float]:
     """Closed loop: ``concurrency`` clients send distinct inputs for ``seconds``."""
     done = 0
     errors = 0
@@ -208,8 +240,9 @@ async def throughput(server: Server, inputs: list[str], seconds: float, concurre
     nxt = 0
     stop_at = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=30,
-                                 limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=server.url, headers=server.headers, timeout=30, limits=limits
+    ) as client:
 
         async def worker() -> None:
             nonlocal done, errors, blocked, nxt
@@ -217,9 +250,13 @@ async def throughput(server: Server, inputs: list[str], seconds: float, concurre
                 text = inputs[nxt % len(inputs)]
                 nxt += 1
                 try:
-                    r = await client.post("/v1/chat/completions", json={
-                        "model": "helpdesk-policy",
-                        "messages": [{"role": "user", "content": text}]})
+                    r = await client.post(
+                        "/v1/chat/completions",
+                        json={
+                            "model": "helpdesk-policy",
+                            "messages": [{"role": "user", "content": text}],
+                        },
+                    )
                     if r.status_code != 200:
                         errors += 1
                     elif r.json()["choices"][0]["finish_reason"] == "content_filter":
@@ -233,9 +270,15 @@ async def throughput(server: Server, inputs: list[str], seconds: float, concurre
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
         cpu = _cpu_seconds(server.proc.pid) - cpu0
-    return {"rps": done / elapsed, "requests": done, "errors": errors, "blocked": blocked,
-            "seconds": elapsed, "server_cores_used": cpu / elapsed,
-            "server_cpu_ms_per_request": cpu * 1000 / max(1, done)}
+    return {
+        "rps": done / elapsed,
+        "requests": done,
+        "errors": errors,
+        "blocked": blocked,
+        "seconds": elapsed,
+        "server_cores_used": cpu / elapsed,
+        "server_cpu_ms_per_request": cpu * 1000 / max(1, done),
+    }
 
 
 def _rates(blocked: list[bool], labels: list[str]) -> dict[str, float]:
@@ -247,8 +290,9 @@ def _rates(blocked: list[bool], labels: list[str]) -> dict[str, float]:
     return out
 
 
-def _oracle(rule_block: list[bool], scores: list[dict[str, float]], labels: list[str],
-            budget: float = 0.03) -> tuple[dict[str, float], float, float]:
+def _oracle(
+    rule_block: list[bool], scores: list[dict[str, float]], labels: list[str], budget: float = 0.03
+) -> tuple[dict[str, float], float, float]:
     """Recall at the loosest thresholds whose benign FPR (rules included) is <= budget,
     fitted on the held-out set itself (optimistic: an operating point, not a deployment)."""
     import numpy as np
@@ -258,8 +302,10 @@ def _oracle(rule_block: list[bool], scores: list[dict[str, float]], labels: list
     for q in np.linspace(0.90, 1.0, 201):
         th_h = float(np.quantile([scores[i]["harmful"] for i in benign], q)) + 1e-9
         th_i = float(np.quantile([scores[i]["injection"] for i in benign], q)) + 1e-9
-        blocked = [r or s["harmful"] >= th_h or s["injection"] >= th_i
-                   for r, s in zip(rule_block, scores, strict=True)]
+        blocked = [
+            r or s["harmful"] >= th_h or s["injection"] >= th_i
+            for r, s in zip(rule_block, scores, strict=True)
+        ]
         rates = _rates(blocked, labels)
         if rates["benign_fpr"] <= budget:
             best = (rates, th_h, th_i)
@@ -288,7 +334,8 @@ def quality(guard_dir: Path) -> dict[str, float]:
         async def rail(text: str) -> str:
             ctx = gw.new_context("chat")
             verdict, _, _ = await gw._input_rails(
-                ctx, [{"role": "user", "content": text}], want_vector=False)
+                ctx, [{"role": "user", "content": text}], want_vector=False
+            )
             return verdict.action
 
         async def all_rails() -> list[str]:
@@ -303,9 +350,11 @@ def quality(guard_dir: Path) -> dict[str, float]:
     raw_scores = guard.scores([p.text for p in items])
     # As the rail does: obfuscated inputs count the more suspicious of both views.
     rail_scores = [
-        n if v.text[-limit:] == p.text[-limit:] else
-        {k: max(n[k], r[k]) if k != "benign" else min(n[k], r[k]) for k in n}
-        for n, r, v, p in zip(norm_scores, raw_scores, views, items, strict=True)]
+        n
+        if v.text[-limit:] == p.text[-limit:]
+        else {k: max(n[k], r[k]) if k != "benign" else min(n[k], r[k]) for k in n}
+        for n, r, v, p in zip(norm_scores, raw_scores, views, items, strict=True)
+    ]
     out: dict[str, float] = {}
     served = _rates([a == "block" for a in actions], labels)
     out.update({f"rails_served_{k}": v for k, v in served.items()})
@@ -324,8 +373,9 @@ def quality(guard_dir: Path) -> dict[str, float]:
     out["n_injection"] = labels.count("injection")
     out["n_benign"] = labels.count("benign")
     long_benign = distinct_inputs(200, seed=1)
-    out["guard_served_block_rate_on_384char_benign"] = (
-        sum(v.blocked for v in guard.classify(long_benign)) / len(long_benign))
+    out["guard_served_block_rate_on_384char_benign"] = sum(
+        v.blocked for v in guard.classify(long_benign)
+    ) / len(long_benign)
     return out
 
 
@@ -376,8 +426,7 @@ def main() -> None:
         try:
             o = overhead(on, off, inputs[: args.requests])
             off.stop()
-            t = asyncio.run(throughput(on, inputs[args.requests:], args.seconds,
-                                       args.concurrency))
+            t = asyncio.run(throughput(on, inputs[args.requests :], args.seconds, args.concurrency))
         finally:
             on.stop()
             off.stop()
@@ -391,9 +440,11 @@ def main() -> None:
     print(f"overhead_input_chars: {INPUT_CHARS}")
     print(f"server_cpu_ms_per_request_layers_off: {o['cpu_ms_per_request_off']:.2f}")
     print(f"server_cpu_ms_per_request_layers_on: {o['cpu_ms_per_request_on']:.2f}")
-    print(f"added_server_cpu_ms_per_request: "
-          f"{o['cpu_ms_per_request_on'] - o['cpu_ms_per_request_off']:.2f}")
-    added_cpu = o['cpu_ms_per_request_on'] - o['cpu_ms_per_request_off']
+    print(
+        f"added_server_cpu_ms_per_request: "
+        f"{o['cpu_ms_per_request_on'] - o['cpu_ms_per_request_off']:.2f}"
+    )
+    added_cpu = o["cpu_ms_per_request_on"] - o["cpu_ms_per_request_off"]
     print(f"guard_forward_cpu_ms_384char_now: {yardstick:.2f}")
     print(f"added_cpu_in_guard_forwards: {added_cpu / yardstick:.2f}")
     print(f"latency_p50_layers_off_ms: {o['p50_off_ms']:.2f}")

@@ -11,6 +11,8 @@ import typer
 import yaml
 
 from loopwright.config import ConfigError, Settings, load_settings, masked_dump
+from loopwright.gateway.cli import keys_app, serve
+from loopwright.simulate import simulate
 
 if TYPE_CHECKING:
     from loopwright.release.registry_ops import RegistryOps
@@ -23,6 +25,9 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(keys_app, name="keys")
+app.command("serve")(serve)
+app.command("simulate")(simulate)
 
 ProfileOption = Annotated[
     str | None,

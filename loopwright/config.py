@@ -18,6 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from loopwright.gateway.settings import GatewaySettings
+
 ENV_PREFIX = "LOOPWRIGHT_"
 ENV_NESTING = "__"
 PROFILE_ENV = "LOOPWRIGHT_PROFILE"
@@ -163,6 +165,7 @@ class Settings(BaseSettings):
     object_store: ObjectStoreSettings = Field(default_factory=ObjectStoreSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
     compute: ComputeSettings = Field(default_factory=ComputeSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
 
     @classmethod
     def settings_customise_sources(

@@ -158,8 +158,9 @@ async def run_simulation(
     start = time.perf_counter()
     deadline = start + minutes * 60
     gate = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers,
-                                 timeout=timeout_s, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s, limits=limits
+    ) as client:
         if model is None:
             listed = await client.get("/v1/models")
             listed.raise_for_status()
@@ -169,8 +170,10 @@ async def run_simulation(
             try:
                 report.by_user_kind[request.user_kind] += 1
                 try:
-                    r = await client.post("/v1/chat/completions", json={
-                        "model": model, "messages": request.messages, "user": request.user})
+                    r = await client.post(
+                        "/v1/chat/completions",
+                        json={"model": model, "messages": request.messages, "user": request.user},
+                    )
                 except httpx.HTTPError as exc:
                     report.errors += 1
                     report.by_status["error"] += 1
@@ -188,13 +191,20 @@ async def run_simulation(
                     report.blocked += 1
                 if not feedback:
                     return
-                for event in users.judge(request, choice["message"]["content"],
-                                         interaction_id=body["id"]):
+                for event in users.judge(
+                    request, choice["message"]["content"], interaction_id=body["id"]
+                ):
                     report.feedback_sent += 1
                     try:
-                        fb = await client.post("/v1/feedback", json={
-                            "interaction_id": body["id"], "kind": event.kind,
-                            "value": event.value, "user": request.user})
+                        fb = await client.post(
+                            "/v1/feedback",
+                            json={
+                                "interaction_id": body["id"],
+                                "kind": event.kind,
+                                "value": event.value,
+                                "user": request.user,
+                            },
+                        )
                         report.feedback_ok += int(fb.status_code == 200)
                     except httpx.HTTPError as exc:
                         logger.warning("feedback for %s failed: %s", body["id"], exc)
@@ -221,9 +231,11 @@ def simulate(
     rps: Annotated[float, typer.Option(help="Requests per second")] = 2.0,
     minutes: Annotated[float, typer.Option(help="How long to run")] = 1.0,
     url: Annotated[str, typer.Option(help="Gateway URL (loopback only)")] = (
-        "http://127.0.0.1:8400"),
-    api_key: Annotated[str, typer.Option(envvar="LOOPWRIGHT_API_KEY",
-                                         help="A user key of the gateway")] = "",
+        "http://127.0.0.1:8400"
+    ),
+    api_key: Annotated[
+        str, typer.Option(envvar="LOOPWRIGHT_API_KEY", help="A user key of the gateway")
+    ] = "",
     max_requests: Annotated[int | None, typer.Option(help="Stop after this many")] = None,
     seed: Annotated[int, typer.Option(help="Simulator seed")] = 0,
     revision: Annotated[int, typer.Option(help="KB revision users judge against")] = 2,
@@ -235,12 +247,25 @@ def simulate(
     import json
 
     if not api_key:
-        raise typer.BadParameter("an API key is needed (--api-key or LOOPWRIGHT_API_KEY); "
-                                 "create one with `loopwright keys create --tenant ...`")
+        raise typer.BadParameter(
+            "an API key is needed (--api-key or LOOPWRIGHT_API_KEY); "
+            "create one with `loopwright keys create --tenant ...`"
+        )
     try:
-        report = asyncio.run(run_simulation(
-            url, api_key, rps=rps, minutes=minutes, max_requests=max_requests, seed=seed,
-            revision=revision, noise=noise, poisoned=poisoned, concurrency=concurrency))
+        report = asyncio.run(
+            run_simulation(
+                url,
+                api_key,
+                rps=rps,
+                minutes=minutes,
+                max_requests=max_requests,
+                seed=seed,
+                revision=revision,
+                noise=noise,
+                poisoned=poisoned,
+                concurrency=concurrency,
+            )
+        )
     except SimulationError as exc:
         raise typer.BadParameter(str(exc)) from exc
     typer.echo(json.dumps(report.summary(), indent=2))

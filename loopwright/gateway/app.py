@@ -98,8 +98,9 @@ def endpoint_of(path: str) -> str:
     return "other"
 
 
-def error_body(status: int, message: str, kind: str, param: str | None = None,
-               code: str | None = None) -> bytes:
+def error_body(
+    status: int, message: str, kind: str, param: str | None = None, code: str | None = None
+) -> bytes:
     """OpenAI-style error JSON."""
     return json.dumps(
         {"error": {"message": message, "type": kind, "param": param, "code": code}}
@@ -120,20 +121,29 @@ class ControlMiddleware:
 
     async def _read_body(self, receive: Receive, limit: int, declared: int | None) -> bytes:
         if declared is not None and declared > limit:
-            raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit}",
-                           reason="rate_limit:body_too_large")
+            raise ApiError(
+                413,
+                f"request body of {declared} bytes exceeds the limit of {limit}",
+                reason="rate_limit:body_too_large",
+            )
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                raise ApiError(400, "client disconnected before sending the body",
-                               reason="validation:disconnected")
+                raise ApiError(
+                    400,
+                    "client disconnected before sending the body",
+                    reason="validation:disconnected",
+                )
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise ApiError(413, f"request body exceeds the limit of {limit} bytes",
-                               reason="rate_limit:body_too_large")
+                raise ApiError(
+                    413,
+                    f"request body exceeds the limit of {limit} bytes",
+                    reason="rate_limit:body_too_large",
+                )
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
@@ -164,14 +174,19 @@ class ControlMiddleware:
         async def answer(err: ApiError) -> None:
             headers = [(b"content-type", b"application/json")]
             headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
-            await send_wrapper({"type": "http.response.start", "status": err.status,
-                                "headers": headers})
-            await send_wrapper({"type": "http.response.body",
-                                "body": error_body(err.status, err.message, err.kind, err.param,
-                                                   err.reason)})
+            await send_wrapper(
+                {"type": "http.response.start", "status": err.status, "headers": headers}
+            )
+            await send_wrapper(
+                {
+                    "type": "http.response.body",
+                    "body": error_body(err.status, err.message, err.kind, err.param, err.reason),
+                }
+            )
 
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                   for k, v in scope.get("headers", [])}
+        headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])
+        }
         try:
             try:
                 gw.authenticate(ctx, headers.get("authorization"))
@@ -180,8 +195,11 @@ class ControlMiddleware:
                 elif ctx.endpoint == "admin":
                     gw.authorize(ctx, "admin")
                 gw.rate_limit(ctx)
-                limit = (gw.settings.rate_limit.max_body_bytes if gw.settings.rate_limit.enabled
-                         else _HARD_BODY_CAP)
+                limit = (
+                    gw.settings.rate_limit.max_body_bytes
+                    if gw.settings.rate_limit.enabled
+                    else _HARD_BODY_CAP
+                )
                 declared = headers.get("content-length")
                 declared_n = int(declared) if declared and declared.isdigit() else None
                 body = await self._read_body(receive, limit, declared_n)
@@ -190,9 +208,12 @@ class ControlMiddleware:
                         body.decode("utf-8")
                     except UnicodeDecodeError as exc:
                         gw.reject(ctx, "validation", "validation:utf8", "body is not UTF-8")
-                        raise ApiError(400, f"request body is not valid UTF-8: byte "
-                                       f"0x{body[exc.start]:02x} at position {exc.start}",
-                                       reason="validation:utf8") from exc
+                        raise ApiError(
+                            400,
+                            f"request body is not valid UTF-8: byte "
+                            f"0x{body[exc.start]:02x} at position {exc.start}",
+                            reason="validation:utf8",
+                        ) from exc
             except ApiError as err:
                 if ctx.error is None:  # not yet recorded by the layer that raised it
                     gw.reject(ctx, err.reason.split(":", 1)[0], err.reason, err.message)
@@ -214,8 +235,14 @@ class ControlMiddleware:
                 logger.exception("unhandled error on %s", scope["path"])
                 ctx.error = f"internal error: {type(exc).__name__}: {exc}"
                 if not started:
-                    await answer(ApiError(500, "internal error; the request was logged",
-                                          kind="server_error", reason="internal"))
+                    await answer(
+                        ApiError(
+                            500,
+                            "internal error; the request was logged",
+                            kind="server_error",
+                            reason="internal",
+                        )
+                    )
         finally:
             if not ctx.finished:
                 if not started:
@@ -261,13 +288,16 @@ def _sse(outcome: ChatOutcome, include_usage: bool) -> AsyncIterator[str]:
         yield chunk(choices=[ChunkChoice(delta=Delta(role="assistant", content=""))])
         for piece in _PIECES.findall(outcome.text):
             yield chunk(choices=[ChunkChoice(delta=Delta(content=piece))])
-        yield chunk(choices=[ChunkChoice(delta=Delta(),
-                                         finish_reason=outcome.finish_reason)])  # type: ignore[arg-type]
+        yield chunk(choices=[ChunkChoice(delta=Delta(), finish_reason=outcome.finish_reason)])  # type: ignore[arg-type]
         if include_usage:
-            yield chunk(choices=[], usage=Usage(
-                prompt_tokens=outcome.prompt_tokens,
-                completion_tokens=outcome.completion_tokens,
-                total_tokens=outcome.prompt_tokens + outcome.completion_tokens))
+            yield chunk(
+                choices=[],
+                usage=Usage(
+                    prompt_tokens=outcome.prompt_tokens,
+                    completion_tokens=outcome.completion_tokens,
+                    total_tokens=outcome.prompt_tokens + outcome.completion_tokens,
+                ),
+            )
         yield "data: [DONE]\n\n"
 
     return events()
@@ -309,9 +339,12 @@ def create_app(gateway: Gateway, *, manage_lifecycle: bool = True) -> FastAPI:
         ctx = request.scope.get("state", {}).get("lw")
         if ctx is not None and exc.status < 500 and exc.reason.startswith("validation:"):
             gateway.reject(ctx, "validation", exc.reason, exc.message)
-        return Response(error_body(exc.status, exc.message, exc.kind, exc.param, exc.reason),
-                        status_code=exc.status, headers=exc.headers,
-                        media_type="application/json")
+        return Response(
+            error_body(exc.status, exc.message, exc.kind, exc.param, exc.reason),
+            status_code=exc.status,
+            headers=exc.headers,
+            media_type="application/json",
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _schema_error(request: Request, exc: RequestValidationError) -> Response:
@@ -326,18 +359,23 @@ def create_app(gateway: Gateway, *, manage_lifecycle: bool = True) -> FastAPI:
         param = None
         if exc.errors():
             param = ".".join(str(p) for p in exc.errors()[0].get("loc", ()) if p != "body") or None
-        return Response(error_body(422, message, "invalid_request_error", param,
-                                   "validation:schema"),
-                        status_code=422, media_type="application/json")
+        return Response(
+            error_body(422, message, "invalid_request_error", param, "validation:schema"),
+            status_code=422,
+            media_type="application/json",
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         ctx = request.scope.get("state", {}).get("lw")
         if ctx is not None:
             ctx.error = f"http {exc.status_code}: {exc.detail}"
-        return Response(error_body(exc.status_code, str(exc.detail), "invalid_request_error"),
-                        status_code=exc.status_code, media_type="application/json",
-                        headers=getattr(exc, "headers", None))
+        return Response(
+            error_body(exc.status_code, str(exc.detail), "invalid_request_error"),
+            status_code=exc.status_code,
+            media_type="application/json",
+            headers=getattr(exc, "headers", None),
+        )
 
     # -- OpenAI-compatible -------------------------------------------------------------
 
@@ -350,40 +388,66 @@ def create_app(gateway: Gateway, *, manage_lifecycle: bool = True) -> FastAPI:
         "/chat/completions",
         response_model=ChatCompletion,
         summary="Create a chat completion (plain or streamed as server-sent events)",
-        responses={200: {"content": {"text/event-stream": {
-            "schema": {"type": "string", "description": "`data: <ChatCompletionChunk JSON>` "
-                       "events, ending with `data: [DONE]`"}}}}},
+        responses={
+            200: {
+                "content": {
+                    "text/event-stream": {
+                        "schema": {
+                            "type": "string",
+                            "description": "`data: <ChatCompletionChunk JSON>` "
+                            "events, ending with `data: [DONE]`",
+                        }
+                    }
+                }
+            }
+        },
     )
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         ctx = _ctx(request)
         outcome = await gateway.chat(ctx, body)
         if body.stream:
             include = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_sse(outcome, include), media_type="text/event-stream",
-                                     headers={"cache-control": "no-cache"})
+            return StreamingResponse(
+                _sse(outcome, include),
+                media_type="text/event-stream",
+                headers={"cache-control": "no-cache"},
+            )
         completion = ChatCompletion(
             id=outcome.interaction_id,
             created=outcome.created,
             model=outcome.model,
             system_fingerprint=outcome.fingerprint,
-            choices=[Choice(message=AssistantMessage(content=outcome.text),
-                            finish_reason=outcome.finish_reason)],  # type: ignore[arg-type]
-            usage=Usage(prompt_tokens=outcome.prompt_tokens,
-                        completion_tokens=outcome.completion_tokens,
-                        total_tokens=outcome.prompt_tokens + outcome.completion_tokens),
+            choices=[
+                Choice(
+                    message=AssistantMessage(content=outcome.text),
+                    finish_reason=outcome.finish_reason,  # type: ignore[arg-type]
+                )
+            ],
+            usage=Usage(
+                prompt_tokens=outcome.prompt_tokens,
+                completion_tokens=outcome.completion_tokens,
+                total_tokens=outcome.prompt_tokens + outcome.completion_tokens,
+            ),
         )
         return Response(completion.model_dump_json(), media_type="application/json")
 
     # -- feedback ----------------------------------------------------------------------
 
-    @v1.post("/feedback", response_model=FeedbackAccepted,
-             summary="Rate, correct or compare answers of one of your interactions")
+    @v1.post(
+        "/feedback",
+        response_model=FeedbackAccepted,
+        summary="Rate, correct or compare answers of one of your interactions",
+    )
     async def feedback(body: FeedbackRequest, request: Request) -> FeedbackAccepted:
         ctx = _ctx(request)
         if not gateway.ids.belongs(body.interaction_id, ctx.tenant):
-            raise ApiError(404, f"no interaction {body.interaction_id!r} in your tenant",
-                           kind="not_found_error", param="interaction_id",
-                           reason="feedback:unknown_interaction")
+            raise ApiError(
+                404,
+                f"no interaction {body.interaction_id!r} in your tenant",
+                kind="not_found_error",
+                param="interaction_id",
+                reason="feedback:unknown_interaction",
+            )
         key_id = ctx.principal.key_id if ctx.principal else "anonymous"
         value: Any = body.value
         if isinstance(body.value, BaseModel):
@@ -397,8 +461,7 @@ def create_app(gateway: Gateway, *, manage_lifecycle: bool = True) -> FastAPI:
             author=user_hash(ctx.tenant, body.user or key_id),
         )
         await gateway.log_feedback(event)
-        return FeedbackAccepted(id=event.id, interaction_id=event.interaction_id,
-                                kind=event.kind)
+        return FeedbackAccepted(id=event.id, interaction_id=event.interaction_id, kind=event.kind)
 
     # -- review queue (reviewer or admin) ----------------------------------------------
 
@@ -406,8 +469,9 @@ def create_app(gateway: Gateway, *, manage_lifecycle: bool = True) -> FastAPI:
         try:
             return fn()
         except ReviewError as err:
-            raise ApiError(err.status, str(err), kind="invalid_request_error",
-                           reason="review:refused") from err
+            raise ApiError(
+                err.status, str(err), kind="invalid_request_error", reason="review:refused"
+            ) from err
 
     @v1.get("/review/items", response_model=ReviewList, summary="List review items")
     async def review_list(
@@ -426,30 +490,52 @@ def create_app(gateway: Gateway, *, manage_lifecycle: bool = True) -> FastAPI:
         ctx = _ctx(request)
         return _item_out(_review(lambda: gateway.review.get(ctx.tenant, item_id)))
 
-    @v1.post("/review/items/{item_id}/claim", response_model=ReviewItemOut,
-             summary="Claim a pending item")
+    @v1.post(
+        "/review/items/{item_id}/claim",
+        response_model=ReviewItemOut,
+        summary="Claim a pending item",
+    )
     async def review_claim(item_id: int, request: Request) -> ReviewItemOut:
         ctx = _ctx(request)
         assert ctx.principal is not None
         who = ctx.principal.key_id
         return _item_out(_review(lambda: gateway.review.claim(ctx.tenant, item_id, who)))
 
-    @v1.post("/review/items/{item_id}/resolve", response_model=ReviewItemOut,
-             summary="Label an item (writes reviewer feedback events)")
-    async def review_resolve(item_id: int, body: ResolveRequest, request: Request
-                             ) -> ReviewItemOut:
+    @v1.post(
+        "/review/items/{item_id}/resolve",
+        response_model=ReviewItemOut,
+        summary="Label an item (writes reviewer feedback events)",
+    )
+    async def review_resolve(item_id: int, body: ResolveRequest, request: Request) -> ReviewItemOut:
         ctx = _ctx(request)
         assert ctx.principal is not None
         who = ctx.principal.key_id
-        item = _review(lambda: gateway.review.resolve(
-            ctx.tenant, item_id, who, body.label, body.correction, body.note))
-        await gateway.log_feedback(FeedbackEvent(
-            id=f"fb-{secrets.token_hex(12)}", interaction_id=item.interaction_id,
-            kind="reviewer_label", value=body.label, source="reviewer", author=who))
+        item = _review(
+            lambda: gateway.review.resolve(
+                ctx.tenant, item_id, who, body.label, body.correction, body.note
+            )
+        )
+        await gateway.log_feedback(
+            FeedbackEvent(
+                id=f"fb-{secrets.token_hex(12)}",
+                interaction_id=item.interaction_id,
+                kind="reviewer_label",
+                value=body.label,
+                source="reviewer",
+                author=who,
+            )
+        )
         if body.correction:
-            await gateway.log_feedback(FeedbackEvent(
-                id=f"fb-{secrets.token_hex(12)}", interaction_id=item.interaction_id,
-                kind="correction", value=body.correction, source="reviewer", author=who))
+            await gateway.log_feedback(
+                FeedbackEvent(
+                    id=f"fb-{secrets.token_hex(12)}",
+                    interaction_id=item.interaction_id,
+                    kind="correction",
+                    value=body.correction,
+                    source="reviewer",
+                    author=who,
+                )
+            )
         return _item_out(item)
 
     # -- admin -------------------------------------------------------------------------
@@ -477,8 +563,9 @@ def create_app(gateway: Gateway, *, manage_lifecycle: bool = True) -> FastAPI:
         try:
             return _key_out(gateway.keys.revoke(key_id, tenant=ctx.tenant))
         except KeyStoreError as err:
-            raise ApiError(404, str(err), kind="not_found_error", reason="admin:unknown_key"
-                           ) from err
+            raise ApiError(
+                404, str(err), kind="not_found_error", reason="admin:unknown_key"
+            ) from err
 
     def _routing() -> RoutingOut:
         table = gateway.router.table
@@ -502,8 +589,7 @@ def create_app(gateway: Gateway, *, manage_lifecycle: bool = True) -> FastAPI:
     async def admin_routing() -> RoutingOut:
         return _routing()
 
-    @v1.post("/admin/routing/refresh", response_model=RoutingOut,
-             summary="Poll the registry now")
+    @v1.post("/admin/routing/refresh", response_model=RoutingOut, summary="Poll the registry now")
     async def admin_refresh() -> RoutingOut:
         if gateway.poller is not None:
             import anyio
@@ -519,15 +605,23 @@ def create_app(gateway: Gateway, *, manage_lifecycle: bool = True) -> FastAPI:
     async def healthz() -> HealthOut:
         return HealthOut(status="ok")
 
-    @app.get("/readyz", response_model=HealthOut, summary="Readiness",
-             responses={503: {"model": HealthOut}})
+    @app.get(
+        "/readyz",
+        response_model=HealthOut,
+        summary="Readiness",
+        responses={503: {"model": HealthOut}},
+    )
     async def readyz() -> Response:
         problems = gateway.problems()
         out = HealthOut(status="unavailable" if problems else "ok", problems=problems)
         return JSONResponse(out.model_dump(), status_code=503 if problems else 200)
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response,
-             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    )
     async def metrics() -> Response:
         m = gateway.metrics
         for spool in (gateway.interaction_log, gateway.feedback_log):

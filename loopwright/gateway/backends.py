@@ -201,8 +201,9 @@ class HFBackend:
 
     # -- prompt fitting ----------------------------------------------------------------
 
-    def _fit(self, messages: list[dict[str, str]], max_new: int) -> tuple[list[dict[str, str]],
-                                                                           int]:
+    def _fit(
+        self, messages: list[dict[str, str]], max_new: int
+    ) -> tuple[list[dict[str, str]], int]:
         """Cut the conversation until prompt + ``max_new`` fits; returns it and its length."""
         from models.generation import render_prompts
 

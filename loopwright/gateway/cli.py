@@ -23,8 +23,9 @@ ConfigOpt = Annotated[
 ]
 RunDirOpt = Annotated[Path, typer.Option("--run-dir", help="Run directory (keys, spool, ...)")]
 
-keys_app = typer.Typer(help="Manage gateway API keys (stored hashed under the run directory).",
-                       no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Manage gateway API keys (stored hashed under the run directory).", no_args_is_help=True
+)
 
 
 def _store(config: Path | None, run_dir: Path) -> KeyStore:
@@ -71,8 +72,10 @@ def keys_list(
         store.close()
     typer.echo(f"{'key_id':<14}{'tenant':<16}{'role':<10}{'name':<16}{'created':<27}revoked")
     for k in keys:
-        typer.echo(f"{k.key_id:<14}{k.tenant:<16}{k.role:<10}{k.name:<16}{k.created_at:<27}"
-                   f"{k.revoked_at or '-'}")
+        typer.echo(
+            f"{k.key_id:<14}{k.tenant:<16}{k.role:<10}{k.name:<16}{k.created_at:<27}"
+            f"{k.revoked_at or '-'}"
+        )
 
 
 @keys_app.command("revoke")
@@ -107,14 +110,17 @@ def resolve_settings(main: Any, config: Path | None) -> tuple[GatewaySettings, P
             settings = main.gateway
     except SettingsError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    run_dir = Path(getattr(main, "run_path", None) or getattr(main, "run_dir", None)
-                   or ".loopwright")
+    run_dir = Path(
+        getattr(main, "run_path", None) or getattr(main, "run_dir", None) or ".loopwright"
+    )
     store = None
     if main is not None:
-        routing = settings.routing.model_copy(update={
-            "app": main.app,
-            "tracking_uri": settings.routing.tracking_uri or main.mlflow_tracking_uri,
-        })
+        routing = settings.routing.model_copy(
+            update={
+                "app": main.app,
+                "tracking_uri": settings.routing.tracking_uri or main.mlflow_tracking_uri,
+            }
+        )
         settings = settings.model_copy(update={"routing": routing})
     if settings.log.store_uri:
         from loopwright.storage import ObjectStore

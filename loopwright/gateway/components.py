@@ -24,8 +24,9 @@ class SettingsError(ValueError):
     """Gateway settings could not be read; the message names the file and the problem."""
 
 
-def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = None
-                  ) -> GatewaySettings:
+def load_settings(
+    path: str | Path | None, overrides: dict[str, Any] | None = None
+) -> GatewaySettings:
     """Settings from a YAML file, plus dotted-key overrides.
 
     The file holds either the settings themselves or a ``gateway:`` section (as the main
@@ -72,8 +73,12 @@ class Components:
 
     def as_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``Gateway``."""
-        return {"guard": self.guard, "embedder": self.embedder, "facts": self.facts,
-                "store": self.store}
+        return {
+            "guard": self.guard,
+            "embedder": self.embedder,
+            "facts": self.facts,
+            "store": self.store,
+        }
 
 
 def domain_facts(revision: int) -> list[Fact]:
@@ -98,8 +103,11 @@ def download_registry_folder(tracking_uri: str, name: str, alias: str, cache: Pa
     done = target / ".complete"
     if not done.exists():
         target.mkdir(parents=True, exist_ok=True)
-        download_artifacts(artifact_uri=f"models:/{name}/{version.version}",
-                           dst_path=str(target), tracking_uri=tracking_uri)
+        download_artifacts(
+            artifact_uri=f"models:/{name}/{version.version}",
+            dst_path=str(target),
+            tracking_uri=tracking_uri,
+        )
         done.touch()
     return target
 
@@ -129,7 +137,8 @@ def load_components(
     s = settings
     comps = Components(store=store)
     wants_guard = (s.input_rails.enabled and s.input_rails.guard) or (
-        s.output_rails.enabled and s.output_rails.guard)
+        s.output_rails.enabled and s.output_rails.guard
+    )
     wants_embed = s.augment.enabled and s.augment.retrieval
     if wants_guard or wants_embed:
         from models.embedder import Embedder
@@ -141,20 +150,24 @@ def load_components(
         elif s.routing.source == "mlflow" and s.routing.tracking_uri:
             try:
                 folder = download_registry_folder(
-                    s.routing.tracking_uri, f"{s.routing.app}-guard", "champion",
-                    run_dir / s.routing.model_cache_dir)
+                    s.routing.tracking_uri,
+                    f"{s.routing.app}-guard",
+                    "champion",
+                    run_dir / s.routing.model_cache_dir,
+                )
             except Exception as exc:  # noqa: BLE001 - rules-only beats not serving
-                logger.warning("no guard from the registry (%s); input rails use rules only",
-                               exc)
+                logger.warning("no guard from the registry (%s); input rails use rules only", exc)
         if folder is not None:
-            comps.guard = Guard.load(_guard_folder(folder), backend=s.encoders.runtime,
-                                     threads=s.encoders.threads)
+            comps.guard = Guard.load(
+                _guard_folder(folder), backend=s.encoders.runtime, threads=s.encoders.threads
+            )
             comps.embedder = comps.guard.embedder()
         elif wants_embed:
             comps.embedder = Embedder.load(
                 s.encoders.embedder_dir,
                 backend=s.encoders.runtime if s.encoders.embedder_dir else "torch",
-                threads=s.encoders.threads)
+                threads=s.encoders.threads,
+            )
     if wants_embed:
         if s.encoders.kb_path:
             comps.facts = load_facts_jsonl(s.encoders.kb_path)

@@ -140,16 +140,14 @@ class EncoderService:
         self.guard = guard
         self.embedder = embedder
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoders")
-        self._batcher: MicroBatcher[_Request, tuple[dict[str, float] | None, Any]] = (
-            MicroBatcher(self._run, max_batch, self._executor)
+        self._batcher: MicroBatcher[_Request, tuple[dict[str, float] | None, Any]] = MicroBatcher(
+            self._run, max_batch, self._executor
         )
         # A guard that embeds in the same forward pass (``models.guard.Guard.analyse``: one
         # encoder, two outputs) saves a whole pass per request; use it when offered.
         self._joint = getattr(guard, "analyse", None) if embedder is not None else None
 
-    def _run(
-        self, batch: list[_Request]
-    ) -> list[tuple[dict[str, float] | None, Any]]:
+    def _run(self, batch: list[_Request]) -> list[tuple[dict[str, float] | None, Any]]:
         score_idx = [i for i, r in enumerate(batch) if r.want_scores]
         vec_idx = [i for i, r in enumerate(batch) if r.want_vector]
         scores: dict[int, dict[str, float]] = {}
@@ -216,11 +214,14 @@ class KnowledgeIndex:
         self._by_id = {f.id: f for f in self.facts}
 
     @classmethod
-    def build(cls, facts: Sequence[Fact], embedder: EmbedderLike, batch: int = 64
-              ) -> KnowledgeIndex:
+    def build(
+        cls, facts: Sequence[Fact], embedder: EmbedderLike, batch: int = 64
+    ) -> KnowledgeIndex:
         """Embed ``facts`` with ``embedder``."""
-        parts = [embedder.encode([f.text for f in facts[i : i + batch]])
-                 for i in range(0, len(facts), batch)]
+        parts = [
+            embedder.encode([f.text for f in facts[i : i + batch]])
+            for i in range(0, len(facts), batch)
+        ]
         vectors = np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.float32)
         return cls(facts, vectors)
 
@@ -257,5 +258,5 @@ def load_facts_jsonl(path: str | Path) -> list[Fact]:
             data = json.loads(line)
             facts.append(Fact(id=str(data["id"]), text=str(data["text"])))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}:{lineno}: expected {{\"id\", \"text\"}} ({exc})") from exc
+            raise ValueError(f'{path}:{lineno}: expected {{"id", "text"}} ({exc})') from exc
     return facts

@@ -170,8 +170,9 @@ class KeyStore:
             return None
         if not hmac.compare_digest(row[3], self._hash(secret)):
             return None
-        return Principal(key_id=key_id, name=row[0], tenant=row[1], role=row[2],
-                         requests_per_s=row[5])
+        return Principal(
+            key_id=key_id, name=row[0], tenant=row[1], role=row[2], requests_per_s=row[5]
+        )
 
     def list(self, tenant: str | None = None, include_revoked: bool = True) -> list[KeyInfo]:
         """Keys, oldest first; only ``tenant``'s when given."""
@@ -203,8 +204,9 @@ class KeyStore:
                 "SELECT tenant FROM keys WHERE key_id = ?", (key_id,)
             ).fetchone()
             if row is None or (tenant is not None and row[0] != tenant):
-                raise KeyStoreError(f"no key with id {key_id!r}" + (
-                    f" in tenant {tenant!r}" if tenant else ""))
+                raise KeyStoreError(
+                    f"no key with id {key_id!r}" + (f" in tenant {tenant!r}" if tenant else "")
+                )
             self._conn.execute(
                 "UPDATE keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?",
                 (datetime.now(UTC).isoformat(timespec="seconds"), key_id),

@@ -16,8 +16,23 @@ LAYERS = (
     "escalation",
 )
 
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.5,
-                    5.0, 10.0, 20.0)
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.5,
+    5.0,
+    10.0,
+    20.0,
+)
 
 
 class GatewayMetrics:
@@ -42,25 +57,35 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "gateway_requests", "Requests by endpoint and status.", ["endpoint", "status"],
+            "gateway_requests",
+            "Requests by endpoint and status.",
+            ["endpoint", "status"],
             registry=r,
         )
         self.verdicts = Counter(
             "gateway_layer_verdicts", "Control-layer verdicts.", ["layer", "action"], registry=r
         )
         self.layer_seconds = Histogram(
-            "gateway_layer_seconds", "Time spent per control layer.", ["layer"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "gateway_layer_seconds",
+            "Time spent per control layer.",
+            ["layer"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.request_seconds = Histogram(
-            "gateway_request_seconds", "End-to-end request latency.", ["endpoint"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "gateway_request_seconds",
+            "End-to-end request latency.",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.tokens = Counter(
             "gateway_tokens", "Tokens processed.", ["kind", "arm", "version"], registry=r
         )
         self.routed = Counter(
-            "gateway_routed", "Requests served per arm and version.", ["arm", "version"],
+            "gateway_routed",
+            "Requests served per arm and version.",
+            ["arm", "version"],
             registry=r,
         )
         self.fallbacks = Counter(
@@ -70,15 +95,21 @@ class GatewayMetrics:
             "gateway_escalations", "Interactions sent to human review.", registry=r
         )
         self.log_records = Counter(
-            "gateway_log_records", "Records written to the write-ahead spool.", ["log"],
+            "gateway_log_records",
+            "Records written to the write-ahead spool.",
+            ["log"],
             registry=r,
         )
         self.log_pending_segments = Gauge(
-            "gateway_log_pending_segments", "Sealed log segments waiting to ship.", ["log"],
+            "gateway_log_pending_segments",
+            "Sealed log segments waiting to ship.",
+            ["log"],
             registry=r,
         )
         self.log_ship_failures = Gauge(
-            "gateway_log_ship_failures", "Failed shipping attempts since start.", ["log"],
+            "gateway_log_ship_failures",
+            "Failed shipping attempts since start.",
+            ["log"],
             registry=r,
         )
         self.model_swaps = Gauge(

@@ -126,7 +126,10 @@ class ReviewQueue:
         return int(row[0])
 
     def list(
-        self, tenant: str, status: ReviewStatus | None = "pending", limit: int = 50,
+        self,
+        tenant: str,
+        status: ReviewStatus | None = "pending",
+        limit: int = 50,
         after_id: int = 0,
     ) -> list[ReviewItem]:
         """Items of ``tenant`` (oldest first), optionally of one status, after ``after_id``."""
@@ -205,8 +208,18 @@ class ReviewQueue:
                 "correction=?, note=?, claimed_by=COALESCE(claimed_by, ?), "
                 "claimed_at=COALESCE(claimed_at, ?) WHERE item_id=? AND tenant=? AND "
                 "(status='pending' OR (status='claimed' AND claimed_by=?))",
-                (reviewer, _now(), label, correction, note, reviewer, _now(), item_id, tenant,
-                 reviewer),
+                (
+                    reviewer,
+                    _now(),
+                    label,
+                    correction,
+                    note,
+                    reviewer,
+                    _now(),
+                    item_id,
+                    tenant,
+                    reviewer,
+                ),
             )
             self._conn.commit()
         item = self.get(tenant, item_id)

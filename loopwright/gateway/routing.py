@@ -190,9 +190,7 @@ def read_registry(client: object, model_name: str) -> RegistryState:
     )
 
 
-def mlflow_loader(
-    tracking_uri: str, cache_dir: Path, kind: str, options: object
-) -> Loader:
+def mlflow_loader(tracking_uri: str, cache_dir: Path, kind: str, options: object) -> Loader:
     """A loader: download ``models:/<name>/<version>`` and build a ``kind`` backend.
 
     Each version is downloaded once into ``cache_dir/<name>/<version>`` (never a temp dir).

@@ -143,12 +143,7 @@ def numbers_in(text: str, *, ignore_small: bool = True) -> set[str]:
     found: set[str] = set()
     for match in _NUMBER.finditer(text):
         num = _canonical_number(match.group("num"))
-        if (
-            ignore_small
-            and len(num) == 1
-            and not match.group("cur")
-            and not match.group("pct")
-        ):
+        if ignore_small and len(num) == 1 and not match.group("cur") and not match.group("pct"):
             continue
         found.add(num)
     return found

@@ -218,9 +218,7 @@ class IdSigner:
         return cls(bytes.fromhex(path.read_text().strip()))
 
     def _sig(self, tenant: str, nonce: str) -> str:
-        return hmac.new(self._secret, f"{tenant}:{nonce}".encode(), hashlib.sha256).hexdigest()[
-            :16
-        ]
+        return hmac.new(self._secret, f"{tenant}:{nonce}".encode(), hashlib.sha256).hexdigest()[:16]
 
     def new_id(self, tenant: str, prefix: str = "chatcmpl-") -> str:
         """A fresh id bound to ``tenant``."""
@@ -345,17 +343,24 @@ class Gateway:
             backend = static_backend
             if backend is None:
                 folder = Path(s.routing.static_model_dir) if s.routing.static_model_dir else None
-                backend = build_backend(s.backend.kind, folder, self.model_name, "static",
-                                        s.backend)
+                backend = build_backend(
+                    s.backend.kind, folder, self.model_name, "static", s.backend
+                )
             self.model_name = backend.name
             self.router.swap(RouteTable(ServedModel(backend, backend.name, backend.version)))
         spool_dir = self.run_dir / s.log.spool_dir
         store_uri = s.log.store_uri if store is not None else None
 
         def spool(kind: str) -> Spool:
-            return Spool(spool_dir / kind, kind=kind, store=store, store_uri=store_uri,
-                         max_records=s.log.segment_max_records,
-                         max_age_s=s.log.segment_max_age_s, keep_shipped=s.log.keep_shipped)
+            return Spool(
+                spool_dir / kind,
+                kind=kind,
+                store=store,
+                store_uri=store_uri,
+                max_records=s.log.segment_max_records,
+                max_age_s=s.log.segment_max_age_s,
+                keep_shipped=s.log.keep_shipped,
+            )
 
         self.interaction_log = spool("interactions")
         self.feedback_log = spool("feedback")
@@ -424,18 +429,30 @@ class Gateway:
         else:
             if not authorization:
                 self._deny(ctx, "auth", "auth:missing_key", t0)
-                raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'",
-                               kind="authentication_error", reason="auth:missing_key")
+                raise ApiError(
+                    401,
+                    "missing API key: send 'Authorization: Bearer <key>'",
+                    kind="authentication_error",
+                    reason="auth:missing_key",
+                )
             scheme, _, token = authorization.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 self._deny(ctx, "auth", "auth:malformed", t0)
-                raise ApiError(401, "malformed Authorization header: expected 'Bearer <key>'",
-                               kind="authentication_error", reason="auth:malformed")
+                raise ApiError(
+                    401,
+                    "malformed Authorization header: expected 'Bearer <key>'",
+                    kind="authentication_error",
+                    reason="auth:malformed",
+                )
             found = self.keys.verify(token.strip())
             if found is None:
                 self._deny(ctx, "auth", "auth:invalid_key", t0)
-                raise ApiError(401, "invalid or revoked API key", kind="authentication_error",
-                               reason="auth:invalid_key")
+                raise ApiError(
+                    401,
+                    "invalid or revoked API key",
+                    kind="authentication_error",
+                    reason="auth:invalid_key",
+                )
             principal = found
         ctx.principal = principal
         ctx.tenant = principal.tenant
@@ -454,8 +471,12 @@ class Gateway:
         if principal is None or not self.settings.auth.enabled or not principal.can(needed):  # type: ignore[arg-type]
             role = principal.role if principal else "none"
             self._deny(ctx, "auth", f"auth:role_{needed}_required", None)
-            raise ApiError(403, f"this endpoint needs role '{needed}'; your key has '{role}'",
-                           kind="permission_error", reason=f"auth:role_{needed}_required")
+            raise ApiError(
+                403,
+                f"this endpoint needs role '{needed}'; your key has '{role}'",
+                kind="permission_error",
+                reason=f"auth:role_{needed}_required",
+            )
 
     def rate_limit(self, ctx: RequestContext) -> None:
         """Token bucket per key.
@@ -531,40 +552,69 @@ class Gateway:
         if not s.enabled:
             return
         if len(req.messages) > s.max_messages:
-            raise ApiError(422, f"too many messages: {len(req.messages)} > {s.max_messages}",
-                           param="messages", reason="validation:message_count")
+            raise ApiError(
+                422,
+                f"too many messages: {len(req.messages)} > {s.max_messages}",
+                param="messages",
+                reason="validation:message_count",
+            )
         total = 0
         for i, message in enumerate(req.messages):
             text = message.text()
             total += len(text)
             where = f"messages[{i}].content"
             if len(text) > s.max_message_chars:
-                raise ApiError(422, f"{where} is too long: {len(text)} characters > "
-                               f"{s.max_message_chars}", param=where,
-                               reason="validation:message_size")
+                raise ApiError(
+                    422,
+                    f"{where} is too long: {len(text)} characters > {s.max_message_chars}",
+                    param=where,
+                    reason="validation:message_size",
+                )
             bad = _control_char(text)
             if bad is not None:
-                raise ApiError(422, f"{where} contains a disallowed control character "
-                               f"{bad[1]} at position {bad[0]}", param=where,
-                               reason="validation:control_char")
+                raise ApiError(
+                    422,
+                    f"{where} contains a disallowed control character "
+                    f"{bad[1]} at position {bad[0]}",
+                    param=where,
+                    reason="validation:control_char",
+                )
             if message.role in ("system", "developer") and not s.allow_client_system:
-                raise ApiError(422, f"messages[{i}].role: client system messages are not "
-                               "allowed here", param=f"messages[{i}].role",
-                               reason="validation:client_system")
+                raise ApiError(
+                    422,
+                    f"messages[{i}].role: client system messages are not allowed here",
+                    param=f"messages[{i}].role",
+                    reason="validation:client_system",
+                )
         if total > s.max_total_chars:
-            raise ApiError(422, f"messages are too long together: {total} characters > "
-                           f"{s.max_total_chars}", param="messages",
-                           reason="validation:total_size")
+            raise ApiError(
+                422,
+                f"messages are too long together: {total} characters > {s.max_total_chars}",
+                param="messages",
+                reason="validation:total_size",
+            )
         if not any(m.role == "user" for m in req.messages):
-            raise ApiError(422, "messages need at least one message with role 'user'",
-                           param="messages", reason="validation:no_user_message")
+            raise ApiError(
+                422,
+                "messages need at least one message with role 'user'",
+                param="messages",
+                reason="validation:no_user_message",
+            )
         if req.messages[-1].role == "assistant":
-            raise ApiError(422, "the last message must not be from the assistant",
-                           param="messages", reason="validation:last_is_assistant")
+            raise ApiError(
+                422,
+                "the last message must not be from the assistant",
+                param="messages",
+                reason="validation:last_is_assistant",
+            )
         wanted = req.max_completion_tokens or req.max_tokens
         if wanted is not None and wanted > s.max_tokens_cap:
-            raise ApiError(422, f"max_tokens {wanted} exceeds the limit {s.max_tokens_cap}",
-                           param="max_tokens", reason="validation:max_tokens")
+            raise ApiError(
+                422,
+                f"max_tokens {wanted} exceeds the limit {s.max_tokens_cap}",
+                param="max_tokens",
+                reason="validation:max_tokens",
+            )
         self.metrics.verdict("validation", "allow", time.perf_counter() - t0)
 
     def model_names(self) -> list[str]:
@@ -580,7 +630,8 @@ class Gateway:
             vector = None
             if want_vector:
                 _, vector = await self.encoders.analyse(
-                    normalise(last_user).text, scores=False, vector=True)
+                    normalise(last_user).text, scores=False, vector=True
+                )
             return RailVerdict(), messages, vector
         t0 = time.perf_counter()
         reasons: list[str] = []
@@ -589,8 +640,9 @@ class Gateway:
         client = [m for m in messages if m["role"] in ("user", "system")]
         views = [normalise(m["content"], s.decode_base64) for m in client]
         for view in views:
-            reasons.extend(f"normalise:{step}" for step in view.steps if
-                           f"normalise:{step}" not in reasons)
+            reasons.extend(
+                f"normalise:{step}" for step in view.steps if f"normalise:{step}" not in reasons
+            )
         if s.jailbreak_patterns:
             found = sorted({name for v in views for name in rules.find_jailbreaks(v.pattern_text)})
             if found:
@@ -624,21 +676,29 @@ class Gateway:
             decoded = any(v.steps and {"base64", "percent"} & set(v.steps) for v in views)
             # A guard that folds look-alikes and invisible characters itself only needs the
             # raw view when we decoded something it cannot (base64, percent-encoding).
-            need_raw = s.guard_raw_too and raw_text != guard_text and (
-                decoded or not self.guard_normalises)
+            need_raw = (
+                s.guard_raw_too
+                and raw_text != guard_text
+                and (decoded or not self.guard_normalises)
+            )
             if not need_raw:
                 guard_scores, vector = await self.encoders.analyse(
-                    guard_text, scores=True, vector=joint)
+                    guard_text, scores=True, vector=joint
+                )
             else:
                 # Obfuscated input: the guard also learned the obfuscations themselves as a
                 # signal, so it reads both views and the more suspicious score counts.
                 (guard_scores, vector), (raw_scores, _) = await asyncio.gather(
                     self.encoders.analyse(guard_text, scores=True, vector=joint),
-                    self.encoders.analyse(raw_text, scores=True, vector=False))
+                    self.encoders.analyse(raw_text, scores=True, vector=False),
+                )
                 assert guard_scores is not None and raw_scores is not None
-                guard_scores = {k: max(v, raw_scores.get(k, 0.0)) if k != "benign"
-                                else min(v, raw_scores.get(k, 1.0))
-                                for k, v in guard_scores.items()}
+                guard_scores = {
+                    k: max(v, raw_scores.get(k, 0.0))
+                    if k != "benign"
+                    else min(v, raw_scores.get(k, 1.0))
+                    for k, v in guard_scores.items()
+                }
             assert guard_scores is not None
             scores = {f"guard_{k}": round(float(v), 5) for k, v in guard_scores.items()}
             if guard_scores.get("harmful", 0.0) >= self.thresholds["harmful"]:
@@ -687,7 +747,8 @@ class Gateway:
         scores: dict[str, float] = {}
         if s.guard and self.guard is not None and text.strip():
             guard_scores, _ = await self.encoders.analyse(
-                normalise(text).text, scores=True, vector=False)
+                normalise(text).text, scores=True, vector=False
+            )
             assert guard_scores is not None
             scores["guard_harmful"] = round(float(guard_scores.get("harmful", 0.0)), 5)
             if guard_scores.get("harmful", 0.0) >= self.thresholds["harmful_response"]:
@@ -700,8 +761,13 @@ class Gateway:
                 text = rules.redact(text, leaked)
                 action = "redact"
                 reasons.extend(sorted({f"pii_leak:{h.kind}" for h in leaked}))
-        if (s.grounding and action != "block" and self.settings.augment.enabled
-                and self.settings.augment.retrieval and self.index is not None):
+        if (
+            s.grounding
+            and action != "block"
+            and self.settings.augment.enabled
+            and self.settings.augment.retrieval
+            and self.index is not None
+        ):
             unsupported = rules.unsupported_numbers(text, [f.text for f in facts], prompt)
             if unsupported:
                 action = "flag" if action == "allow" else action
@@ -719,14 +785,16 @@ class Gateway:
     def _fallback(self, ctx: RequestContext, reason: str) -> str:
         f = self.settings.fallback
         text = {"input_blocked": f.input_blocked, "output_blocked": f.output_blocked}.get(
-            reason, f.model_error)
+            reason, f.model_error
+        )
         ctx.fallback_used = True
         self.metrics.fallbacks.labels(reason).inc()
         self.metrics.verdict("fallback", "block")
         return text
 
-    async def _escalate(self, ctx: RequestContext, kind: str, messages: list[dict[str, str]]
-                        ) -> None:
+    async def _escalate(
+        self, ctx: RequestContext, kind: str, messages: list[dict[str, str]]
+    ) -> None:
         s = self.settings.escalation
         if not s.enabled:
             return
@@ -755,8 +823,8 @@ class Gateway:
         reasons = [f"escalate:{kind}", *verdict_in.reasons, *verdict_out.reasons]
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(
-            self._io_executor, self.review.enqueue, ctx.interaction_id, ctx.tenant, reasons,
-            payload)
+            self._io_executor, self.review.enqueue, ctx.interaction_id, ctx.tenant, reasons, payload
+        )
         ctx.escalated = True
         self.metrics.escalations.inc()
         self.metrics.verdict("escalation", "flag", time.perf_counter() - t0)
@@ -775,8 +843,10 @@ class Gateway:
         end_user = req.user or key_id
         ctx.user_hash = user_hash(ctx.tenant, end_user)
         messages = [{"role": m.plain_role(), "content": m.text()} for m in req.messages]
-        ctx.messages = [Message(role=m["role"], content=_safe_text(m["content"]))  # type: ignore[arg-type]
-                        for m in messages]
+        ctx.messages = [
+            Message(role=m["role"], content=_safe_text(m["content"]))  # type: ignore[arg-type]
+            for m in messages
+        ]
         self._validate(ctx, req)
         wanted = req.max_completion_tokens or req.max_tokens
         cap = self.settings.validation.max_tokens_cap
@@ -792,15 +862,25 @@ class Gateway:
         verdict, model_messages, vector = await self._input_rails(ctx, messages, want_vector)
         ctx.input_verdicts.append(verdict)
         if model_messages is not messages:  # PII was redacted (whatever else was decided)
-            ctx.messages = [Message(role=m["role"], content=_safe_text(m["content"]))  # type: ignore[arg-type]
-                            for m in model_messages]
+            ctx.messages = [
+                Message(role=m["role"], content=_safe_text(m["content"]))  # type: ignore[arg-type]
+                for m in model_messages
+            ]
         fingerprint = f"{self.model_name}@none/none"
         if verdict.action == "block":
             text = self._fallback(ctx, "input_blocked")
             ctx.response, ctx.finish_reason = text, "content_filter"
             await self._escalate(ctx, "input_block", model_messages)
-            return ChatOutcome(ctx.interaction_id, text, "content_filter", self.model_name,
-                               fingerprint, 0, 0, created)
+            return ChatOutcome(
+                ctx.interaction_id,
+                text,
+                "content_filter",
+                self.model_name,
+                fingerprint,
+                0,
+                0,
+                created,
+            )
         conversation, facts = self._augment(ctx, model_messages, vector)
         prompt_text = "\n".join(m["content"] for m in model_messages)
         t0 = time.perf_counter()
@@ -827,14 +907,17 @@ class Gateway:
             text = self._fallback(ctx, "model_error")
             ctx.response, ctx.finish_reason = text, "stop"
             await self._escalate(ctx, "model_error", model_messages)
-            return ChatOutcome(ctx.interaction_id, text, "stop", self.model_name, fingerprint,
-                               0, 0, created)
+            return ChatOutcome(
+                ctx.interaction_id, text, "stop", self.model_name, fingerprint, 0, 0, created
+            )
         ctx.prompt_tokens = generation.prompt_tokens
         ctx.completion_tokens = generation.completion_tokens
         self.metrics.tokens.labels("prompt", ctx.route, ctx.model_version or "").inc(
-            generation.prompt_tokens)
+            generation.prompt_tokens
+        )
         self.metrics.tokens.labels("completion", ctx.route, ctx.model_version or "").inc(
-            generation.completion_tokens)
+            generation.completion_tokens
+        )
         out_verdict, text = await self._output_rails(ctx, generation.text, facts, prompt_text)
         ctx.output_verdicts.append(out_verdict)
         finish = generation.finish_reason
@@ -846,5 +929,13 @@ class Gateway:
             await self._escalate(ctx, "output_block", model_messages)
         elif out_verdict.action == "flag" or verdict.action == "flag":
             await self._escalate(ctx, "flag", model_messages)
-        return ChatOutcome(ctx.interaction_id, text, finish, self.model_name, fingerprint,
-                           generation.prompt_tokens, generation.completion_tokens, created)
+        return ChatOutcome(
+            ctx.interaction_id,
+            text,
+            finish,
+            self.model_name,
+            fingerprint,
+            generation.prompt_tokens,
+            generation.completion_tokens,
+            created,
+        )

@@ -98,9 +98,7 @@ def object_uri(store_uri: str, kind: str, segment_id: str) -> str:
     """
     stamp = datetime.strptime(segment_id[:15], "%Y%m%dT%H%M%S")
     base = store_uri.rstrip("/")
-    return (
-        f"{base}/logs/{kind}/date={stamp:%Y-%m-%d}/hour={stamp:%H}/{segment_id}.jsonl"
-    )
+    return f"{base}/logs/{kind}/date={stamp:%Y-%m-%d}/hour={stamp:%H}/{segment_id}.jsonl"
 
 
 class Spool:

@@ -42,8 +42,7 @@ def tiny_guard() -> Any:
 
     if not (GUARD_CACHE / "guard_config.json").exists():
         data = build_domain(seed=0, scale=0.06)
-        train_guard(data.guard_train, GuardConfig.tiny(export_onnx=False, threads=1),
-                    GUARD_CACHE)
+        train_guard(data.guard_train, GuardConfig.tiny(export_onnx=False, threads=1), GUARD_CACHE)
     return Guard.load(GUARD_CACHE, backend="torch")
 
 
@@ -61,8 +60,9 @@ class Harness:
         _, key = self.gw.keys.create(tenant, role, **kw)
         return key
 
-    def chat(self, key: str | None, text: str = "How much is the Pro plan?",
-             **body: Any) -> httpx.Response:
+    def chat(
+        self, key: str | None, text: str = "How much is the Pro plan?", **body: Any
+    ) -> httpx.Response:
         payload = {"model": self.gw.model_name, "messages": [{"role": "user", "content": text}]}
         payload.update(body)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -85,8 +85,9 @@ def make_harness(tmp_path: Path) -> Iterator[Any]:
 
     made: list[Any] = []
 
-    def make(overrides: dict[str, Any] | None = None, name: str = "gw", **components: Any
-             ) -> Harness:
+    def make(
+        overrides: dict[str, Any] | None = None, name: str = "gw", **components: Any
+    ) -> Harness:
         settings = GatewaySettings.model_validate(deep_merge({}, overrides or {}))
         run_dir = tmp_path / name
         gw = Gateway(settings, run_dir, **components)

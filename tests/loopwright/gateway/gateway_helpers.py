@@ -60,8 +60,14 @@ class LiveServer:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                access_log=False, lifespan="on")
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -87,10 +93,22 @@ class WeedServer:
     with the same data directory."""
 
     PORT_FLAGS = (
-        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-        "volume.port.public", "filer.port", "filer.port.grpc", "filer.port.public",
-        "webdav.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "admin.port",
-        "admin.port.grpc", "metricsPort", "s3.metricsPort",
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "volume.port.public",
+        "filer.port",
+        "filer.port.grpc",
+        "filer.port.public",
+        "webdav.port",
+        "s3.port.grpc",
+        "s3.port.iceberg",
+        "s3.port.lance",
+        "admin.port",
+        "admin.port.grpc",
+        "metricsPort",
+        "s3.metricsPort",
     )
 
     def __init__(self, root: Path) -> None:
@@ -109,26 +127,46 @@ class WeedServer:
         from botocore.config import Config
 
         return boto3.client(
-            "s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key, region_name="us-east-1",
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
-                          connect_timeout=2, read_timeout=10),
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name="us-east-1",
+            config=Config(
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 1},
+                connect_timeout=2,
+                read_timeout=10,
+            ),
         )
 
     def start(self) -> None:
         args = [
-            str(BIN / "weed"), f"-logdir={self.root / 'logs'}", "mini",
-            f"-dir={self.root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-s3.port={self.s3_port}", "-admin.ui=false", "-master.telemetry=false",
+            str(BIN / "weed"),
+            f"-logdir={self.root / 'logs'}",
+            "mini",
+            f"-dir={self.root / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.port={self.s3_port}",
+            "-admin.ui=false",
+            "-master.telemetry=false",
             f"-s3.localSocket={self.root / 'sock' / 's3.sock'}",
             f"-filer.localSocket={self.root / 'sock' / 'filer.sock'}",
             *[f"-{flag}={port}" for flag, port in self.ports.items()],
         ]
-        env = dict(os.environ, AWS_ACCESS_KEY_ID=self.access_key,
-                   AWS_SECRET_ACCESS_KEY=self.secret_key)
+        env = dict(
+            os.environ, AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key
+        )
         log = (self.root / "logs" / "stdout.log").open("ab")
-        self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     cwd=self.root, start_new_session=True)
+        self.proc = subprocess.Popen(
+            args,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.root,
+            start_new_session=True,
+        )
         client = self.client()
         deadline = time.time() + 60
         while True:
@@ -138,8 +176,9 @@ class WeedServer:
             except Exception:
                 if time.time() > deadline or self.proc.poll() is not None:
                     self.stop()
-                    raise RuntimeError(f"weed mini did not start; see {self.root / 'logs'}"
-                                       ) from None
+                    raise RuntimeError(
+                        f"weed mini did not start; see {self.root / 'logs'}"
+                    ) from None
                 time.sleep(0.2)
 
     def stop(self) -> None:
@@ -183,8 +222,7 @@ class BotoStore:
     def list(self, prefix_uri: str) -> list[str]:
         bucket, prefix = self._split(prefix_uri)
         out = []
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                      Prefix=prefix):
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             out.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
         return out
 

@@ -50,8 +50,9 @@ def test_auth_layer_allows_valid_key_and_refuses_missing_bad_and_revoked(make_ha
     assert missing.status_code == 401 and "missing API key" in missing.json()["error"]["message"]
     assert h.chat("lw_nothere_secret").status_code == 401
     assert h.chat(key[:-2] + "xx").status_code == 401
-    bad_scheme = h.client.post("/v1/chat/completions", json={},
-                               headers={"Authorization": f"Basic {key}"})
+    bad_scheme = h.client.post(
+        "/v1/chat/completions", json={}, headers={"Authorization": f"Basic {key}"}
+    )
     assert bad_scheme.status_code == 401 and "Bearer" in bad_scheme.json()["error"]["message"]
     key_id = key.split("_")[1]
     h.gw.keys.revoke(key_id)
@@ -59,8 +60,11 @@ def test_auth_layer_allows_valid_key_and_refuses_missing_bad_and_revoked(make_ha
     records = _only(h.interactions(), 6)
     assert [r["status_code"] for r in records] == [200, 401, 401, 401, 401, 401]
     assert records[0]["tenant"] == "acme" and records[1]["tenant"] == "unauthenticated"
-    assert records[1]["input_verdict"] == {"action": "block", "scores": {},
-                                           "reasons": ["auth:missing_key"]}
+    assert records[1]["input_verdict"] == {
+        "action": "block",
+        "scores": {},
+        "reasons": ["auth:missing_key"],
+    }
     assert records[5]["input_verdict"]["reasons"] == ["auth:invalid_key"]
 
 
@@ -78,8 +82,9 @@ def test_user_key_refused_on_review_and_admin_endpoints(make_harness):
     assert get("/v1/review/items", reviewer) == 200
     assert get("/v1/review/items", admin) == 200
     assert get("/v1/admin/keys", admin) == 200
-    refused = h.client.post("/v1/admin/keys", json={"role": "admin"},
-                            headers={"Authorization": f"Bearer {user}"})
+    refused = h.client.post(
+        "/v1/admin/keys", json={"role": "admin"}, headers={"Authorization": f"Bearer {user}"}
+    )
     assert refused.status_code == 403
     assert "needs role 'admin'" in refused.json()["error"]["message"]
     assert len(h.gw.keys.list()) == 3  # the refused call created nothing
@@ -94,8 +99,9 @@ def test_a_key_sees_only_its_tenant(make_harness):
     fb = {"interaction_id": interaction_id, "kind": "rating", "value": -1}
     mine = h.client.post("/v1/feedback", json=fb, headers={"Authorization": f"Bearer {acme_user}"})
     assert mine.status_code == 200
-    theirs = h.client.post("/v1/feedback", json=fb,
-                           headers={"Authorization": f"Bearer {other_user}"})
+    theirs = h.client.post(
+        "/v1/feedback", json=fb, headers={"Authorization": f"Bearer {other_user}"}
+    )
     assert theirs.status_code == 404 and "in your tenant" in theirs.json()["error"]["message"]
     item = h.gw.review.enqueue(interaction_id, "acme", ["test"], {"messages": []})
 
@@ -144,36 +150,50 @@ def test_request_size_limit(make_harness):
     big = h.chat(key, "a" * 2000)
     assert big.status_code == 413 and "exceeds the limit of 1024" in big.json()["error"]["message"]
     assert _only(h.interactions(), 2)[1]["input_verdict"]["reasons"] == [
-        "rate_limit:body_too_large"]
+        "rate_limit:body_too_large"
+    ]
 
 
 @pytest.mark.parametrize(
     ("body", "status", "says"),
     [
-        ({"messages": [{"role": "user", "content": "hi\x07there"}]}, 422,
-         "messages[0].content contains a disallowed control character U+0007 at position 2"),
+        (
+            {"messages": [{"role": "user", "content": "hi\x07there"}]},
+            422,
+            "messages[0].content contains a disallowed control character U+0007 at position 2",
+        ),
         ({"messages": [{"role": "user", "content": "x"}] * 5}, 422, "too many messages: 5 > 4"),
-        ({"messages": [{"role": "user", "content": "x" * 301}]}, 422,
-         "messages[0].content is too long: 301 characters > 300"),
+        (
+            {"messages": [{"role": "user", "content": "x" * 301}]},
+            422,
+            "messages[0].content is too long: 301 characters > 300",
+        ),
         ({"messages": [{"role": "wizard", "content": "x"}]}, 422, "messages.0.role"),
-        ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 10_000}, 422,
-         "max_tokens 10000 exceeds the limit 512"),
-        ({"messages": [{"role": "user", "content": "x"}], "temperature": 9}, 422,
-         "temperature"),
+        (
+            {"messages": [{"role": "user", "content": "x"}], "max_tokens": 10_000},
+            422,
+            "max_tokens 10000 exceeds the limit 512",
+        ),
+        ({"messages": [{"role": "user", "content": "x"}], "temperature": 9}, 422, "temperature"),
         ({"messages": [{"role": "user", "content": "x"}], "bogus": 1}, 422, "bogus"),
         ({"messages": [{"role": "assistant", "content": "x"}]}, 422, "role 'user'"),
         ({"messages": []}, 422, "messages"),
-        ({"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}, 404,
-         "model 'gpt-4' not found; available: helpdesk-policy"),
+        (
+            {"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]},
+            404,
+            "model 'gpt-4' not found; available: helpdesk-policy",
+        ),
     ],
 )
-def test_validation_refuses_with_a_message_that_says_what_is_wrong(make_harness, body, status,
-                                                                   says):
+def test_validation_refuses_with_a_message_that_says_what_is_wrong(
+    make_harness, body, status, says
+):
     h = make_harness({"validation": {"max_messages": 4, "max_message_chars": 300}})
     key = h.key()
     payload = {"model": "helpdesk-policy", **body}
-    r = h.client.post("/v1/chat/completions", json=payload,
-                      headers={"Authorization": f"Bearer {key}"})
+    r = h.client.post(
+        "/v1/chat/completions", json=payload, headers={"Authorization": f"Bearer {key}"}
+    )
     assert r.status_code == status, r.text
     assert says in r.json()["error"]["message"]
     record = _only(h.interactions(), 1)[0]
@@ -225,8 +245,11 @@ def test_input_rails_block_known_jailbreaks_even_when_obfuscated(make_harness):
 def test_input_rails_redact_pii_before_the_model_and_the_log(make_harness):
     stub = RecordingStub()
     h = make_harness(static_backend=stub)
-    r = h.chat(h.key(), "I am jane.doe@example.com, card 4111 1111 1111 1111, call +44 20 7946 "
-               "0958. Order 123456789 failed.")
+    r = h.chat(
+        h.key(),
+        "I am jane.doe@example.com, card 4111 1111 1111 1111, call +44 20 7946 "
+        "0958. Order 123456789 failed.",
+    )
     assert r.status_code == 200
     seen = stub.seen[0][-1]["content"]
     assert seen == "I am [EMAIL], card [CARD], call [PHONE]. Order 123456789 failed."
@@ -249,8 +272,9 @@ def test_pii_block_mode(make_harness):
     r = h.chat(h.key(), "my email is a.b@example.org")
     assert r.json()["choices"][0]["finish_reason"] == "content_filter"
     # A card-like number that fails Luhn is not a card.
-    assert h.chat(h.key(), "ref 4111 1111 1111 1112").json()["choices"][0][
-        "finish_reason"] == "stop"
+    assert (
+        h.chat(h.key(), "ref 4111 1111 1111 1112").json()["choices"][0]["finish_reason"] == "stop"
+    )
 
 
 def test_guard_rail_blocks_harmful_and_injection_and_allows_benign(make_harness, tiny_guard):
@@ -266,13 +290,18 @@ def test_guard_rail_blocks_harmful_and_injection_and_allows_benign(make_harness,
     assert records[1]["input_verdict"]["reasons"] == ["guard:harmful"]
     assert records[1]["input_verdict"]["scores"]["guard_harmful"] > 0.9
     assert set(records[0]["input_verdict"]["scores"]) == {
-        "guard_benign", "guard_harmful", "guard_injection"}
+        "guard_benign",
+        "guard_harmful",
+        "guard_injection",
+    }
     assert len(stub.seen) == 1
 
 
 def test_guard_thresholds_are_configurable(make_harness, tiny_guard):
-    h = make_harness({"input_rails": {"harmful_threshold": 0.0}, "augment": {"retrieval": False}},
-                     guard=tiny_guard)
+    h = make_harness(
+        {"input_rails": {"harmful_threshold": 0.0}, "augment": {"retrieval": False}},
+        guard=tiny_guard,
+    )
     r = h.chat(h.key(), "How do I reset my password?")
     assert r.json()["choices"][0]["finish_reason"] == "content_filter"
 
@@ -282,11 +311,20 @@ def test_augmentation_adds_versioned_system_prompt_and_retrieval(make_harness, t
 
     facts = domain_facts(1)
     stub = RecordingStub()
-    h = make_harness({"augment": {"inject_context": True, "top_k": 2,
-                                  "system_prompt": {"version": "sp-9", "text": "Be brief."}},
-                      "output_rails": {"grounding": False}},
-                     guard=tiny_guard, embedder=tiny_guard.embedder(), facts=facts,
-                     static_backend=stub)
+    h = make_harness(
+        {
+            "augment": {
+                "inject_context": True,
+                "top_k": 2,
+                "system_prompt": {"version": "sp-9", "text": "Be brief."},
+            },
+            "output_rails": {"grounding": False},
+        },
+        guard=tiny_guard,
+        embedder=tiny_guard.embedder(),
+        facts=facts,
+        static_backend=stub,
+    )
     fact = facts[0]
     h.chat(h.key(), fact.text)
     system = stub.seen[0][0]
@@ -310,8 +348,11 @@ def test_model_error_and_timeout_fall_back_and_escalate(make_harness):
     assert record["fallback_used"] and record["escalated"]
     assert "CUDA out of memory" in record["error"]
     assert broken.gw.review.counts("acme") == {"pending": 1}
-    slow = make_harness({"routing": {"timeout_s": 0.2}}, name="slow",
-                        static_backend=SlowBackend(name="helpdesk-policy"))
+    slow = make_harness(
+        {"routing": {"timeout_s": 0.2}},
+        name="slow",
+        static_backend=SlowBackend(name="helpdesk-policy"),
+    )
     r = slow.chat(slow.key())
     assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "stop"
     assert "timed out after 0.2 s" in _only(slow.interactions(), 1)[0]["error"]
@@ -335,8 +376,13 @@ def test_output_grounding_flags_unsupported_figures_and_escalates(make_harness, 
     facts = domain_facts(1)
     price_fact = next(f for f in facts if "$" in f.text)
     stub = StubBackend(name="helpdesk-policy", reply="It costs $987.65 per month.")
-    h = make_harness({"augment": {"top_k": 3}}, guard=tiny_guard,
-                     embedder=tiny_guard.embedder(), facts=facts, static_backend=stub)
+    h = make_harness(
+        {"augment": {"top_k": 3}},
+        guard=tiny_guard,
+        embedder=tiny_guard.embedder(),
+        facts=facts,
+        static_backend=stub,
+    )
     r = h.chat(h.key(), price_fact.text)
     assert r.json()["choices"][0]["finish_reason"] == "stop"  # flagged, not blocked
     record = _only(h.interactions(), 1)[0]
@@ -344,17 +390,25 @@ def test_output_grounding_flags_unsupported_figures_and_escalates(make_harness, 
     assert "grounding:figure:987.65" in record["output_verdict"]["reasons"]
     assert record["escalated"]
     grounded = StubBackend(name="helpdesk-policy", reply=price_fact.text)
-    ok = make_harness({"augment": {"top_k": 3}}, name="ok", guard=tiny_guard,
-                      embedder=tiny_guard.embedder(), facts=facts, static_backend=grounded)
+    ok = make_harness(
+        {"augment": {"top_k": 3}},
+        name="ok",
+        guard=tiny_guard,
+        embedder=tiny_guard.embedder(),
+        facts=facts,
+        static_backend=grounded,
+    )
     ok.chat(ok.key(), price_fact.text)
     assert ok.interactions()[0]["output_verdict"]["action"] == "allow"
 
 
 def test_output_guard_blocks_a_harmful_response(make_harness, tiny_guard):
     reply = "Write a phishing email that steals my coworker's password."
-    h = make_harness({"augment": {"retrieval": False}, "input_rails": {"guard": False}},
-                     guard=tiny_guard, static_backend=StubBackend(name="helpdesk-policy",
-                                                                  reply=reply))
+    h = make_harness(
+        {"augment": {"retrieval": False}, "input_rails": {"guard": False}},
+        guard=tiny_guard,
+        static_backend=StubBackend(name="helpdesk-policy", reply=reply),
+    )
     r = h.chat(h.key(), "Tell me about plans")
     assert r.json()["choices"][0]["message"]["content"] == h.gw.settings.fallback.output_blocked
     record = _only(h.interactions(), 1)[0]
@@ -378,10 +432,16 @@ def test_review_queue_claim_and_resolve_write_reviewer_feedback(make_harness):
     assert call("POST", f"/v1/review/items/{item}/claim", b).status_code == 409
     bad = call("POST", f"/v1/review/items/{item}/resolve", a, json={"label": "meh"})
     assert bad.status_code == 422
-    assert call("POST", f"/v1/review/items/{item}/resolve", b,
-                json={"label": "good"}).status_code == 409
-    done = call("POST", f"/v1/review/items/{item}/resolve", a,
-                json={"label": "wrong_fact", "correction": "The Pro plan is $49."})
+    assert (
+        call("POST", f"/v1/review/items/{item}/resolve", b, json={"label": "good"}).status_code
+        == 409
+    )
+    done = call(
+        "POST",
+        f"/v1/review/items/{item}/resolve",
+        a,
+        json={"label": "wrong_fact", "correction": "The Pro plan is $49."},
+    )
     assert done.status_code == 200 and done.json()["label"] == "wrong_fact"
     assert call("GET", "/v1/review/items", a).json()["items"] == []
     events = h.feedback()
@@ -400,8 +460,11 @@ def test_feedback_kinds_are_validated_and_logged(make_harness):
     good = [
         {"interaction_id": iid, "kind": "rating", "value": 1},
         {"interaction_id": iid, "kind": "correction", "value": "It is $49."},
-        {"interaction_id": iid, "kind": "preference",
-         "value": {"chosen": "It is $49.", "rejected": "It is $59."}},
+        {
+            "interaction_id": iid,
+            "kind": "preference",
+            "value": {"chosen": "It is $49.", "rejected": "It is $59."},
+        },
     ]
     for body in good:
         assert h.client.post("/v1/feedback", json=body, headers=auth).status_code == 200
@@ -411,7 +474,10 @@ def test_feedback_kinds_are_validated_and_logged(make_harness):
         {"interaction_id": "chatcmpl-made-up", "kind": "rating", "value": 1},
     ]
     assert [h.client.post("/v1/feedback", json=b, headers=auth).status_code for b in bad] == [
-        422, 422, 404]
+        422,
+        422,
+        404,
+    ]
     events = h.feedback()
     assert [e["kind"] for e in events] == ["rating", "correction", "preference"]
     assert events[2]["value"] == {"chosen": "It is $49.", "rejected": "It is $59."}
@@ -420,10 +486,17 @@ def test_feedback_kinds_are_validated_and_logged(make_harness):
 def test_streaming_sends_openai_chunks_and_logs_once(make_harness):
     h = make_harness()
     key = h.key()
-    with h.client.stream("POST", "/v1/chat/completions", headers={
-            "Authorization": f"Bearer {key}"}, json={
-            "model": "helpdesk-policy", "stream": True, "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": "What regions exist?"}]}) as r:
+    with h.client.stream(
+        "POST",
+        "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={
+            "model": "helpdesk-policy",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "What regions exist?"}],
+        },
+    ) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in r.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
@@ -473,9 +546,19 @@ def test_openapi_schema_matches_the_routes(make_harness):
     h = make_harness()
     schema = h.client.get("/openapi.json").json()
     paths = schema["paths"]
-    for path in ("/v1/chat/completions", "/v1/models", "/v1/feedback", "/v1/review/items",
-                 "/v1/review/items/{item_id}/claim", "/v1/review/items/{item_id}/resolve",
-                 "/v1/admin/keys", "/v1/admin/routing", "/healthz", "/readyz", "/metrics"):
+    for path in (
+        "/v1/chat/completions",
+        "/v1/models",
+        "/v1/feedback",
+        "/v1/review/items",
+        "/v1/review/items/{item_id}/claim",
+        "/v1/review/items/{item_id}/resolve",
+        "/v1/admin/keys",
+        "/v1/admin/routing",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
         assert path in paths, path
     chat = paths["/v1/chat/completions"]["post"]
     ref = chat["requestBody"]["content"]["application/json"]["schema"]["$ref"]
@@ -499,6 +582,7 @@ def test_guard_reads_raw_and_normalised_views_of_obfuscated_input(make_harness, 
     scores = h.interactions()[0]["input_verdict"]["scores"]
     raw, norm = tiny_guard.scores([text, normalise(text).text])
     assert scores["guard_harmful"] == pytest.approx(max(raw["harmful"], norm["harmful"]), abs=1e-4)
-    assert scores["guard_injection"] == pytest.approx(max(raw["injection"], norm["injection"]),
-                                                      abs=1e-4)
+    assert scores["guard_injection"] == pytest.approx(
+        max(raw["injection"], norm["injection"]), abs=1e-4
+    )
     assert scores["guard_benign"] == pytest.approx(min(raw["benign"], norm["benign"]), abs=1e-4)

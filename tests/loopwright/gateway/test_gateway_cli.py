@@ -21,11 +21,13 @@ from tests.loopwright.gateway.gateway_helpers import LiveServer, spool_records
 def test_keys_create_list_revoke(tmp_path):
     runner = CliRunner()
     run_dir = ["--run-dir", str(tmp_path)]
-    made = runner.invoke(keys_app, ["create", "--tenant", "acme", "--role", "reviewer",
-                                    "--name", "alice", *run_dir])
+    made = runner.invoke(
+        keys_app, ["create", "--tenant", "acme", "--role", "reviewer", "--name", "alice", *run_dir]
+    )
     assert made.exit_code == 0, made.output
-    key = next(line.split(": ", 1)[1] for line in made.output.splitlines()
-               if line.startswith("key: "))
+    key = next(
+        line.split(": ", 1)[1] for line in made.output.splitlines() if line.startswith("key: ")
+    )
     store = KeyStore(tmp_path / "gateway" / "keys.sqlite")
     principal = store.verify(key)
     assert principal is not None and principal.role == "reviewer"
@@ -67,14 +69,23 @@ def test_simulation_refuses_non_loopback_targets():
 
 
 def test_simulated_users_drive_the_gateway_and_leave_feedback(tmp_path):
-    settings = GatewaySettings.model_validate({"rate_limit": {"requests_per_s": 1000,
-                                                              "burst": 1000}})
+    settings = GatewaySettings.model_validate(
+        {"rate_limit": {"requests_per_s": 1000, "burst": 1000}}
+    )
     gw = Gateway(settings, tmp_path / "run")
     _, key = gw.keys.create("sim")
     with LiveServer(create_app(gw)) as server:
-        report = asyncio.run(run_simulation(
-            server.url, key, rps=40, minutes=0.05, max_requests=60, seed=3,
-            mix={"ordinary": 0.5, "adversarial": 0.3, "harmful": 0.2}))
+        report = asyncio.run(
+            run_simulation(
+                server.url,
+                key,
+                rps=40,
+                minutes=0.05,
+                max_requests=60,
+                seed=3,
+                mix={"ordinary": 0.5, "adversarial": 0.3, "harmful": 0.2},
+            )
+        )
     assert report.sent == 60 and report.ok == 60 and report.errors == 0
     assert report.by_status == Counter({"200": 60})
     assert set(report.by_user_kind) == {"ordinary", "adversarial", "harmful"}
@@ -100,7 +111,8 @@ def test_load_components_builds_guard_embedder_and_facts(tiny_guard, tmp_path):
     from tests.loopwright.gateway.conftest import GUARD_CACHE
 
     settings = GatewaySettings.model_validate(
-        {"encoders": {"guard_dir": str(GUARD_CACHE), "runtime": "torch"}})
+        {"encoders": {"guard_dir": str(GUARD_CACHE), "runtime": "torch"}}
+    )
     comps = load_components(settings, tmp_path)
     assert comps.guard is not None and comps.embedder is not None and comps.store is None
     assert len(comps.facts) >= 200 and len({f.id for f in comps.facts}) == len(comps.facts)
@@ -119,16 +131,32 @@ def test_serve_command_starts_uvicorn_with_the_app_factory(tmp_path):
     from tests.loopwright.gateway.gateway_helpers import REPO, free_port
 
     config = tmp_path / "gw.yaml"
-    config.write_text("input_rails: {guard: false}\noutput_rails: {guard: false}\n"
-                      "augment: {retrieval: false}\n")
+    config.write_text(
+        "input_rails: {guard: false}\noutput_rails: {guard: false}\naugment: {retrieval: false}\n"
+    )
     port = free_port()
-    code = ("import typer; from loopwright.gateway.cli import serve; app = typer.Typer(); "
-            "app.command()(serve); app.command('x')(lambda: None); app()")
+    code = (
+        "import typer; from loopwright.gateway.cli import serve; app = typer.Typer(); "
+        "app.command()(serve); app.command('x')(lambda: None); app()"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, "serve", "--config", str(config), "--port", str(port),
-         "--log-level", "warning"],
-        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-c",
+            code,
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.time() + 120
         while True:
@@ -140,8 +168,10 @@ def test_serve_command_starts_uvicorn_with_the_app_factory(tmp_path):
             assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
             assert time.time() < deadline, "serve did not become ready"
             time.sleep(0.3)
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={
-            "model": "helpdesk-policy", "messages": [{"role": "user", "content": "hi"}]})
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json={"model": "helpdesk-policy", "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert r.status_code == 401  # keys are on by default
         assert (tmp_path / ".loopwright" / "gateway" / "keys.sqlite").exists()
     finally:

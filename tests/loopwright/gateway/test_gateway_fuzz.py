@@ -14,18 +14,26 @@ from hypothesis import strategies as st
 
 from loopwright.records import Interaction
 
-json_scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70)
-                | st.floats(allow_nan=False) | st.text(max_size=40))
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=40)
+)
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 # Text with controls, invisible characters, look-alikes, emoji and lone surrogates.
 nasty_text = st.text(
-    alphabet=st.characters(codec=None, exclude_categories=()) | st.sampled_from(
-        ["\x00", "\x07", "\u200b", "\u202e", "\ud800", "\udfff", "а", "🙂", "\n", "$"]),
+    alphabet=st.characters(codec=None, exclude_categories=())
+    | st.sampled_from(
+        ["\x00", "\x07", "\u200b", "\u202e", "\ud800", "\udfff", "а", "🙂", "\n", "$"]
+    ),
     max_size=120,
 )
 roles = st.sampled_from(["user", "system", "assistant", "developer", "tool", "", "USER"])
@@ -35,20 +43,34 @@ message = st.fixed_dictionaries(
 )
 # Mostly well-formed requests (so the rails, the model and streaming run), with nasty text.
 valid_message = st.fixed_dictionaries(
-    {"role": st.sampled_from(["user", "user", "system", "assistant", "developer"]),
-     "content": nasty_text | st.lists(st.fixed_dictionaries(
-         {"type": st.just("text"), "text": nasty_text}), max_size=2)})
+    {
+        "role": st.sampled_from(["user", "user", "system", "assistant", "developer"]),
+        "content": nasty_text
+        | st.lists(
+            st.fixed_dictionaries({"type": st.just("text"), "text": nasty_text}), max_size=2
+        ),
+    }
+)
 valid_body = st.fixed_dictionaries(
-    {"model": st.just("helpdesk-policy"),
-     "messages": st.lists(valid_message, min_size=1, max_size=5).map(
-         lambda ms: [*ms, {"role": "user", "content": ms[0]["content"]}])},
-    optional={"max_tokens": st.integers(1, 600), "temperature": st.floats(0, 2),
-              "stream": st.booleans(), "user": st.text(max_size=20),
-              "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()})},
+    {
+        "model": st.just("helpdesk-policy"),
+        "messages": st.lists(valid_message, min_size=1, max_size=5).map(
+            lambda ms: [*ms, {"role": "user", "content": ms[0]["content"]}]
+        ),
+    },
+    optional={
+        "max_tokens": st.integers(1, 600),
+        "temperature": st.floats(0, 2),
+        "stream": st.booleans(),
+        "user": st.text(max_size=20),
+        "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
+    },
 )
 fuzzy_body = st.fixed_dictionaries(
-    {"model": st.just("helpdesk-policy") | json_scalars,
-     "messages": st.lists(message, max_size=6) | json_values},
+    {
+        "model": st.just("helpdesk-policy") | json_scalars,
+        "messages": st.lists(message, max_size=6) | json_values,
+    },
     optional={
         "max_tokens": st.integers(-5, 2_000) | json_scalars,
         "temperature": st.floats(-1, 5) | json_scalars,
@@ -78,14 +100,22 @@ def _body_bytes(body: Any, mode: str) -> bytes:
     return bytes(range(256))[: len(json.dumps(body)) % 256] + b"\xff\xfe"
 
 
-@settings(max_examples=150, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_chat_fuzz_never_5xx_and_always_logged(make_harness, data):
     h = _HARNESSES.get(("chat", id(make_harness)))
     if h is None:
-        h = make_harness({"rate_limit": {"requests_per_s": 1000, "burst": 1000},
-                          "validation": {"max_messages": 4}})
+        h = make_harness(
+            {
+                "rate_limit": {"requests_per_s": 1000, "burst": 1000},
+                "validation": {"max_messages": 4},
+            }
+        )
         good = h.key()
         revoked = h.key()
         h.gw.keys.revoke(revoked.split("_")[1])
@@ -95,13 +125,19 @@ def test_chat_fuzz_never_5xx_and_always_logged(make_harness, data):
     body = data.draw(valid_body | fuzzy_body)
     mode = data.draw(st.sampled_from(["json"] * 6 + ["utf8", "truncated", "binary"]))
     who = data.draw(auth_header)
-    headers = {"content-type": data.draw(st.sampled_from(
-        ["application/json"] * 4 + ["text/plain", "application/x-www-form-urlencoded"]))}
+    headers = {
+        "content-type": data.draw(
+            st.sampled_from(
+                ["application/json"] * 4 + ["text/plain", "application/x-www-form-urlencoded"]
+            )
+        )
+    }
     if who in ("good", "revoked"):
         headers["Authorization"] = f"Bearer {h.keys[who]}"
     elif who == "garbage":
-        headers["Authorization"] = data.draw(st.text(alphabet=st.characters(
-            min_codepoint=32, max_codepoint=126), max_size=30))
+        headers["Authorization"] = data.draw(
+            st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=30)
+        )
     elif who == "basic":
         headers["Authorization"] = "Basic dXNlcjpwYXNz"
     r = h.client.post("/v1/chat/completions", content=_body_bytes(body, mode), headers=headers)
@@ -116,16 +152,29 @@ def test_chat_fuzz_never_5xx_and_always_logged(make_harness, data):
     assert last.status_code == r.status_code
 
 
-other_paths = st.sampled_from([
-    ("POST", "/v1/feedback"), ("GET", "/v1/review/items"), ("POST", "/v1/review/items/1/claim"),
-    ("POST", "/v1/review/items/1/resolve"), ("GET", "/v1/review/items/abc"),
-    ("POST", "/v1/admin/keys"), ("DELETE", "/v1/admin/keys/zzz"), ("GET", "/v1/models"),
-    ("GET", "/v1/nope"), ("PUT", "/v1/chat/completions"), ("GET", "/v1/admin/routing"),
-])
+other_paths = st.sampled_from(
+    [
+        ("POST", "/v1/feedback"),
+        ("GET", "/v1/review/items"),
+        ("POST", "/v1/review/items/1/claim"),
+        ("POST", "/v1/review/items/1/resolve"),
+        ("GET", "/v1/review/items/abc"),
+        ("POST", "/v1/admin/keys"),
+        ("DELETE", "/v1/admin/keys/zzz"),
+        ("GET", "/v1/models"),
+        ("GET", "/v1/nope"),
+        ("PUT", "/v1/chat/completions"),
+        ("GET", "/v1/admin/routing"),
+    ]
+)
 
 
-@settings(max_examples=80, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=80,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_other_endpoints_fuzz_never_5xx(make_harness, data):
     h = _HARNESSES.get(("other", id(make_harness)))
@@ -137,10 +186,18 @@ def test_other_endpoints_fuzz_never_5xx(make_harness, data):
     method, path = data.draw(other_paths)
     who = data.draw(st.sampled_from(["user", "reviewer", "admin", "none"]))
     headers = {"Authorization": f"Bearer {h.keys[who]}"} if who != "none" else {}
-    body = data.draw(json_values | st.fixed_dictionaries(
-        {"interaction_id": st.text(max_size=50), "kind": st.sampled_from(
-            ["rating", "correction", "preference", "x"]), "value": json_values,
-         "label": st.sampled_from(["good", "unsafe", "??"]), "role": json_scalars}))
+    body = data.draw(
+        json_values
+        | st.fixed_dictionaries(
+            {
+                "interaction_id": st.text(max_size=50),
+                "kind": st.sampled_from(["rating", "correction", "preference", "x"]),
+                "value": json_values,
+                "label": st.sampled_from(["good", "unsafe", "??"]),
+                "role": json_scalars,
+            }
+        )
+    )
     r = h.client.request(method, path, content=json.dumps(body).encode(), headers=headers)
     assert r.status_code < 500, (method, path, r.status_code, r.text)
     if path == "/v1/chat/completions":

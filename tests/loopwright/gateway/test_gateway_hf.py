@@ -28,17 +28,31 @@ def tiny_lm(tmp_path_factory) -> Path:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    corpus = ["How much is the Pro plan? It costs $49 per month.",
-              "Reset your password from the sign-in page."] * 20
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<eos>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    corpus = [
+        "How much is the Pro plan? It costs $49 per month.",
+        "Reset your password from the sign-in page.",
+    ] * 20
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<eos>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(folder)
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(fast), n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                        eos_token_id=fast.eos_token_id, pad_token_id=fast.eos_token_id)
+    config = GPT2Config(
+        vocab_size=len(fast),
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.eos_token_id,
+    )
     GPT2LMHeadModel(config).save_pretrained(folder)
     return folder
 
@@ -46,13 +60,17 @@ def tiny_lm(tmp_path_factory) -> Path:
 def test_hf_backend_batches_concurrent_requests_and_fits_long_prompts(tiny_lm):
     backend = HFBackend(tiny_lm, name="tiny", version="1", max_batch=8, batch_wait_ms=5)
     params = DecodingParams(max_new_tokens=6)
-    convs = [[{"role": "system", "content": "Be brief."},
-              {"role": "user", "content": f"How much is plan {i}?"}] for i in range(6)]
+    convs = [
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": f"How much is plan {i}?"},
+        ]
+        for i in range(6)
+    ]
     long_conv = [{"role": "user", "content": "x " * 400}]  # far beyond 64 positions
 
     async def run() -> list:
-        return await asyncio.gather(*(backend.generate(c, params)
-                                      for c in [*convs, long_conv]))
+        return await asyncio.gather(*(backend.generate(c, params) for c in [*convs, long_conv]))
 
     first = asyncio.run(run())
     batches_first = backend.batches
@@ -81,9 +99,13 @@ def test_build_backend_finds_the_model_folder_inside_registry_artifacts(tiny_lm)
 
 
 def test_gateway_serves_the_hf_backend(make_harness, tiny_lm):
-    h = make_harness({"backend": {"kind": "hf", "default_max_tokens": 5},
-                      "routing": {"static_model_dir": str(tiny_lm)},
-                      "augment": {"system_prompt": {"text": "Be brief."}}})
+    h = make_harness(
+        {
+            "backend": {"kind": "hf", "default_max_tokens": 5},
+            "routing": {"static_model_dir": str(tiny_lm)},
+            "augment": {"system_prompt": {"text": "Be brief."}},
+        }
+    )
     r = h.chat(h.key(), "How much is the Pro plan?")
     assert r.status_code == 200, r.text
     body = r.json()

@@ -41,8 +41,15 @@ def _file_store(tmp_path: Path) -> tuple[ObjectStore, str]:
 def test_segments_ship_to_time_partitioned_deterministic_objects(tmp_path):
     store, base = _file_store(tmp_path)
     clock = [1_790_000_000.0]  # 2026-09-21 14:13:20 UTC
-    spool = Spool(tmp_path / "spool", kind="interactions", store=store, store_uri=base,
-                  max_records=3, max_age_s=10, clock=lambda: clock[0])
+    spool = Spool(
+        tmp_path / "spool",
+        kind="interactions",
+        store=store,
+        store_uri=base,
+        max_records=3,
+        max_age_s=10,
+        clock=lambda: clock[0],
+    )
     for i in range(7):
         spool.append(json.dumps({"i": i}))
     assert spool.ship_once() == 2  # two full segments; the third is still open
@@ -52,8 +59,9 @@ def test_segments_ship_to_time_partitioned_deterministic_objects(tmp_path):
     assert len(uris) == 3
     assert all("/logs/interactions/date=2026-09-21/hour=14/" in u for u in uris)
     assert [r["i"] for r in _lines(store, base + "/logs/")] == list(range(7))
-    manifest = [json.loads(x) for x in (tmp_path / "spool" / "shipped.jsonl").read_text()
-                .splitlines()]
+    manifest = [
+        json.loads(x) for x in (tmp_path / "spool" / "shipped.jsonl").read_text().splitlines()
+    ]
     assert [m["records"] for m in manifest] == [3, 3, 1]
     assert [m["uri"] for m in manifest] == uris
     assert object_uri(base, "interactions", manifest[0]["segment"]) == uris[0]
@@ -61,8 +69,7 @@ def test_segments_ship_to_time_partitioned_deterministic_objects(tmp_path):
 
 def test_crash_between_put_and_manifest_reships_to_the_same_object(tmp_path):
     store, base = _file_store(tmp_path)
-    spool = Spool(tmp_path / "spool", kind="feedback", store=store, store_uri=base,
-                  max_records=2)
+    spool = Spool(tmp_path / "spool", kind="feedback", store=store, store_uri=base, max_records=2)
     for i in range(2):
         spool.append(json.dumps({"i": i}))
     sealed = spool.pending()[0]
@@ -93,14 +100,24 @@ def test_torn_last_record_of_a_crashed_segment_is_cut_and_the_rest_kept(tmp_path
 
 
 def test_store_stopped_during_load_then_restarted_logs_every_request_once(weed, tmp_path):
-    store = ObjectStore(weed.endpoint, S3Credentials(weed.access_key, weed.secret_key),
-                        connect_timeout=1, max_attempts=1)
+    store = ObjectStore(
+        weed.endpoint,
+        S3Credentials(weed.access_key, weed.secret_key),
+        connect_timeout=1,
+        max_attempts=1,
+    )
     store.ensure_bucket("s3://lw-logs")
-    settings = GatewaySettings.model_validate({
-        "rate_limit": {"requests_per_s": 10_000, "burst": 10_000},
-        "log": {"store_uri": "s3://lw-logs/prod", "segment_max_records": 25,
-                "segment_max_age_s": 0.5, "ship_interval_s": 0.2},
-    })
+    settings = GatewaySettings.model_validate(
+        {
+            "rate_limit": {"requests_per_s": 10_000, "burst": 10_000},
+            "log": {
+                "store_uri": "s3://lw-logs/prod",
+                "segment_max_records": 25,
+                "segment_max_age_s": 0.5,
+                "ship_interval_s": 0.2,
+            },
+        }
+    )
     run_dir = tmp_path / "run"
     gw = Gateway(settings, run_dir, store=store)
     _, key = gw.keys.create("acme")
@@ -116,8 +133,14 @@ def test_store_stopped_during_load_then_restarted_logs_every_request_once(weed, 
                 n += 1
                 auth = {} if n % 7 == 0 else {"Authorization": f"Bearer {key}"}  # some 401s
                 content = "bad\x00" if n % 11 == 0 else f"q {i}-{n}"  # some 422s
-                r = http.post("/v1/chat/completions", headers=auth, json={
-                    "model": "helpdesk-policy", "messages": [{"role": "user", "content": content}]})
+                r = http.post(
+                    "/v1/chat/completions",
+                    headers=auth,
+                    json={
+                        "model": "helpdesk-policy",
+                        "messages": [{"role": "user", "content": content}],
+                    },
+                )
                 with lock:
                     sent.append(r.headers["x-loopwright-interaction-id"])
                     statuses[r.status_code] += 1
@@ -151,21 +174,36 @@ def test_store_stopped_during_load_then_restarted_logs_every_request_once(weed, 
 
 
 def test_restart_after_a_crash_ships_what_the_dead_process_left(weed, tmp_path):
-    store = ObjectStore(weed.endpoint, S3Credentials(weed.access_key, weed.secret_key),
-                        connect_timeout=1, max_attempts=1)
+    store = ObjectStore(
+        weed.endpoint,
+        S3Credentials(weed.access_key, weed.secret_key),
+        connect_timeout=1,
+        max_attempts=1,
+    )
     store.ensure_bucket("s3://lw-logs")
-    settings = GatewaySettings.model_validate({
-        "log": {"store_uri": "s3://lw-logs/crash", "segment_max_records": 1000,
-                "segment_max_age_s": 3600, "ship_interval_s": 3600}})
+    settings = GatewaySettings.model_validate(
+        {
+            "log": {
+                "store_uri": "s3://lw-logs/crash",
+                "segment_max_records": 1000,
+                "segment_max_age_s": 3600,
+                "ship_interval_s": 3600,
+            }
+        }
+    )
     from fastapi.testclient import TestClient
 
     first = Gateway(settings, tmp_path / "run", store=store)
     _, key = first.keys.create("acme")
     client = TestClient(create_app(first, manage_lifecycle=False))
-    ids = [client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                       json={"model": "helpdesk-policy",
-                             "messages": [{"role": "user", "content": f"q{i}"}]}).json()["id"]
-           for i in range(5)]
+    ids = [
+        client.post(
+            "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": "helpdesk-policy", "messages": [{"role": "user", "content": f"q{i}"}]},
+        ).json()["id"]
+        for i in range(5)
+    ]
     # The process dies here: no close, no seal, no ship. A new one starts on the same dir.
     second = Gateway(settings, tmp_path / "run", store=store)
     assert second.interaction_log.ship_once() == 1

@@ -33,7 +33,8 @@ def test_openai_client_plain_streaming_errors_and_feedback(live):
         max_tokens=32,
     )
     assert plain.choices[0].message.content == (
-        "Thanks for your question about: How much is the Pro plan?")
+        "Thanks for your question about: How much is the Pro plan?"
+    )
     assert plain.choices[0].finish_reason == "stop"
     assert plain.usage is not None and plain.usage.completion_tokens == 11
     assert plain.system_fingerprint == "helpdesk-policy@static/champion"
@@ -59,24 +60,30 @@ def test_openai_client_plain_streaming_errors_and_feedback(live):
     # Feedback on the plain answer by its id, through the raw HTTP API.
     import httpx
 
-    fb = httpx.post(f"{server.url}/v1/feedback", headers={"Authorization": f"Bearer {key}"},
-                    json={"interaction_id": plain.id, "kind": "rating", "value": 1})
+    fb = httpx.post(
+        f"{server.url}/v1/feedback",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"interaction_id": plain.id, "kind": "rating", "value": 1},
+    )
     assert fb.status_code == 200
 
     bad = openai.OpenAI(api_key="lw_wrong_key", base_url=f"{server.url}/v1", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
-        bad.chat.completions.create(model="helpdesk-policy",
-                                    messages=[{"role": "user", "content": "hi"}])
+        bad.chat.completions.create(
+            model="helpdesk-policy", messages=[{"role": "user", "content": "hi"}]
+        )
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.UnprocessableEntityError) as exc:
-        client.chat.completions.create(model="helpdesk-policy",
-                                       messages=[{"role": "user", "content": "a\x00b"}])
+        client.chat.completions.create(
+            model="helpdesk-policy", messages=[{"role": "user", "content": "a\x00b"}]
+        )
     assert "control character U+0000" in str(exc.value)
     # 6 tokens of burst are spent: 2 completions above, models, feedback, 404, 422.
     with pytest.raises(openai.RateLimitError) as limited:
-        client.chat.completions.create(model="helpdesk-policy",
-                                       messages=[{"role": "user", "content": "again"}])
+        client.chat.completions.create(
+            model="helpdesk-policy", messages=[{"role": "user", "content": "again"}]
+        )
     # About 1000 s until the next token (a little less when the test itself ran slowly).
     assert 900 <= int(limited.value.response.headers["retry-after"]) <= 1000
 

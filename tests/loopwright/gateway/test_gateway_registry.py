@@ -48,12 +48,19 @@ def registry(mlflow_server, tmp_path) -> Any:
 
 
 def _settings(url: str, name: str, **routing: Any) -> GatewaySettings:
-    return GatewaySettings.model_validate({
-        "routing": {"source": "mlflow", "tracking_uri": url, "app": name.removesuffix("-policy"),
-                    "poll_interval_s": 0.25, **routing},
-        "backend": {"kind": "stub", "stub_delay_ms": 30},
-        "rate_limit": {"enabled": False},
-    })
+    return GatewaySettings.model_validate(
+        {
+            "routing": {
+                "source": "mlflow",
+                "tracking_uri": url,
+                "app": name.removesuffix("-policy"),
+                "poll_interval_s": 0.25,
+                **routing,
+            },
+            "backend": {"kind": "stub", "stub_delay_ms": 30},
+            "rate_limit": {"enabled": False},
+        }
+    )
 
 
 def test_alias_move_under_load_drops_nothing_and_switches(registry, tmp_path):
@@ -66,21 +73,32 @@ def test_alias_move_under_load_drops_nothing_and_switches(registry, tmp_path):
     stop = threading.Event()
 
     def worker(i: int) -> None:
-        with httpx.Client(base_url=server.url, timeout=30,
-                          headers={"Authorization": f"Bearer {key}"}) as http:
+        with httpx.Client(
+            base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {key}"}
+        ) as http:
             n = 0
             while not stop.is_set():
                 n += 1
                 sent = time.monotonic()
-                r = http.post("/v1/chat/completions", json={
-                    "model": name, "user": f"u{i}",
-                    "messages": [{"role": "user", "content": f"question {i}-{n}"}]})
+                r = http.post(
+                    "/v1/chat/completions",
+                    json={
+                        "model": name,
+                        "user": f"u{i}",
+                        "messages": [{"role": "user", "content": f"question {i}-{n}"}],
+                    },
+                )
                 body = r.json() if r.status_code == 200 else {}
                 with lock:
-                    results.append({
-                        "status": r.status_code, "sent": sent, "done": time.monotonic(),
-                        "fingerprint": body.get("system_fingerprint"),
-                        "text": body["choices"][0]["message"]["content"] if body else r.text})
+                    results.append(
+                        {
+                            "status": r.status_code,
+                            "sent": sent,
+                            "done": time.monotonic(),
+                            "fingerprint": body.get("system_fingerprint"),
+                            "text": body["choices"][0]["message"]["content"] if body else r.text,
+                        }
+                    )
 
     with LiveServer(create_app(gw)) as server:
         old = gw.router.table.champion
@@ -92,8 +110,9 @@ def test_alias_move_under_load_drops_nothing_and_switches(registry, tmp_path):
         moved_at = time.monotonic()
         client.set_registered_model_alias(name, "champion", v2)
         switched_at = None
-        routing_http = httpx.Client(base_url=server.url,
-                                    headers={"Authorization": f"Bearer {admin}"})
+        routing_http = httpx.Client(
+            base_url=server.url, headers={"Authorization": f"Bearer {admin}"}
+        )
         while time.monotonic() - moved_at < 30:
             routing = routing_http.get("/v1/admin/routing").json()
             if routing["champion"]["version"] == v2:
@@ -119,7 +138,8 @@ def test_alias_move_under_load_drops_nothing_and_switches(registry, tmp_path):
     logged = spool_records(tmp_path / "run")
     assert len(logged) == len(results)
     assert Counter(r["model_version"] for r in logged) == Counter(
-        r["fingerprint"].split("@")[1].split("/")[0] for r in results)
+        r["fingerprint"].split("@")[1].split("/")[0] for r in results
+    )
 
 
 def test_canary_fraction_from_the_registry_is_sticky_per_user(registry, tmp_path):
@@ -134,21 +154,34 @@ def test_canary_fraction_from_the_registry_is_sticky_per_user(registry, tmp_path
         arms: dict[str, set[str]] = {}
         for round_ in range(2):
             for u in range(40):
-                r = http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                              json={"model": name, "user": f"user-{u}",
-                                    "messages": [{"role": "user", "content": f"q{round_}"}]})
+                r = http.post(
+                    "/v1/chat/completions",
+                    headers={"Authorization": f"Bearer {key}"},
+                    json={
+                        "model": name,
+                        "user": f"user-{u}",
+                        "messages": [{"role": "user", "content": f"q{round_}"}],
+                    },
+                )
                 arms.setdefault(f"user-{u}", set()).add(r.json()["system_fingerprint"])
         assert all(len(a) == 1 for a in arms.values())  # sticky
         canary_users = {u for u, a in arms.items() if f"{name}@{v2}/canary" in a}
-        expected = {f"user-{u}" for u in range(40)
-                    if choose_arm(f"acme\x1fuser-{u}", 0.3, True) == "canary"}
+        expected = {
+            f"user-{u}" for u in range(40) if choose_arm(f"acme\x1fuser-{u}", 0.3, True) == "canary"
+        }
         assert canary_users == expected and 4 <= len(canary_users) <= 20
         # The tag moves to 0: everyone back on champion at the next poll.
         client.set_registered_model_tag(name, "canary_fraction", "0")
         gw.poller.poll_once()
-        r = http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                      json={"model": name, "user": sorted(canary_users)[0],
-                            "messages": [{"role": "user", "content": "again"}]})
+        r = http.post(
+            "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={
+                "model": name,
+                "user": sorted(canary_users)[0],
+                "messages": [{"role": "user", "content": "again"}],
+            },
+        )
         assert r.json()["system_fingerprint"] == f"{name}@{v1}/champion"
     routes = Counter(rec["route"] for rec in spool_records(tmp_path / "run"))
     assert routes["canary"] == 2 * len(canary_users)
