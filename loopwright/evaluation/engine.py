@@ -1,0 +1,458 @@
+"""Generation for evaluation: Ray Data actor pool over a local model, or HTTP to an endpoint.
+
+Every reply goes through ``models.generation.generate_batch`` (the one generation path of
+the project). The engine adds what evaluation needs around it:
+
+* **Distribution**: ``Dataset.map_batches(GeneratorActor, compute=ActorPoolStrategy(...))``,
+  one model per actor, ``num_gpus=1`` per actor when the Ray cluster has GPUs and
+  ``num_cpus=1`` with ``torch.set_num_threads(threads_per_worker)`` otherwise. On a
+  small CPU machine several single-threaded actors beat one multi-threaded process,
+  because a tiny model's decode step is dominated by per-step overhead that threads do
+  not share but processes do.
+* **Length bucketing**: requests are sorted by decoding setting and prompt length before
+  being cut into batches, so each ``generate`` call pads little.
+* **Checkpoint and cache**: finished generations are appended (fsync per batch) to the
+  model's :class:`~loopwright.evaluation.store.GenerationStore` as they stream back to
+  the driver; a rerun generates only the keys that are missing.
+* **Errors**: a batch that raises is retried one prompt at a time; a prompt that still
+  raises is recorded as an error (type and message) and the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from loopwright.evaluation.store import Generation, GenerationStore, generation_key
+from loopwright.evaluation.targets import EndpointTarget, LocalModelTarget, Target
+from loopwright.records import EvalSample
+from models.generation import DecodingParams
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+"""Progress callback: (label, done, total)."""
+
+
+class EngineError(RuntimeError):
+    """The engine cannot run as configured; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How generation is executed.
+
+    Attributes:
+        executor: ``ray`` (Ray Data actor pool; the default) or ``local`` (the same actor
+            class called in this process; no Ray start-up cost, one worker).
+        workers: actors in the pool (capped by the number of batches; by GPUs on GPU).
+        batch_size: prompts per ``generate`` call.
+        threads_per_worker: ``torch.set_num_threads`` in each CPU actor.
+        use_gpu: None = use GPUs when the Ray cluster (or, locally, torch) has them.
+        ray_address: connect to this Ray cluster instead of starting a local one.
+        ray_temp_dir: Ray's session folder when starting a local Ray; must be given
+            (inside the project's run directory) because Ray would otherwise write to
+            the system temp dir.
+        ray_num_cpus: CPUs a local Ray may use (default: ``workers * threads_per_worker``).
+        retry_errors: on a rerun, generate again the samples that errored before.
+    """
+
+    executor: Literal["ray", "local"] = "ray"
+    workers: int = 1
+    batch_size: int = 32
+    threads_per_worker: int = 1
+    use_gpu: bool | None = None
+    ray_address: str | None = None
+    ray_temp_dir: Path | None = None
+    ray_num_cpus: int | None = None
+    retry_errors: bool = True
+
+    def __post_init__(self) -> None:
+        if self.executor not in ("ray", "local"):
+            raise ValueError(f"executor must be 'ray' or 'local', got {self.executor!r}")
+        for name in ("workers", "batch_size", "threads_per_worker"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation to make: a sample under one decoding setting (and repeat index)."""
+
+    sample: EvalSample
+    params: DecodingParams
+    repeat: int
+    key: str
+
+    @classmethod
+    def make(
+        cls, model_id: str, sample: EvalSample, params: DecodingParams, repeat: int = 0
+    ) -> GenerationRequest:
+        """Build a request with its store key."""
+        return cls(sample, params, repeat, generation_key(model_id, sample, params.cache_key()))
+
+
+@dataclass
+class GenerationOutcome:
+    """Generations for a set of requests and how they were obtained.
+
+    Attributes:
+        by_key: every requested key -> its generation (response or error).
+        requested: distinct requests.
+        cached: found in the store (checkpoint or earlier run).
+        generated: produced now (including errors).
+        errors: requests whose final generation is an error.
+        seconds: wall time spent generating now.
+    """
+
+    by_key: dict[str, Generation] = field(default_factory=dict)
+    requested: int = 0
+    cached: int = 0
+    generated: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------- the actor
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+class GeneratorActor:
+    """Holds one loaded policy and generates for batches of requests (a Ray Data UDF).
+
+    Args:
+        model_dir: the Hugging Face model folder.
+        threads: torch intra-op threads for this actor (CPU).
+        device: ``cpu`` or ``cuda``.
+    """
+
+    def __init__(self, model_dir: str, threads: int = 1, device: str = "cpu") -> None:
+        import torch
+
+        from models.generation import load_policy
+
+        if device == "cpu":
+            torch.set_num_threads(threads)
+        self.policy = load_policy(model_dir, device=device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Generate for one batch; columns key, messages, params -> key, response, error."""
+        from models.generation import generate_batch
+
+        keys = [str(k) for k in batch["key"]]
+        convs = [json.loads(str(m)) for m in batch["messages"]]
+        params = [str(p) for p in batch["params"]]
+        n = len(keys)
+        responses = [""] * n
+        errors = [""] * n
+        seconds = [0.0] * n
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, p in enumerate(params):
+            groups[p].append(i)
+        for pjson, idx in groups.items():
+            dp = DecodingParams(**json.loads(pjson))
+            start = time.perf_counter()
+            try:
+                outs = generate_batch(self.policy, [convs[i] for i in idx], dp, batch_size=len(idx))
+                for i, text in zip(idx, outs, strict=True):
+                    responses[i] = text
+            except Exception as exc:  # noqa: BLE001 - isolate the failing prompt, keep going
+                logger.warning("batch of %d failed (%s); retrying one by one", len(idx), exc)
+                for i in idx:
+                    try:
+                        responses[i] = generate_batch(self.policy, [convs[i]], dp, batch_size=1)[0]
+                    except Exception as one_exc:  # noqa: BLE001 - recorded, counted, reported
+                        errors[i] = _error_text(one_exc)
+            per = (time.perf_counter() - start) / len(idx)
+            for i in idx:
+                seconds[i] = per
+        return {
+            "key": np.array(keys, dtype=object),
+            "response": np.array(responses, dtype=object),
+            "error": np.array(errors, dtype=object),
+            "seconds": np.array(seconds, dtype=np.float64),
+        }
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+@contextmanager
+def ray_session(config: EngineConfig) -> Iterator[None]:
+    """Make sure Ray is up for the duration; shut it down only if we started it.
+
+    Raises:
+        EngineError: a local Ray would be started without ``ray_temp_dir``.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if config.ray_address is None and config.ray_temp_dir is None:
+        raise EngineError(
+            "starting a local Ray needs EngineConfig.ray_temp_dir (a folder inside the "
+            "project's run directory); or pass ray_address to join a running cluster"
+        )
+    # Workers must import the same loopwright/models as this driver, not an installed copy.
+    import loopwright
+
+    root = str(Path(loopwright.__file__).resolve().parent.parent)
+    pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env_vars = {"PYTHONPATH": pythonpath, "TOKENIZERS_PARALLELISM": "false"}
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "log_to_driver": False,
+        "runtime_env": {"env_vars": env_vars},
+    }
+    if config.ray_address is not None:
+        kwargs["address"] = config.ray_address
+    else:
+        # Local Ray: token auth is on by default and writes under ~/.ray (STACK_NOTES).
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        temp = Path(config.ray_temp_dir).resolve()  # type: ignore[arg-type]
+        temp.mkdir(parents=True, exist_ok=True)
+        kwargs["_temp_dir"] = str(temp)
+        kwargs["num_cpus"] = config.ray_num_cpus or config.workers * config.threads_per_worker
+    ray.init(**kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _gpu_available(config: EngineConfig) -> bool:
+    if config.use_gpu is not None:
+        return config.use_gpu
+    if config.executor == "ray":
+        import ray
+
+        return ray.cluster_resources().get("GPU", 0) > 0
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _rows(requests: Sequence[GenerationRequest]) -> list[dict[str, str]]:
+    """Requests as rows, sorted by decoding setting then prompt length (length bucketing)."""
+
+    def size(r: GenerationRequest) -> int:
+        return sum(len(m.content) for m in r.sample.messages)
+
+    ordered = sorted(requests, key=lambda r: (r.params.cache_key(), size(r), r.sample.id))
+    return [
+        {
+            "key": r.key,
+            "messages": json.dumps([m.model_dump() for m in r.sample.messages]),
+            "params": json.dumps(asdict(r.params), sort_keys=True),
+        }
+        for r in ordered
+    ]
+
+
+def _local_batches(
+    target: LocalModelTarget, rows: list[dict[str, str]], config: EngineConfig, device: str
+) -> Iterator[dict[str, np.ndarray]]:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        actor = GeneratorActor(str(target.folder), config.threads_per_worker, device)
+        for start in range(0, len(rows), config.batch_size):
+            chunk = rows[start : start + config.batch_size]
+            yield actor({k: np.array([r[k] for r in chunk], dtype=object) for k in chunk[0]})
+    finally:
+        torch.set_num_threads(before)
+
+
+def _ray_batches(
+    target: LocalModelTarget, rows: list[dict[str, str]], config: EngineConfig, gpu: bool
+) -> Iterator[dict[str, np.ndarray]]:
+    import ray
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the caller's progress callback reports instead
+    ctx.print_on_execution_start = False
+    n_batches = math.ceil(len(rows) / config.batch_size)
+    size = min(config.workers, n_batches)
+    if gpu:
+        size = max(1, min(size, int(ray.cluster_resources().get("GPU", 0))))
+    resources: dict[str, Any] = {"num_gpus": 1} if gpu else {"num_cpus": 1}
+    ds = ray.data.from_items(rows, override_num_blocks=n_batches)
+    ds = ds.map_batches(
+        GeneratorActor,
+        fn_constructor_kwargs={
+            "model_dir": str(target.folder),
+            "threads": config.threads_per_worker,
+            "device": "cuda" if gpu else "cpu",
+        },
+        compute=ray.data.ActorPoolStrategy(size=size),
+        batch_size=config.batch_size,
+        batch_format="numpy",
+        **resources,
+    )
+    yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
+
+
+def _endpoint_generate(
+    target: EndpointTarget, requests: Sequence[GenerationRequest]
+) -> Iterator[tuple[str, str, str, float]]:
+    """Yield (key, response, error, seconds) per request as replies arrive."""
+    import httpx
+
+    url = target.base_url.rstrip("/") + "/chat/completions"
+    headers = {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
+
+    def one(client: httpx.Client, req: GenerationRequest) -> tuple[str, str, str, float]:
+        body: dict[str, Any] = {
+            "model": target.model,
+            "messages": [m.model_dump() for m in req.sample.messages],
+            "max_tokens": req.params.max_new_tokens,
+            "temperature": req.params.temperature,
+            "top_p": req.params.top_p,
+            "seed": req.params.seed,
+        }
+        start = time.perf_counter()
+        try:
+            resp = client.post(url, json=body, headers=headers)
+            resp.raise_for_status()
+            text = resp.json()["choices"][0]["message"]["content"] or ""
+            return req.key, text.strip(), "", time.perf_counter() - start
+        except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
+            return req.key, "", _error_text(exc), time.perf_counter() - start
+
+    with httpx.Client(timeout=target.timeout_s) as client, ThreadPoolExecutor(
+        target.concurrency
+    ) as pool:
+        futures = [pool.submit(one, client, r) for r in requests]
+        for fut in as_completed(futures):
+            yield fut.result()
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def generate(
+    target: Target,
+    requests: Sequence[GenerationRequest],
+    store: GenerationStore,
+    config: EngineConfig,
+    *,
+    progress: Progress | None = None,
+    label: str = "generate",
+) -> GenerationOutcome:
+    """Produce a generation for every request, reusing the store and checkpointing to it.
+
+    Args:
+        target: local model folder or endpoint.
+        requests: what to generate; duplicates (same key) are generated once.
+        store: the model's generation store (checkpoint + cache).
+        config: execution settings.
+        progress: called as (label, done, total) after each checkpointed batch.
+        label: progress label.
+
+    Returns:
+        The outcome; ``by_key`` covers every request.
+
+    Raises:
+        EngineError: Ray is needed but cannot be started as configured.
+    """
+    outcome = GenerationOutcome()
+    unique = {r.key: r for r in requests}
+    outcome.requested = len(unique)
+    existing = store.load()
+    todo = []
+    for key, req in unique.items():
+        prev = existing.get(key)
+        if prev is not None and not (prev.error and config.retry_errors):
+            outcome.by_key[key] = prev
+        else:
+            todo.append(req)
+    outcome.cached = len(unique) - len(todo)
+    if outcome.cached:
+        logger.info("%s: %d of %d generations from the store", label, outcome.cached, len(unique))
+    if progress is not None:
+        progress(label, 0, len(todo))
+    if not todo:
+        return outcome
+    by_key = {r.key: r for r in todo}
+    start = time.perf_counter()
+    done = 0
+
+    def record(rows: list[tuple[str, str, str, float]]) -> None:
+        nonlocal done
+        gens = []
+        for key, response, error, seconds in rows:
+            req = by_key[key]
+            gens.append(
+                Generation(
+                    key=key,
+                    model_id=target.model_id,
+                    sample_id=req.sample.id,
+                    decoding_key=req.params.cache_key(),
+                    repeat=req.repeat,
+                    response=None if error else response,
+                    error=error or None,
+                    seconds=seconds,
+                )
+            )
+        store.append(gens)
+        for g in gens:
+            outcome.by_key[g.key] = g
+        done += len(gens)
+        if progress is not None:
+            progress(label, done, len(todo))
+
+    if isinstance(target, EndpointTarget):
+        pending: list[tuple[str, str, str, float]] = []
+        for row in _endpoint_generate(target, todo):
+            pending.append(row)
+            if len(pending) >= config.batch_size:
+                record(pending)
+                pending = []
+        record(pending) if pending else None
+    else:
+        rows = _rows(todo)
+        if config.executor == "local":
+            gpu = _gpu_available(config)
+            batches = _local_batches(target, rows, config, "cuda" if gpu else "cpu")
+            for out in batches:
+                record(_unpack(out))
+        else:
+            with ray_session(config):
+                gpu = _gpu_available(config)
+                for out in _ray_batches(target, rows, config, gpu):
+                    record(_unpack(out))
+    outcome.generated = done
+    outcome.seconds = time.perf_counter() - start
+    outcome.errors = sum(1 for g in outcome.by_key.values() if g.error)
+    missing = set(unique) - set(outcome.by_key)
+    if missing:  # never silently: every request must come back
+        raise EngineError(f"{label}: {len(missing)} requests came back without a result")
+    return outcome
+
+
+def _unpack(out: dict[str, np.ndarray]) -> list[tuple[str, str, str, float]]:
+    return [
+        (str(k), str(r), str(e), float(s))
+        for k, r, e, s in zip(
+            out["key"], out["response"], out["error"], out["seconds"], strict=True
+        )
+    ]
