@@ -1,0 +1,835 @@
+"""Seeded, deterministic generation of every dataset the example domain provides.
+
+:func:`build_domain` returns a :class:`DomainData` (pure: no I/O); :func:`write_domain`
+persists it in the layout the bootstrap and the nightly loop read. The same ``(seed,
+scale)`` always yields byte-identical files.
+
+Generalisation is measured honestly: held-out question templates, held-out harmful and
+look-alike phrasings, held-out compliant responses and held-out unknown entities appear
+only in ``guard_heldout``, ``reward_heldout`` and the eval suites, never in a training
+output.
+
+Eval references describe the *current* world, KB revision 2 (:data:`EVAL_REVISION`): for
+facts that changed, the revision-1 answer is kept in the ``stale_answer`` tag.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from loopwright.records import EvalSample, Message, PreferencePair, write_jsonl
+from models.helpdesk.kb import (
+    UNKNOWN_TEXT,
+    Fact,
+    changed_fact_ids,
+    fact_index,
+    intents,
+    knowledge_base,
+    slot_of_intent,
+    unknown_entities,
+)
+from models.helpdesk.records import Conversation, LabelledPrompt, write_conversations
+from models.helpdesk.safety import (
+    CATEGORIES,
+    REFUSAL_TEXT,
+    SafetyCategory,
+    covered_categories,
+    uncovered_categories,
+)
+from models.helpdesk.templates import render, templates
+from models.helpdesk.transforms import (
+    INJECTING_TRANSFORMS,
+    TRANSFORMS,
+    apply_transform,
+    guard_label_after,
+)
+
+logger = logging.getLogger(__name__)
+
+GENERATOR_VERSION = "1"
+EVAL_REVISION = 2
+SUITES: tuple[str, ...] = (
+    "correctness",
+    "hallucination",
+    "harmlessness",
+    "over_refusal",
+    "consistency",
+    "robustness",
+    "helpfulness",
+    "regression",
+)
+BENIGN_TRANSFORMS: tuple[str, ...] = tuple(
+    sorted(name for name in TRANSFORMS if name not in INJECTING_TRANSFORMS)
+)
+
+GREETINGS = ("Hi,", "Hello!", "Hey there,", "Good morning.", "Hi team,", "Quick question:")
+SIGN_OFFS = ("Thanks!", "thx", "Thank you.", "Cheers.", "Thanks in advance.")
+
+T = TypeVar("T")
+
+
+@dataclass
+class DomainData:
+    """Everything the example domain generates for one ``(seed, scale)``.
+
+    Attributes:
+        sft_v1: revision-1 SFT conversations (``[user, assistant]``): KB facts asked with
+            training templates (part with surface noise), refusals / safe completions for
+            the covered harmful categories, answered benign look-alikes, and "I don't know"
+            for out-of-KB questions. Nothing for uncovered categories.
+        sft_v2_new: what good production feedback eventually teaches: revision-2 answers for
+            the changed facts and refusals for the uncovered categories (incl. injection).
+        guard_train / guard_heldout: labelled prompts (and some responses), including
+            adversarial transforms; held-out uses held-out templates only.
+        reward_train / reward_heldout: simulated human preference pairs at KB revision 1.
+        reward_v2_new: preference pairs a reviewer would write after the world moved on
+            (revision-2 answer over the stale one; refusal over compliance for uncovered
+            categories). Training templates only.
+        eval_suites: suite name -> samples, for every name in :data:`SUITES`.
+
+    """
+
+    seed: int
+    scale: float
+    sft_v1: list[Conversation] = field(default_factory=list)
+    sft_v2_new: list[Conversation] = field(default_factory=list)
+    guard_train: list[LabelledPrompt] = field(default_factory=list)
+    guard_heldout: list[LabelledPrompt] = field(default_factory=list)
+    reward_train: list[PreferencePair] = field(default_factory=list)
+    reward_heldout: list[PreferencePair] = field(default_factory=list)
+    reward_v2_new: list[PreferencePair] = field(default_factory=list)
+    eval_suites: dict[str, list[EvalSample]] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        """Count the items per dataset (eval suites as ``eval/<suite>``)."""
+        out = {
+            "sft_v1": len(self.sft_v1),
+            "sft_v2_new": len(self.sft_v2_new),
+            "guard_train": len(self.guard_train),
+            "guard_heldout": len(self.guard_heldout),
+            "reward_train": len(self.reward_train),
+            "reward_heldout": len(self.reward_heldout),
+            "reward_v2_new": len(self.reward_v2_new),
+        }
+        out.update({f"eval/{name}": len(samples) for name, samples in self.eval_suites.items()})
+        return out
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _rng(seed: int, name: str) -> random.Random:
+    # A string seed is hashed with SHA-512 by random.seed: stable across runs and
+    # independent of PYTHONHASHSEED, and each component gets its own stream.
+    return random.Random(f"helpdesk:{seed}:{name}")
+
+
+def _n(base: int, scale: float) -> int:
+    return max(1, round(base * scale))
+
+
+def _subset(items: Sequence[T], k: int, rng: random.Random) -> list[T]:
+    """``k`` items (all when ``k >= len``), keeping their original order."""
+    if k >= len(items):
+        return list(items)
+    keep = sorted(rng.sample(range(len(items)), k))
+    return [items[i] for i in keep]
+
+
+def _conv(user: str, assistant: str) -> Conversation:
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+
+
+def _typo(text: str, rng: random.Random) -> str:
+    return apply_transform("typos", text, rng)
+
+
+def surface_noise(text: str, rng: random.Random) -> str:
+    """Realistic user noise: greeting, sign-off, a typo, lower case, no final '?'.
+
+    Applies one to three of these (never zero), so the output always differs from a clean
+    question. Used on part of the SFT text: it is what lets a tiny model generalise to
+    paraphrases it never saw.
+    """
+    ops = rng.sample(("greet", "signoff", "typo", "lower", "nopunct"), rng.randint(1, 3))
+    out = text
+    if "typo" in ops:
+        out = _typo(out, rng)
+    if "lower" in ops:
+        out = out.lower()
+    if "nopunct" in ops and out.endswith(("?", ".")):
+        out = out[:-1]
+    if "greet" in ops:
+        out = f"{rng.choice(GREETINGS)} {out}"
+    if "signoff" in ops:
+        out = f"{out} {rng.choice(SIGN_OFFS)}"
+    return out if out != text else f"{rng.choice(GREETINGS)} {text}"
+
+
+def _question(fact: Fact, split: str, rng: random.Random) -> tuple[str, int]:
+    tmpls = templates(fact.intent, split)  # type: ignore[arg-type]
+    i = rng.randrange(len(tmpls))
+    return render(tmpls[i], fact.slots), i
+
+
+def _questions_pool(
+    facts: Sequence[Fact], split: str, k: int, rng: random.Random
+) -> tuple[str, ...]:
+    """``k`` KB questions of a split, for the ``{question}`` slot of injection templates."""
+    chosen = [rng.choice(facts) for _ in range(k)]
+    return tuple(_question(f, split, rng)[0] for f in chosen)
+
+
+_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+
+
+def _replace_ci(text: str, old: str, new: str) -> str:
+    return re.sub(re.escape(old), lambda _m: new, text, count=1, flags=re.IGNORECASE)
+
+
+def wrong_answer(fact: Fact, facts: Sequence[Fact], rng: random.Random) -> str:
+    """Make a plausible but wrong answer to ``fact``'s question (value swapped or perturbed).
+
+    Policy facts with numbers get a perturbed number; other facts get the value of a
+    sibling fact of the same intent. Never returns ``fact.answer``.
+    """
+    candidates: list[str] = []
+    if fact.intent == "policy" and _NUMBER.search(fact.value):
+        num = _NUMBER.search(fact.value)
+        assert num is not None
+        digits = num.group().replace(",", "")
+        number = float(digits)
+        for factor in (2, 3, 0.5, 1.5):
+            new = number * factor
+            new_text = f"{new:,.0f}" if new >= 1 else f"{new:g}"
+            if "." in digits:
+                new_text = f"{new:.{len(digits.split('.')[1])}f}"
+            value = fact.value.replace(num.group(), new_text, 1)
+            candidates.append(_replace_ci(fact.answer, fact.value, value))
+    else:
+        for other in facts:
+            if other.intent == fact.intent and other.value.lower() != fact.value.lower():
+                candidates.append(_replace_ci(fact.answer, fact.value, other.value))
+    candidates = [c for c in candidates if c != fact.answer]
+    if not candidates:
+        others = [f.answer for f in facts if f.intent != fact.intent]
+        return rng.choice(others)
+    return rng.choice(sorted(set(candidates)))
+
+
+def degenerate_answer(answer: str, facts: Sequence[Fact], rng: random.Random) -> str:
+    """Make an off-topic or degenerate response (other topic, repetition, truncation)."""
+    kind = rng.choice(("off_topic", "repeat", "truncate", "chatter"))
+    words = answer.split()
+    if kind == "off_topic":
+        return rng.choice([f.answer for f in facts if f.answer != answer])
+    if kind == "repeat":
+        word = rng.choice(words).strip(".,")
+        return " ".join([word] * rng.randint(6, 12))
+    if kind == "truncate" and len(words) > 3:
+        return " ".join(words[: rng.randint(1, 3)])
+    return rng.choice(
+        (
+            "I love talking about the weather! Isn't it a nice day?",
+            "Bananas are a great source of potassium.",
+            "As an AI I have many thoughts about many things.",
+            "Hmm.",
+        )
+    )
+
+
+def _unknown_questions(
+    split: str, template_split: str, rng: random.Random, intents_per_entity: int
+) -> list[tuple[str, str, str]]:
+    """(question, intent, entity) for out-of-KB entities of ``split`` ("train"/"eval")."""
+    by_slot: dict[str, list[str]] = {}
+    for intent in intents():
+        by_slot.setdefault(slot_of_intent(intent), []).append(intent)
+    out: list[tuple[str, str, str]] = []
+    for slot, slot_intents in by_slot.items():
+        for entity in unknown_entities(slot, split):
+            for intent in _subset(slot_intents, intents_per_entity, rng):
+                tmpls = templates(intent, template_split)  # type: ignore[arg-type]
+                out.append((render(rng.choice(tmpls), {slot: entity}), intent, entity))
+    return out
+
+
+def _hallucinated_answer(
+    intent: str, entity: str, facts: Sequence[Fact], rng: random.Random
+) -> str:
+    """Make up a confident answer about an out-of-KB entity (a rejected response)."""
+    fact = rng.choice([f for f in facts if f.intent == intent])
+    slot_value = next(iter(fact.slots.values()))
+    return (
+        _replace_ci(fact.answer, slot_value, entity)
+        if slot_value.lower() in fact.answer.lower()
+        else fact.answer
+    )
+
+
+# ----------------------------------------------------------------------------- SFT
+
+
+def build_sft_v1(seed: int, scale: float) -> list[Conversation]:
+    """Revision-1 SFT conversations (see :class:`DomainData`)."""
+    rng = _rng(seed, "sft_v1")
+    facts = _subset(knowledge_base(1), _n(len(knowledge_base(1)), scale), rng)
+    convs: list[Conversation] = []
+    for fact in facts:
+        for tmpl in templates(fact.intent, "train"):
+            convs.append(_conv(render(tmpl, fact.slots), fact.answer))
+        for _ in range(3):
+            question, _i = _question(fact, "train", rng)
+            convs.append(_conv(surface_noise(question, rng), fact.answer))
+    for question, _intent, _entity in _subset(
+        _unknown_questions("train", "train", rng, 2), _n(60, scale), rng
+    ):
+        convs.append(
+            _conv(question if rng.random() < 0.6 else surface_noise(question, rng), UNKNOWN_TEXT)
+        )
+    for cat in covered_categories():
+        convs.extend(_safety_convs(cat, "train", _n(60, scale), rng, pool=()))
+    for cat in CATEGORIES.values():
+        for look in cat.lookalikes_train:
+            answer = look.answer_at(1)
+            convs.append(_conv(look.text, answer))
+            for _ in range(3 if scale >= 0.5 else 1):
+                convs.append(_conv(surface_noise(look.text, rng), answer))
+    rng.shuffle(convs)
+    return convs
+
+
+def _safety_convs(
+    cat: SafetyCategory, split: str, n: int, rng: random.Random, pool: tuple[str, ...]
+) -> list[Conversation]:
+    prompts = cat.prompts(split, pool)
+    out = [_conv(p, cat.response) for p in _subset(prompts, n, rng)]
+    while len(out) < n:
+        out.append(_conv(surface_noise(rng.choice(prompts), rng), cat.response))
+    return out
+
+
+def build_sft_v2_new(seed: int, scale: float) -> list[Conversation]:
+    """Revision-2 changed facts and uncovered-category refusals (see :class:`DomainData`)."""
+    rng = _rng(seed, "sft_v2_new")
+    changed = sorted(changed_fact_ids())
+    rev2 = fact_index(2)
+    facts = _subset([rev2[fid] for fid in changed], _n(len(changed), scale), rng)
+    convs: list[Conversation] = []
+    for fact in facts:
+        for tmpl in templates(fact.intent, "train"):
+            convs.append(_conv(render(tmpl, fact.slots), fact.answer))
+        for _ in range(2):
+            convs.append(_conv(surface_noise(_question(fact, "train", rng)[0], rng), fact.answer))
+    pool = _questions_pool(knowledge_base(2), "train", 12, rng)
+    for cat in uncovered_categories():
+        convs.extend(_safety_convs(cat, "train", _n(40, scale), rng, pool))
+    rng.shuffle(convs)
+    return convs
+
+
+# ----------------------------------------------------------------------------- guard
+
+
+def _guard_split(seed: int, scale: float, split: str) -> list[LabelledPrompt]:
+    rng = _rng(seed, f"guard_{split}")
+    is_train = split == "train"
+    f = 1.0 if is_train else 0.35
+    kb = knowledge_base(1)
+    out: list[LabelledPrompt] = []
+
+    def add(
+        text: str,
+        label: str,
+        source: str,
+        category: str = "none",
+        transform: str = "clean",
+        role: str = "prompt",
+        underlying: str | None = None,
+    ) -> None:
+        out.append(
+            LabelledPrompt(
+                text=text,
+                label=label,  # type: ignore[arg-type]
+                tags={
+                    "split": split,
+                    "source": source,
+                    "category": category,
+                    "transform": transform,
+                    "role": role,
+                    "underlying_label": underlying or label,
+                },
+            )
+        )
+
+    def add_transformed(text: str, label: str, source: str, category: str) -> None:
+        name = rng.choice(sorted(TRANSFORMS))
+        new_label = guard_label_after(name, label)
+        add(apply_transform(name, text, rng), new_label, source, category, name, underlying=label)
+
+    # Benign: KB questions (clean and noisy), look-alikes, out-of-KB questions.
+    benign: list[tuple[str, str, str]] = []
+    for fact in _subset(kb, _n(round(len(kb) * f), scale), rng):
+        for _ in range(3):
+            q = _question(fact, split, rng)[0]
+            benign.append((q if rng.random() < 0.7 else surface_noise(q, rng), "kb", "none"))
+    for cat in CATEGORIES.values():
+        for look in cat.lookalikes(split):
+            for k in range(4 if scale >= 0.5 else 1):
+                benign.append(
+                    (look.text if k == 0 else surface_noise(look.text, rng), "lookalike", cat.name)
+                )
+    unknown_split = "train" if is_train else "eval"
+    for q, _intent, _e in _subset(
+        _unknown_questions(unknown_split, split, rng, 2), _n(round(60 * f), scale), rng
+    ):
+        benign.append((q, "unknown", "none"))
+    for text, source, cat_name in benign:
+        add(text, "benign", source, cat_name)
+    for text, source, cat_name in _subset(benign, _n(round(300 * f), scale), rng):
+        name = rng.choice(BENIGN_TRANSFORMS)
+        add(apply_transform(name, text, rng), "benign", source, cat_name, name)
+
+    # Harmful requests: every category (the guard is the safety net for the policy's gaps).
+    for cat in CATEGORIES.values():
+        if cat.label != "harmful":
+            continue
+        prompts = cat.prompts(split)
+        for p in _subset(prompts, _n(round(40 * f), scale), rng):
+            add(p if rng.random() < 0.7 else surface_noise(p, rng), "harmful", "harmful", cat.name)
+        for _ in range(_n(round(30 * f), scale)):
+            add_transformed(rng.choice(prompts), "harmful", "harmful", cat.name)
+
+    # Injection: templates around same-split KB questions, and benign questions under an
+    # injecting transform.
+    inj = CATEGORIES["injection"]
+    pool = _questions_pool(kb, split, 8, rng)
+    for p in _subset(inj.prompts(split, pool), _n(round(80 * f), scale), rng):
+        add(
+            p if rng.random() < 0.7 else surface_noise(p, rng),
+            "injection",
+            "injection",
+            "injection",
+        )
+    for text, _source, _cat in _subset(benign, _n(round(240 * f), scale), rng):
+        name = rng.choice(sorted(INJECTING_TRANSFORMS))
+        add(
+            apply_transform(name, text, rng),
+            "injection",
+            "injection",
+            "injection",
+            name,
+            underlying="benign",
+        )
+
+    # Responses (output rail): answers and refusals are benign, complying ones harmful.
+    for fact in _subset(kb, _n(round(100 * f), scale), rng):
+        add(fact.answer, "benign", "response", role="response")
+    for cat in CATEGORIES.values():
+        add(cat.response, "benign", "response", cat.name, role="response")
+        for text in cat.compliant(split):
+            add(text, "harmful", "response", cat.name, role="response")
+            add(surface_noise(text, rng), "harmful", "response", cat.name, role="response")
+    rng.shuffle(out)
+    return out
+
+
+# ----------------------------------------------------------------------------- reward
+
+
+def _pair(prompt: str, chosen: str, rejected: str, kind: str) -> PreferencePair:
+    return PreferencePair(
+        prompt=prompt, chosen=chosen, rejected=rejected, source=f"simulated_human/{kind}"
+    )
+
+
+def _reward_split(seed: int, scale: float, split: str) -> list[PreferencePair]:
+    rng = _rng(seed, f"reward_{split}")
+    is_train = split == "train"
+    kb = knowledge_base(1)
+    pairs: list[PreferencePair] = []
+    per_fact = 2 if is_train else 1
+    for fact in _subset(kb, _n(len(kb), scale), rng):
+        for _ in range(per_fact):
+            q = _question(fact, split, rng)[0]
+            pairs.append(_pair(q, fact.answer, wrong_answer(fact, kb, rng), "wrong_fact"))
+    for cat in CATEGORIES.values():
+        prompts = cat.prompts(split, _questions_pool(kb, split, 6, rng))
+        compliant = cat.compliant(split)
+        for p in _subset(prompts, _n(20 if is_train else 8, scale), rng):
+            pairs.append(_pair(p, cat.response, rng.choice(compliant), "unsafe_compliance"))
+            if cat.expected_behaviour == "safe_complete":
+                pairs.append(_pair(p, cat.response, REFUSAL_TEXT, "bare_refusal"))
+        for look in cat.lookalikes(split):
+            pairs.append(_pair(look.text, look.answer_at(1), REFUSAL_TEXT, "over_refusal"))
+    for fact in _subset(kb, _n(100 if is_train else 40, scale), rng):
+        q = _question(fact, split, rng)[0]
+        pairs.append(_pair(q, fact.answer, REFUSAL_TEXT, "over_refusal"))
+    unknown_split = "train" if is_train else "eval"
+    for q, intent, entity in _subset(
+        _unknown_questions(unknown_split, split, rng, 2), _n(40 if is_train else 20, scale), rng
+    ):
+        pairs.append(
+            _pair(q, UNKNOWN_TEXT, _hallucinated_answer(intent, entity, kb, rng), "hallucination")
+        )
+    for fact in _subset(kb, _n(150 if is_train else 60, scale), rng):
+        q = _question(fact, split, rng)[0]
+        pairs.append(_pair(q, fact.answer, degenerate_answer(fact.answer, kb, rng), "degenerate"))
+    rng.shuffle(pairs)
+    return pairs
+
+
+def build_reward_v2_new(seed: int, scale: float) -> list[PreferencePair]:
+    """Reviewer-style pairs after the world moved on (see :class:`DomainData`)."""
+    rng = _rng(seed, "reward_v2_new")
+    rev1, rev2 = fact_index(1), fact_index(2)
+    pairs: list[PreferencePair] = []
+    changed = sorted(changed_fact_ids())
+    for fid in _subset(changed, _n(len(changed), scale), rng):
+        for _ in range(2):
+            q = _question(rev2[fid], "train", rng)[0]
+            pairs.append(
+                PreferencePair(
+                    prompt=q,
+                    chosen=rev2[fid].answer,
+                    rejected=rev1[fid].answer,
+                    source="reviewer/stale_fact",
+                )
+            )
+    pool = _questions_pool(knowledge_base(2), "train", 6, rng)
+    for cat in uncovered_categories():
+        for p in _subset(cat.prompts("train", pool), _n(15, scale), rng):
+            pairs.append(
+                PreferencePair(
+                    prompt=p,
+                    chosen=cat.response,
+                    rejected=rng.choice(cat.compliant_train),
+                    source="reviewer/unsafe",
+                )
+            )
+    rng.shuffle(pairs)
+    return pairs
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+class _SuiteBuilder:
+    """Accumulates samples of one suite with unique, readable ids."""
+
+    def __init__(self, suite: str) -> None:
+        self.suite = suite
+        self.samples: list[EvalSample] = []
+
+    def add(
+        self,
+        key: str,
+        text: str,
+        references: list[str],
+        *,
+        behaviour: str = "answer",
+        group: str | None = None,
+        **tags: str,
+    ) -> str:
+        sid = f"{self.suite}/{key}/{len(self.samples):04d}"
+        tags.setdefault("transform", "clean")
+        tags.setdefault("revision", str(EVAL_REVISION))
+        self.samples.append(
+            EvalSample(
+                id=sid,
+                suite=self.suite,
+                dimension=self.suite,  # type: ignore[arg-type]
+                messages=[Message(role="user", content=text)],
+                references=references,
+                group=group,
+                expected_behaviour=behaviour,  # type: ignore[arg-type]
+                tags=tags,
+            )
+        )
+        return sid
+
+
+def _fact_tags(fact_id: str, split: str) -> dict[str, str]:
+    rev1, rev2 = fact_index(1)[fact_id], fact_index(2)[fact_id]
+    changed = fact_id in changed_fact_ids()
+    tags = {
+        "kind": "fact",
+        "split": f"{split}_template",
+        "fact_id": fact_id,
+        "intent": rev2.intent,
+        "changed_in_rev2": str(changed).lower(),
+        "value": rev2.value,
+    }
+    if changed:
+        tags["stale_answer"] = rev1.answer
+        tags["stale_value"] = rev1.value
+    return tags
+
+
+def _category_tags(cat: SafetyCategory, split: str) -> dict[str, str]:
+    return {
+        "kind": cat.label,
+        "category": cat.name,
+        "covered": str(cat.covered_in_v1).lower(),
+        "split": f"{split}_template",
+    }
+
+
+def build_eval_suites(seed: int, scale: float) -> dict[str, list[EvalSample]]:
+    """Every suite in :data:`SUITES` (``regression`` starts empty: failures fill it)."""
+    rng = _rng(seed, "eval")
+    kb2 = knowledge_base(EVAL_REVISION)
+    changed = changed_fact_ids()
+
+    correctness = _SuiteBuilder("correctness")
+    for fact in _subset(kb2, _n(len(kb2), scale), rng):
+        tmpls = templates(fact.intent, "train")
+        correctness.add(
+            fact.id,
+            render(rng.choice(tmpls), fact.slots),
+            [fact.answer],
+            group=fact.id,
+            **_fact_tags(fact.id, "train"),
+        )
+        for tmpl in _subset(templates(fact.intent, "heldout"), 2, rng):
+            correctness.add(
+                fact.id,
+                render(tmpl, fact.slots),
+                [fact.answer],
+                group=fact.id,
+                **_fact_tags(fact.id, "heldout"),
+            )
+
+    hallucination = _SuiteBuilder("hallucination")
+    for q, intent, entity in _subset(
+        _unknown_questions("eval", "heldout", rng, 3) + _unknown_questions("eval", "train", rng, 2),
+        _n(110, scale),
+        rng,
+    ):
+        hallucination.add(
+            f"unknown.{intent}",
+            q,
+            [UNKNOWN_TEXT],
+            kind="unknown",
+            intent=intent,
+            entity=entity,
+            split="unknown_entity",
+        )
+    for fact in _subset(kb2, _n(60, scale), rng):
+        split = rng.choice(("train", "heldout"))
+        q = _question(fact, split, rng)[0]
+        hallucination.add(fact.id, q, [fact.answer], group=fact.id, **_fact_tags(fact.id, split))
+
+    harmlessness = _SuiteBuilder("harmlessness")
+    for cat in CATEGORIES.values():
+        for split in ("train", "heldout"):
+            pool = _questions_pool(kb2, split, 6, rng)
+            for p in _subset(cat.prompts(split, pool), _n(12, scale), rng):
+                harmlessness.add(
+                    cat.name,
+                    p,
+                    [cat.response],
+                    behaviour=cat.expected_behaviour,
+                    **_category_tags(cat, split),
+                )
+
+    over_refusal = _SuiteBuilder("over_refusal")
+    for cat in CATEGORIES.values():
+        for split in ("train", "heldout"):
+            for look in cat.lookalikes(split):
+                tags = _category_tags(cat, split)
+                tags["kind"] = "lookalike"
+                if look.fact_id:
+                    tags["fact_id"] = look.fact_id
+                over_refusal.add(cat.name, look.text, [look.answer_at(EVAL_REVISION)], **tags)
+    sensitive = [f for f in kb2 if f.intent in ("procedure", "policy", "error_code")]
+    for fact in _subset(sensitive, _n(60, scale), rng):
+        q = _question(fact, "heldout", rng)[0]
+        over_refusal.add(fact.id, q, [fact.answer], **_fact_tags(fact.id, "heldout"))
+
+    consistency = _SuiteBuilder("consistency")
+    for fact in _subset(kb2, _n(60, scale), rng):
+        for split in ("train", "heldout"):
+            for tmpl in _subset(templates(fact.intent, split), 2, rng):  # type: ignore[arg-type]
+                consistency.add(
+                    fact.id,
+                    render(tmpl, fact.slots),
+                    [fact.answer],
+                    group=fact.id,
+                    **_fact_tags(fact.id, split),
+                )
+
+    robustness = _SuiteBuilder("robustness")
+    stable = [f for f in kb2 if f.id not in changed]
+    for i, fact in enumerate(_subset(stable, _n(25, scale), rng)):
+        q = _question(fact, "train", rng)[0]
+        group = f"robustness/fact/{i:03d}"
+        robustness.add(fact.id, q, [fact.answer], group=group, **_fact_tags(fact.id, "train"))
+        for name in sorted(TRANSFORMS):
+            robustness.add(
+                fact.id,
+                apply_transform(name, q, rng),
+                [fact.answer],
+                group=group,
+                **{**_fact_tags(fact.id, "train"), "transform": name},
+            )
+    covered_prompts = [(cat, p) for cat in covered_categories() for p in cat.prompts("train")]
+    for i, (cat, p) in enumerate(_subset(covered_prompts, _n(8, scale), rng)):
+        group = f"robustness/harmful/{i:03d}"
+        robustness.add(
+            cat.name,
+            p,
+            [cat.response],
+            behaviour=cat.expected_behaviour,
+            group=group,
+            **_category_tags(cat, "train"),
+        )
+        for name in sorted(TRANSFORMS):
+            robustness.add(
+                cat.name,
+                apply_transform(name, p, rng),
+                [cat.response],
+                behaviour=cat.expected_behaviour,
+                group=group,
+                **{**_category_tags(cat, "train"), "transform": name},
+            )
+
+    helpfulness = _SuiteBuilder("helpfulness")
+    howto = [f for f in kb2 if f.intent in ("procedure", "policy")]
+    for fact in _subset(howto, _n(len(howto), scale), rng):
+        for split in ("train", "heldout"):
+            q = _question(fact, split, rng)[0]
+            helpfulness.add(
+                fact.id,
+                f"{rng.choice(GREETINGS)} {q} {rng.choice(SIGN_OFFS)}",
+                [fact.answer],
+                group=fact.id,
+                **_fact_tags(fact.id, split),
+            )
+    plan_facts = [f for f in kb2 if f.intent.startswith("plan_")]
+    for fact in _subset(plan_facts, _n(20, scale), rng):
+        q = _question(fact, "heldout", rng)[0]
+        helpfulness.add(fact.id, q, [fact.answer], group=fact.id, **_fact_tags(fact.id, "heldout"))
+
+    suites = {
+        "correctness": correctness.samples,
+        "hallucination": hallucination.samples,
+        "harmlessness": harmlessness.samples,
+        "over_refusal": over_refusal.samples,
+        "consistency": consistency.samples,
+        "robustness": robustness.samples,
+        "helpfulness": helpfulness.samples,
+        "regression": [],
+    }
+    assert tuple(suites) == SUITES
+    return suites
+
+
+# ----------------------------------------------------------------------------- API
+
+
+def build_domain(seed: int = 0, scale: float = 1.0) -> DomainData:
+    """Generate every dataset of the example domain.
+
+    Args:
+        seed: any integer; the same seed always yields equal data.
+        scale: size multiplier in (0, 1]; below 1 gives a proportionally smaller domain
+            (every dataset keeps at least one item per stratum) for fast tests. The KB itself
+            is never scaled.
+
+    Raises:
+        ValueError: ``scale`` outside (0, 1].
+
+    """
+    if not 0 < scale <= 1:
+        raise ValueError(f"scale must be in (0, 1], got {scale!r}")
+    data = DomainData(
+        seed=seed,
+        scale=scale,
+        sft_v1=build_sft_v1(seed, scale),
+        sft_v2_new=build_sft_v2_new(seed, scale),
+        guard_train=_guard_split(seed, scale, "train"),
+        guard_heldout=_guard_split(seed, scale, "heldout"),
+        reward_train=_reward_split(seed, scale, "train"),
+        reward_heldout=_reward_split(seed, scale, "heldout"),
+        reward_v2_new=build_reward_v2_new(seed, scale),
+        eval_suites=build_eval_suites(seed, scale),
+    )
+    logger.info("built help-desk domain seed=%s scale=%s: %s", seed, scale, data.counts())
+    return data
+
+
+def _write_facts(path: Path, facts: Sequence[Fact]) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for fact in facts:
+            handle.write(json.dumps(asdict(fact), ensure_ascii=False, sort_keys=True) + "\n")
+    return len(facts)
+
+
+def content_hash(out_dir: Path, files: Sequence[str]) -> str:
+    """SHA-256 over the listed files (relative path and bytes, in the given order)."""
+    digest = hashlib.sha256()
+    for rel in files:
+        digest.update(rel.encode("utf-8") + b"\0")
+        digest.update((out_dir / rel).read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _write_suite(data: DomainData, suite: str, path: Path) -> int:
+    return write_jsonl(path, data.eval_suites.get(suite, []))
+
+
+def write_domain(data: DomainData, out_dir: Path) -> dict[str, int]:
+    """Persist ``data`` under ``out_dir``; returns ``{relative file path: record count}``.
+
+    Layout: ``kb/rev1.jsonl``, ``kb/rev2.jsonl``, ``sft/v1.jsonl``, ``sft/v2_new.jsonl``,
+    ``guard/train.jsonl``, ``guard/heldout.jsonl``, ``reward/train.jsonl``,
+    ``reward/heldout.jsonl``, ``reward/v2_new.jsonl``, ``eval/<suite>.jsonl`` for every
+    suite, and ``manifest.json`` (seed, scale, counts, content hash; not in the returned
+    counts). Existing files of the same names are overwritten.
+    """
+    out_dir = Path(out_dir)
+    writers: list[tuple[str, Callable[[Path], int]]] = [
+        ("kb/rev1.jsonl", lambda p: _write_facts(p, knowledge_base(1))),
+        ("kb/rev2.jsonl", lambda p: _write_facts(p, knowledge_base(2))),
+        ("sft/v1.jsonl", lambda p: write_conversations(p, data.sft_v1)),
+        ("sft/v2_new.jsonl", lambda p: write_conversations(p, data.sft_v2_new)),
+        ("guard/train.jsonl", lambda p: write_jsonl(p, data.guard_train)),
+        ("guard/heldout.jsonl", lambda p: write_jsonl(p, data.guard_heldout)),
+        ("reward/train.jsonl", lambda p: write_jsonl(p, data.reward_train)),
+        ("reward/heldout.jsonl", lambda p: write_jsonl(p, data.reward_heldout)),
+        ("reward/v2_new.jsonl", lambda p: write_jsonl(p, data.reward_v2_new)),
+    ]
+    for suite in SUITES:
+        writers.append((f"eval/{suite}.jsonl", functools.partial(_write_suite, data, suite)))
+    counts: dict[str, int] = {}
+    for rel, write in writers:
+        path = out_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        counts[rel] = write(path)
+    manifest: dict[str, Any] = {
+        "generator": "models.helpdesk",
+        "generator_version": GENERATOR_VERSION,
+        "seed": data.seed,
+        "scale": data.scale,
+        "eval_revision": EVAL_REVISION,
+        "changed_fact_ids": sorted(changed_fact_ids()),
+        "counts": counts,
+        "content_hash": content_hash(out_dir, list(counts)),
+    }
+    (out_dir / "manifest.json").write_text(
+        json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    logger.info("wrote help-desk domain to %s (%d files)", out_dir, len(counts))
+    return counts

@@ -1,0 +1,282 @@
+import json
+import string
+
+import pytest
+
+from loopwright.records import EvalSample, PreferencePair, read_jsonl
+from models.helpdesk.generate import SUITES, build_domain, write_domain
+from models.helpdesk.kb import (
+    UNKNOWN_TEXT,
+    changed_fact_ids,
+    fact_index,
+    knowledge_base,
+    slot_of_intent,
+    unknown_entities,
+)
+from models.helpdesk.records import read_conversations, read_labelled_prompts
+from models.helpdesk.safety import CATEGORIES, covered_categories, uncovered_categories
+from models.helpdesk.simulators import UserSimulator
+from models.helpdesk.templates import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, render
+from models.helpdesk.transforms import TRANSFORMS
+
+
+@pytest.fixture(scope="module")
+def full():
+    return build_domain(seed=0, scale=1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_domain(seed=0, scale=0.05)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _training_corpus(data) -> str:
+    texts: list[str] = []
+    for conv in data.sft_v1 + data.sft_v2_new:
+        texts.extend(m["content"] for m in conv)
+    texts.extend(p.text for p in data.guard_train)
+    for pair in data.reward_train + data.reward_v2_new:
+        texts.extend((pair.prompt, pair.chosen, pair.rejected))
+    # Simulated production traffic is trained on by the nightly loop, so it counts too.
+    sim = UserSimulator(2, 0.0, 0, {"ordinary": 1, "adversarial": 1, "harmful": 1})
+    texts.extend(r.prompt for r in sim.requests(1500))
+    return "\n".join(_norm(t) for t in texts)
+
+
+def _heldout_strings() -> set[str]:
+    """Every heldout-only string: renders of held-out templates and literal template parts."""
+    out: set[str] = set()
+    facts = knowledge_base(1)
+    heldout_questions = []
+    for fact in facts:
+        for tmpl in HELDOUT_TEMPLATES[fact.intent]:
+            q = render(tmpl, fact.slots)
+            heldout_questions.append(q)
+            out.add(q)
+    for intent, tmpls in HELDOUT_TEMPLATES.items():
+        slot = slot_of_intent(intent)
+        for tmpl in tmpls:
+            for entity in unknown_entities(slot, "eval") + unknown_entities(slot, "train"):
+                out.add(render(tmpl, {slot: entity}))
+    for cat in CATEGORIES.values():
+        out.update(cat.prompts("heldout", tuple(heldout_questions[:50])))
+        out.update(look.text for look in cat.lookalikes_heldout)
+        out.update(cat.compliant_heldout)
+    # Literal parts of every held-out template (long enough to be distinctive).
+    all_heldout = [t for ts in HELDOUT_TEMPLATES.values() for t in ts]
+    all_heldout += [t for c in CATEGORIES.values() for t in c.heldout_templates]
+    for tmpl in all_heldout:
+        for literal, *_ in string.Formatter().parse(tmpl):
+            if literal and len(literal.strip()) >= 16:
+                out.add(literal.strip())
+    return {_norm(s) for s in out}
+
+
+def test_same_seed_builds_equal_data_and_another_seed_differs(tiny):
+    again = build_domain(seed=0, scale=0.05)
+    assert again == tiny
+    other = build_domain(seed=1, scale=0.05)
+    assert other.sft_v1 != tiny.sft_v1
+    assert other.eval_suites != tiny.eval_suites
+
+
+def test_scale_must_be_in_range():
+    with pytest.raises(ValueError, match=r"scale must be in \(0, 1\]"):
+        build_domain(scale=0)
+    with pytest.raises(ValueError):
+        build_domain(scale=1.5)
+
+
+def test_no_heldout_template_text_appears_in_any_training_output(full):
+    corpus = _training_corpus(full)
+    heldout = _heldout_strings()
+    assert len(heldout) > 700
+    leaks = sorted(s for s in heldout if s in corpus)
+    assert not leaks, leaks[:10]
+
+
+def test_leak_check_would_catch_a_leak(full):
+    # Guard against a vacuous leak test: a held-out question planted in SFT is found.
+    fact = knowledge_base(1)[0]
+    planted = render(HELDOUT_TEMPLATES[fact.intent][0], fact.slots)
+    corpus = _training_corpus(full) + "\n" + _norm(planted)
+    assert any(s in corpus for s in _heldout_strings())
+
+
+def test_eval_suite_sizes_and_names(full):
+    assert tuple(full.eval_suites) == SUITES
+    total = sum(len(v) for v in full.eval_suites.values())
+    assert 1500 <= total <= 2500
+    assert full.eval_suites["regression"] == []
+    for name, samples in full.eval_suites.items():
+        if name != "regression":
+            assert len(samples) >= 100, name
+        ids = [s.id for s in samples]
+        assert len(ids) == len(set(ids)), name
+        for s in samples:
+            assert s.suite == name and s.dimension == name
+            assert s.references and s.messages[-1].role == "user"
+            assert all(isinstance(v, str) for v in s.tags.values())
+            assert s.tags["transform"] and s.tags["revision"] == "2"
+
+
+def test_correctness_uses_rev2_references_keeps_stale_answer_and_both_splits(full):
+    samples = full.eval_suites["correctness"]
+    rev1, rev2 = fact_index(1), fact_index(2)
+    splits = {s.tags["split"] for s in samples}
+    assert splits == {"train_template", "heldout_template"}
+    changed_seen = 0
+    for s in samples:
+        fid = s.tags["fact_id"]
+        assert s.references == [rev2[fid].answer]
+        assert s.tags["changed_in_rev2"] == str(fid in changed_fact_ids()).lower()
+        if fid in changed_fact_ids():
+            changed_seen += 1
+            assert s.tags["stale_answer"] == rev1[fid].answer
+        else:
+            assert "stale_answer" not in s.tags
+    assert changed_seen > 0
+    assert {s.tags["fact_id"] for s in samples} == set(rev1)
+
+
+def test_robustness_applies_every_transform_within_the_clean_group(full):
+    groups: dict[str, set[str]] = {}
+    for s in full.eval_suites["robustness"]:
+        groups.setdefault(s.group, set()).add(s.tags["transform"])
+    assert groups
+    for transforms in groups.values():
+        assert transforms == {"clean", *TRANSFORMS}
+    assert {s.expected_behaviour for s in full.eval_suites["robustness"]} >= {"answer", "refuse"}
+
+
+def test_consistency_groups_are_paraphrases_of_one_fact(full):
+    groups: dict[str, list] = {}
+    for s in full.eval_suites["consistency"]:
+        groups.setdefault(s.group, []).append(s)
+    for gid, members in groups.items():
+        assert len(members) >= 3
+        assert {m.tags["fact_id"] for m in members} == {gid}
+        assert len({m.messages[0].content for m in members}) == len(members)
+        assert {m.tags["split"] for m in members} == {"train_template", "heldout_template"}
+
+
+def test_harmlessness_hallucination_and_over_refusal_slices(full):
+    harm = full.eval_suites["harmlessness"]
+    assert {s.tags["category"] for s in harm} == set(CATEGORIES)
+    assert {s.tags["covered"] for s in harm} == {"true", "false"}
+    assert {s.tags["split"] for s in harm} == {"train_template", "heldout_template"}
+    assert all(s.expected_behaviour in ("refuse", "safe_complete") for s in harm)
+    hall = full.eval_suites["hallucination"]
+    kinds = {s.tags["kind"] for s in hall}
+    assert kinds == {"unknown", "fact"}
+    eval_entities = {
+        e
+        for slot in ("plan", "region", "addon", "feature", "integration", "topic", "task", "code")
+        for e in unknown_entities(slot, "eval")
+    }
+    for s in hall:
+        if s.tags["kind"] == "unknown":
+            assert s.references == [UNKNOWN_TEXT]
+            assert s.tags["entity"] in eval_entities
+    over = full.eval_suites["over_refusal"]
+    assert all(s.expected_behaviour == "answer" for s in over)
+    assert {s.tags["category"] for s in over if s.tags["kind"] == "lookalike"} == set(CATEGORIES)
+
+
+def test_sft_v1_teaches_rev1_covered_refusals_and_nothing_uncovered(full):
+    pairs = [(c[0]["content"], c[1]["content"]) for c in full.sft_v1]
+    assert all(
+        len(c) == 2 and c[0]["role"] == "user" and c[1]["role"] == "assistant" for c in full.sft_v1
+    )
+    answers = {a for _, a in pairs}
+    rev1, rev2 = fact_index(1), fact_index(2)
+    for fid in changed_fact_ids():
+        assert rev1[fid].answer in answers
+        assert rev2[fid].answer not in answers, fid
+    prompts = {_norm(q) for q, _ in pairs}
+    for cat in uncovered_categories():
+        for p in cat.prompts("train", ()):
+            assert _norm(p) not in prompts, p
+    for cat in covered_categories():
+        n = sum(1 for _, a in pairs if a == cat.response)
+        assert n >= 60
+    clean = {q for q, _ in pairs}
+    noisy = [
+        q
+        for q, a in pairs
+        if a == rev1["plan_price.pro"].answer
+        and q not in {render(t, {"plan": "Pro"}) for t in TRAIN_TEMPLATES["plan_price"]}
+    ]
+    assert noisy, "some training questions must carry surface noise"
+    assert len(clean) > 1000
+
+
+def test_sft_v2_new_teaches_rev2_changed_facts_and_uncovered_refusals(full):
+    answers = {c[1]["content"] for c in full.sft_v2_new}
+    rev2 = fact_index(2)
+    for fid in changed_fact_ids():
+        assert rev2[fid].answer in answers
+    for cat in uncovered_categories():
+        assert sum(1 for c in full.sft_v2_new if c[1]["content"] == cat.response) > 0
+
+
+def test_guard_sets_are_labelled_and_carry_transforms(full):
+    for data in (full.guard_train, full.guard_heldout):
+        labels = {p.label for p in data}
+        assert labels == {"benign", "harmful", "injection"}
+        transforms = {p.tags["transform"] for p in data}
+        assert transforms >= set(TRANSFORMS) | {"clean"}
+        assert {p.tags["split"] for p in data} == {data[0].tags["split"]}
+        assert any(p.tags["role"] == "response" for p in data)
+    assert len(full.guard_train) > 2 * len(full.guard_heldout) * 0.9
+
+
+def test_reward_pairs_cover_every_kind_and_prefer_the_right_response(full):
+    for pairs in (full.reward_train, full.reward_heldout):
+        kinds = {p.source.split("/")[1] for p in pairs}
+        assert kinds >= {
+            "wrong_fact",
+            "unsafe_compliance",
+            "over_refusal",
+            "hallucination",
+            "degenerate",
+        }
+        for p in pairs:
+            assert isinstance(p, PreferencePair)
+            assert p.chosen != p.rejected
+
+
+def test_write_domain_counts_match_files_and_manifest_is_reproducible(tiny, tmp_path):
+    counts = write_domain(tiny, tmp_path / "a")
+    expected = {
+        "kb/rev1.jsonl",
+        "kb/rev2.jsonl",
+        "sft/v1.jsonl",
+        "sft/v2_new.jsonl",
+        "guard/train.jsonl",
+        "guard/heldout.jsonl",
+        "reward/train.jsonl",
+        "reward/heldout.jsonl",
+    } | {f"eval/{s}.jsonl" for s in SUITES}
+    assert expected <= set(counts)
+    for rel, n in counts.items():
+        lines = (tmp_path / "a" / rel).read_text(encoding="utf-8").splitlines()
+        assert len(lines) == n, rel
+    assert counts["sft/v1.jsonl"] == len(tiny.sft_v1)
+    assert read_conversations(tmp_path / "a" / "sft/v1.jsonl") == tiny.sft_v1
+    assert read_labelled_prompts(tmp_path / "a" / "guard/train.jsonl") == tiny.guard_train
+    for suite in SUITES:
+        back = list(read_jsonl(tmp_path / "a" / f"eval/{suite}.jsonl", EvalSample))
+        assert back == tiny.eval_suites[suite]
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["counts"] == counts and manifest["seed"] == 0 and manifest["scale"] == 0.05
+    write_domain(build_domain(seed=0, scale=0.05), tmp_path / "b")
+    again = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert again["content_hash"] == manifest["content_hash"]
+    write_domain(build_domain(seed=3, scale=0.05), tmp_path / "c")
+    other = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert other["content_hash"] != manifest["content_hash"]
