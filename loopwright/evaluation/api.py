@@ -39,7 +39,12 @@ from loopwright.evaluation.scorers import ScorerResources
 from loopwright.evaluation.scoring import SampleResult, score_suite
 from loopwright.evaluation.stats import DEFAULT_RESAMPLES
 from loopwright.evaluation.store import Generation, GenerationStore
-from loopwright.evaluation.suites import Suite, discover_suites, load_samples
+from loopwright.evaluation.suites import (
+    Suite,
+    discover_suites,
+    load_samples,
+    needed_resources,
+)
 from loopwright.evaluation.targets import LocalModelTarget, Target, resolve_target
 from loopwright.records import EvalReport, EvalSample, write_jsonl
 from models.generation import DecodingParams
@@ -60,6 +65,7 @@ class EvalResult:
         paths: summary, report, html, samples (+ baseline_report, baseline_samples).
         counts: samples, generations, cached, generated, generation_errors, score_errors.
         mlflow_run_id: set when the result was logged to MLflow.
+
     """
 
     model_uri: str
@@ -99,6 +105,7 @@ class _Plan:
     suites: list[Suite]
     samples: dict[str, list[EvalSample]]
     base: DecodingParams
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def _params(suite: Suite, base: DecodingParams, repeat: int) -> DecodingParams:
@@ -175,10 +182,24 @@ def _plan(
     data_root: str | Path,
     resources: ScorerResources | None,
     decoding: DecodingParams | None,
+    skip_unavailable: bool = False,
 ) -> _Plan:
+    skipped: dict[str, str] = {}
+    if skip_unavailable:
+        have = resources or ScorerResources()
+        needs = needed_resources(suite_dir)
+        for name, wanted in needs.items():
+            missing = [w for w in wanted if getattr(have, w, None) is None]
+            if missing and (suites == "all" or name in suites):
+                skipped[name] = f"needs {', '.join(missing)} (not given)"
+                logger.warning("skipping suite %s: %s", name, skipped[name])
+        if suites == "all":
+            suites = sorted(n for n in needs if n not in skipped)
+        else:
+            suites = [n for n in suites if n not in skipped]
     loaded = discover_suites(suite_dir, suites, data_root=data_root, resources=resources)
     samples = {s.name: load_samples(s) for s in loaded}
-    return _Plan(loaded, samples, decoding or DecodingParams())
+    return _Plan(loaded, samples, decoding or DecodingParams(), skipped)
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -202,6 +223,7 @@ def evaluate(
     api_key: str | None = None,
     mlflow_tracking_uri: str | None = None,
     mlflow_experiment: str = "loopwright-eval",
+    skip_unavailable: bool = False,
 ) -> EvalResult:
     """Evaluate a model on suites, optionally paired against a baseline on the same samples.
 
@@ -226,6 +248,8 @@ def evaluate(
         api_key: bearer token for endpoint targets.
         mlflow_tracking_uri: when set, everything is also logged to MLflow.
         mlflow_experiment: MLflow experiment name.
+        skip_unavailable: skip (and list in the summary as ``skipped_suites``) suites
+            whose model-based scorers need a resource not given; default: fail.
 
     Returns:
         The result with report, metrics, comparison and file paths.
@@ -234,12 +258,13 @@ def evaluate(
         SuiteError: a bad suite or sample file (names file and line).
         TargetError: a model reference that cannot be resolved.
         EngineError: the engine cannot run as configured.
+
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else run_dir / "cache"
     engine = engine or EngineConfig()
-    plan = _plan(suite_dir, suites, data_root, resources, decoding)
+    plan = _plan(suite_dir, suites, data_root, resources, decoding, skip_unavailable)
     target = resolve_target(model, download_root=run_dir / "models", api_key=api_key)
     base_target = (
         resolve_target(baseline, download_root=run_dir / "models", api_key=api_key)
@@ -301,6 +326,7 @@ def evaluate(
         baseline_metrics=base_metrics, comparison=comparison, counts=counts,
         decoding=asdict(plan.base),
     )
+    summary["skipped_suites"] = dict(plan.skipped)
     paths = {
         "summary": run_dir / "summary.json",
         "report": run_dir / "report.json",
@@ -339,7 +365,20 @@ def evaluate(
         run_id = log_to_mlflow(result, tracking_uri=mlflow_tracking_uri,
                                experiment=mlflow_experiment)
         result = replace(result, mlflow_run_id=run_id)
+    gate_path = run_dir / "gate_summary.json"
+    gate_path.write_text(json.dumps(_clean_json(gate_summary(result)), indent=2), "utf-8")
+    result.paths["gate_summary"] = gate_path
     return result
+
+
+def _clean_json(value: Any) -> Any:
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _clean_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean_json(v) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------- noise
@@ -353,12 +392,14 @@ class NoiseMetric:
         values: the metric in each run, in seed order.
         mean, std: over runs (``std`` is the sample standard deviation; 0 for one run).
         spread: max - min over runs.
+
     """
 
     suite: str
     dimension: str
     metric: str
     direction: str
+    primary: bool
     values: list[float]
     mean: float
     std: float
@@ -403,6 +444,7 @@ def measure_noise(
 
     Raises:
         ValueError: ``runs`` < 2 or ``temperature`` <= 0 (nothing would vary).
+
     """
     if runs < 2:
         raise ValueError(f"runs must be >= 2 to measure a spread, got {runs}")
@@ -437,7 +479,7 @@ def measure_noise(
         finite = [v for v in values if v == v]
         out.append(NoiseMetric(
             suite=first.suite, dimension=first.dimension, metric=first.metric,
-            direction=first.direction, values=values,
+            direction=first.direction, primary=first.primary, values=values,
             mean=statistics.fmean(finite) if finite else float("nan"),
             std=statistics.stdev(finite) if len(finite) > 1 else 0.0,
             spread=(max(finite) - min(finite)) if finite else float("nan"),
@@ -446,3 +488,83 @@ def measure_noise(
                          seeds=seeds, metrics=out)
     (run_dir / "noise.json").write_text(json.dumps(report.to_json(), indent=2), "utf-8")
     return report
+
+
+# --------------------------------------------------------------------------- gate view
+
+
+def _primary_metrics(metrics: Sequence[MetricSummary]) -> dict[tuple[str, str], MetricSummary]:
+    """(dimension, slice) -> the primary metric of the dimension's first suite (by name)."""
+    out: dict[tuple[str, str], MetricSummary] = {}
+    for m in sorted(metrics, key=lambda m: m.suite):
+        if m.primary and m.n > 0:
+            out.setdefault((m.dimension, m.slice), m)
+    return out
+
+
+def _key(dimension: str, slice_name: str) -> str:
+    return dimension if slice_name == ALL else f"{dimension}/{slice_name}"
+
+
+def gate_view(result: EvalResult, noise: NoiseReport | None = None) -> dict[str, Any]:
+    """One view of the gate's evaluation summary: primary metric per dimension and slice.
+
+    Keys are ``<dimension>`` and ``<dimension>/<slice>``; ``values`` hold
+    ``{metric, value, ci_low, ci_high, n}``, ``paired`` (with a baseline)
+    ``{metric, delta, ci_low, ci_high, n, win_rate}`` with ``delta`` = candidate minus
+    baseline in the metric's units, ``noise`` the run-to-run standard deviation of the
+    dimension's primary metric.
+    """
+    primary = _primary_metrics(result.metrics)
+    values = {
+        _key(d, sl): {"metric": m.metric, "value": m.value, "ci_low": m.ci_low,
+                      "ci_high": m.ci_high, "n": m.n}
+        for (d, sl), m in primary.items()
+    }
+    paired: dict[str, Any] = {}
+    for p in result.comparison or []:
+        chosen = primary.get((p.dimension, p.slice))
+        if chosen is None or chosen.suite != p.suite or chosen.metric != p.metric or p.n == 0:
+            continue
+        paired[_key(p.dimension, p.slice)] = {
+            "metric": p.metric, "delta": p.delta, "ci_low": p.ci_low, "ci_high": p.ci_high,
+            "n": p.n, "win_rate": p.win_rate,
+        }
+    noise_out: dict[str, float] = {}
+    for nm in noise.metrics if noise is not None else []:
+        chosen = primary.get((nm.dimension, ALL))
+        if chosen is not None and chosen.suite == nm.suite and chosen.metric == nm.metric:
+            noise_out[nm.dimension] = nm.std
+    return {"values": values, "paired": paired, "noise": noise_out}
+
+
+def gate_summary(
+    raw: EvalResult,
+    gateway: EvalResult | None = None,
+    *,
+    noise_raw: NoiseReport | None = None,
+    noise_gateway: NoiseReport | None = None,
+    eval_run_id: str | None = None,
+) -> dict[str, Any]:
+    """The evaluation summary in the shape the release gate reads (``loopwright.release``).
+
+    Args:
+        raw: the candidate evaluated as a model folder (with the champion as baseline).
+        gateway: the candidate evaluated through the gateway's control stack, if run.
+        noise_raw, noise_gateway: run-to-run noise of the same suites.
+        eval_run_id: the MLflow run holding the evaluation.
+
+    """
+    views = {"raw": gate_view(raw, noise_raw)}
+    errors = raw.report.errors
+    if gateway is not None:
+        views["gateway"] = gate_view(gateway, noise_gateway)
+        errors += gateway.report.errors
+    return {
+        "schema_version": 1,
+        "model_uri": raw.model_uri,
+        "baseline_uri": raw.baseline_uri,
+        "views": views,
+        "errors": errors,
+        "eval_run_id": eval_run_id or raw.mlflow_run_id,
+    }

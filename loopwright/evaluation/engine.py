@@ -67,6 +67,7 @@ class EngineConfig:
             the system temp dir.
         ray_num_cpus: CPUs a local Ray may use (default: ``workers * threads_per_worker``).
         retry_errors: on a rerun, generate again the samples that errored before.
+
     """
 
     executor: Literal["ray", "local"] = "ray"
@@ -115,6 +116,7 @@ class GenerationOutcome:
         generated: produced now (including errors).
         errors: requests whose final generation is an error.
         seconds: wall time spent generating now.
+
     """
 
     by_key: dict[str, Generation] = field(default_factory=dict)
@@ -139,6 +141,7 @@ class GeneratorActor:
         model_dir: the Hugging Face model folder.
         threads: torch intra-op threads for this actor (CPU).
         device: ``cpu`` or ``cuda``.
+
     """
 
     def __init__(self, model_dir: str, threads: int = 1, device: str = "cpu") -> None:
@@ -198,6 +201,7 @@ def ray_session(config: EngineConfig) -> Iterator[None]:
 
     Raises:
         EngineError: a local Ray would be started without ``ray_temp_dir``.
+
     """
     import ray
 
@@ -373,6 +377,7 @@ def generate(
 
     Raises:
         EngineError: Ray is needed but cannot be started as configured.
+
     """
     outcome = GenerationOutcome()
     unique = {r.key: r for r in requests}

@@ -78,6 +78,7 @@ def log_to_mlflow(
     ``delta.<dimension>.<metric>`` and ``win_rate.<dimension>.<metric>`` with a baseline,
     ``counts.*``. Artifacts under ``eval/``: ``summary.json``, ``report.json``,
     ``report.html``, ``samples.jsonl`` and the table ``eval/samples_table.json``.
+
     """
     import pandas as pd
     from mlflow.entities import Metric, Param, RunTag

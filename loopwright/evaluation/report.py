@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,7 +30,8 @@ from loopwright.evaluation.suites import Suite
 from loopwright.records import EvalReport, MetricValue
 
 ALL = "all"
-MISSING_TAG = "(missing)"
+MISSING_TAG = "missing"
+_SLICE_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class MetricSummary:
         not_applicable: samples the scorer does not apply to.
         direction: ``higher`` or ``lower`` is better.
         primary: whether this is the suite's primary metric.
+
     """
 
     suite: str
@@ -72,6 +75,7 @@ class PairedMetric:
         ci_low, ci_high: paired bootstrap interval of ``delta``.
         win_rate: share of samples where the candidate is better (ties count half).
         worst: the most regressed samples, worst first.
+
     """
 
     suite: str
@@ -94,12 +98,21 @@ def _seed(seed: int, *parts: str) -> int:
     return (int.from_bytes(digest[:4], "little") + seed) % (2**32)
 
 
+def slice_name(key: str, value: str) -> str:
+    """``<tag>.<value>`` with anything but letters, digits, ``_ - .`` replaced by ``_``.
+
+    The restricted alphabet keeps slice names valid in report keys (``<dimension>/<slice>``)
+    and MLflow metric names.
+    """
+    return _SLICE_BAD.sub("_", f"{key}.{value}")
+
+
 def _slices(suite: Suite, rows: Sequence[SampleResult]) -> dict[str, list[SampleResult]]:
     out: dict[str, list[SampleResult]] = {ALL: list(rows)}
     for key in suite.spec.slices:
         groups: dict[str, list[SampleResult]] = defaultdict(list)
         for r in rows:
-            groups[f"{key}={r.tags.get(key, MISSING_TAG)}"].append(r)
+            groups[slice_name(key, r.tags.get(key, MISSING_TAG))].append(r)
         for name in sorted(groups):
             out[name] = groups[name]
     return out
@@ -179,9 +192,13 @@ def to_eval_report(
     metrics: Sequence[MetricSummary],
     errors: int,
 ) -> EvalReport:
-    """The ``EvalReport`` record: ``<dimension>/<slice>`` -> metrics with n > 0."""
+    """The ``EvalReport`` record: ``<dimension>/<slice>`` -> metrics with n > 0.
+
+    Within each slice the primary metrics come first (the gate takes the first metric of
+    a slice when its policy names none).
+    """
     slices: dict[str, list[MetricValue]] = defaultdict(list)
-    for m in metrics:
+    for m in sorted(metrics, key=lambda m: not m.primary):
         if m.n == 0:
             continue  # NaN has no place in the record; the summary keeps n=0 entries
         slices[f"{m.dimension}/{m.slice}"].append(

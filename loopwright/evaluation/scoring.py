@@ -32,6 +32,7 @@ class SampleResult(BaseModel):
         score_errors: metric -> error text for scorers that failed on this sample.
         error: generation error; when set, ``scores`` is empty.
         baseline_response: the baseline model's reply, for pairwise metrics.
+
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -131,6 +132,7 @@ def score_suite(
 
     Returns:
         One row per (sample, repeat), in sample order.
+
     """
     rows: list[tuple[SampleResult, EvalSample]] = []
     for sample in samples:

@@ -25,6 +25,7 @@ class Interval:
         low: lower bound of the interval.
         high: upper bound of the interval.
         n: number of units the statistic averages over (0 means no data: all NaN).
+
     """
 
     value: float
@@ -71,6 +72,7 @@ def bootstrap_mean(
     Returns:
         The mean and its interval; with no values, NaNs and ``n=0``; with one value,
         a zero-width interval at that value.
+
     """
     _check(confidence, resamples)
     data = np.asarray(values, dtype=np.float64)
@@ -109,6 +111,7 @@ def paired_bootstrap(
 
     Raises:
         ValueError: the two sequences differ in length.
+
     """
     cand = np.asarray(candidate, dtype=np.float64)
     base = np.asarray(baseline, dtype=np.float64)

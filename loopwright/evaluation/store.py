@@ -47,6 +47,7 @@ class Generation(BaseModel):
         response: the reply; None when ``error`` is set.
         error: ``"<ExceptionType>: <message>"`` when generation failed.
         seconds: wall time of the batch this came from divided by its size.
+
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -79,6 +80,7 @@ class GenerationStore:
 
     Args:
         path: the JSONL file (its folder is created on first append).
+
     """
 
     def __init__(self, path: str | Path) -> None:

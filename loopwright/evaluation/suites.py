@@ -109,6 +109,7 @@ class Suite:
         path: the suite file.
         scorers: configured scorers in file order (group scorers run last).
         sample_path: the resolved JSONL file of samples.
+
     """
 
     spec: SuiteSpec
@@ -172,6 +173,10 @@ def _parse_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
         problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        cmark = getattr(exc, "context_mark", None)
+        if context and cmark is not None:
+            problem += f" ({context} at line {cmark.line + 1})"
         raise SuiteError(f"{path}:{line}: malformed YAML: {problem}") from exc
     return data, node
 
@@ -191,6 +196,7 @@ def load_suite(
 
     Raises:
         SuiteError: with ``file:line`` for any problem in the file.
+
     """
     path = Path(path)
     data, node = _parse_yaml(path)
@@ -259,6 +265,7 @@ def load_samples(suite: Suite) -> list[EvalSample]:
 
     Raises:
         SuiteError: any problem; a missing or empty file unless ``allow_empty``.
+
     """
     path = suite.sample_path
     if not path.exists():
@@ -319,6 +326,7 @@ def discover_suites(
         SuiteError: a bad file, two files with one suite name, an unknown requested name
             (the message lists the valid names), or one metric name used by two suites of
             the same dimension (reports would be ambiguous).
+
     """
     suite_dir = Path(suite_dir)
     files = sorted([*suite_dir.glob("*.yaml"), *suite_dir.glob("*.yml")])

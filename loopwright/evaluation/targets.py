@@ -52,6 +52,7 @@ class LocalModelTarget:
         uri: what the user asked for (a path or a ``models:/`` URI), for reports.
         folder: the local folder holding the model.
         model_id: content hash of the folder.
+
     """
 
     uri: str
@@ -79,6 +80,7 @@ class EndpointTarget:
         api_key: bearer token, if the endpoint needs one (never logged).
         timeout_s: per-request timeout, seconds.
         concurrency: requests in flight at once.
+
     """
 
     uri: str
@@ -118,6 +120,7 @@ def resolve_target(
 
     Raises:
         TargetError: none of the forms match, or a registry URI without ``download_root``.
+
     """
     if isinstance(model, LocalModelTarget | EndpointTarget):
         return model

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
@@ -34,6 +35,7 @@ def corpus(n_lines: int = 400, seed: int = 0) -> list[str]:
 def build_tiny_model(
     dest: str | Path,
     *,
+    arch: str = "llama",
     hidden_size: int = 32,
     num_layers: int = 2,
     num_heads: int = 2,
@@ -45,6 +47,8 @@ def build_tiny_model(
 
     Args:
         dest: folder to write (created).
+        arch: ``llama`` (rotary positions) or ``gpt2`` (learned positions: a prompt longer
+            than ``max_positions`` makes it raise, a real failure for error-path tests).
         hidden_size, num_layers, num_heads, max_positions: model shape.
         vocab_size: BPE vocabulary target size.
         seed: torch seed for the weights.
@@ -54,7 +58,13 @@ def build_tiny_model(
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -78,6 +88,23 @@ def build_tiny_model(
     tok.save_pretrained(str(dest))
 
     torch.manual_seed(seed)
+    model: Any
+    if arch == "gpt2":
+        gconfig = GPT2Config(
+            vocab_size=len(tok),
+            n_embd=hidden_size,
+            n_layer=num_layers,
+            n_head=num_heads,
+            n_positions=max_positions,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=tok.eos_token_id,
+        )
+        model = GPT2LMHeadModel(gconfig)
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.generation_config.eos_token_id = tok.eos_token_id
+        model.save_pretrained(str(dest))
+        return dest
     config = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=hidden_size,
