@@ -96,12 +96,13 @@ class FakeOpenAI:
     """A real HTTP server speaking the chat-completions API with scripted replies.
 
     ``replies`` maps the last user message to the assistant's reply (default: "I don't
-    know."). A user message ``RAISE`` answers 500. Judge prompts (they start with "You
+    know."); ``model_replies[model]`` overrides it for one model name. A user message ``RAISE`` answers 500. Judge prompts (they start with "You
     grade") are answered from ``judge_replies`` keyed by the graded response.
     """
 
     def __init__(self) -> None:
         self.replies: dict[str, str] = {}
+        self.model_replies: dict[str, dict[str, str]] = {}
         self.judge_replies: dict[str, str] = {}
         self.requests: list[dict[str, Any]] = []
         self.port = free_port()
@@ -122,7 +123,8 @@ class FakeOpenAI:
                 graded = content.split("Assistant's answer:\n", 1)[1].split("\n\n", 1)[0]
                 reply = self.judge_replies.get(graded, "5")
             else:
-                reply = self.replies.get(content, "I don't know.")
+                per_model = self.model_replies.get(body.get("model", ""), {})
+                reply = per_model.get(content, self.replies.get(content, "I don't know."))
             return {
                 "id": "x",
                 "object": "chat.completion",
@@ -165,6 +167,7 @@ def openai_server() -> Iterator[FakeOpenAI]:
 @pytest.fixture()
 def fresh_server(openai_server: FakeOpenAI) -> FakeOpenAI:
     openai_server.replies.clear()
+    openai_server.model_replies.clear()
     openai_server.judge_replies.clear()
     openai_server.requests.clear()
     return openai_server
