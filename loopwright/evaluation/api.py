@@ -1,5 +1,7 @@
-"""The flow-ready entry points: ``evaluate`` (one model, optionally against a baseline)
-and ``measure_noise`` (run-to-run spread of a suite under sampling).
+"""The flow-ready entry points: ``evaluate`` and ``measure_noise``.
+
+``evaluate`` measures one model, optionally paired against a baseline; ``measure_noise``
+measures the run-to-run spread of suites under sampling.
 
 Both are plain functions that take identifiers and paths and return small typed results
 whose files live under ``run_dir``; the nightly flow calls them from a Prefect task, the
@@ -24,6 +26,7 @@ from loopwright.evaluation.engine import (
     Progress,
     generate,
     ray_session,
+    resolve_executor,
 )
 from loopwright.evaluation.html import render_html
 from loopwright.evaluation.report import (
@@ -80,13 +83,13 @@ class EvalResult:
     comparison: list[PairedMetric] | None
     summary: dict[str, Any]
     paths: dict[str, Path]
-    counts: dict[str, int]
+    counts: dict[str, float]
     mlflow_run_id: str | None = None
 
     @property
     def errors(self) -> int:
         """Generation errors of the evaluated model (samples x repeats)."""
-        return self.counts["generation_errors"]
+        return int(self.counts["generation_errors"])
 
     def metric(self, dimension: str, metric: str, slice: str = ALL) -> MetricSummary:
         """Look up one metric; raises KeyError listing what exists."""
@@ -169,7 +172,8 @@ def _count(rows: Mapping[str, Sequence[SampleResult]]) -> tuple[int, int]:
 @contextlib.contextmanager
 def _maybe_ray(engine: EngineConfig, targets: Sequence[Target | None]) -> Iterator[None]:
     # One Ray session for candidate and baseline: start-up is paid once.
-    if engine.executor == "ray" and any(isinstance(t, LocalModelTarget) for t in targets):
+    local_model = any(isinstance(t, LocalModelTarget) for t in targets)
+    if local_model and resolve_executor(engine) == "ray":
         with ray_session(engine):
             yield
     else:
@@ -546,12 +550,13 @@ def gate_summary(
     noise_gateway: NoiseReport | None = None,
     eval_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """The evaluation summary in the shape the release gate reads (``loopwright.release``).
+    """Build the evaluation summary in the shape the release gate reads (loopwright.release).
 
     Args:
         raw: the candidate evaluated as a model folder (with the champion as baseline).
         gateway: the candidate evaluated through the gateway's control stack, if run.
-        noise_raw, noise_gateway: run-to-run noise of the same suites.
+        noise_raw: run-to-run noise of the raw view's suites.
+        noise_gateway: run-to-run noise of the gateway view's suites.
         eval_run_id: the MLflow run holding the evaluation.
 
     """

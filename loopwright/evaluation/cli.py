@@ -58,7 +58,8 @@ def eval_command(
     ray_temp_dir: Annotated[Path, typer.Option(help="Ray session folder for a local Ray.")] = (
         Path(".loopwright/ray")),
     ray_address: Annotated[str | None, typer.Option(help="Join this Ray cluster.")] = None,
-    executor: Annotated[str, typer.Option(help="ray (actor pool) or local.")] = "ray",
+    executor: Annotated[str, typer.Option(
+        help="ray (actor pool), local, or auto (ray unless one worker and no Ray).")] = "auto",
     workers: Annotated[int, typer.Option(help="Generation actors.")] = 2,
     batch_size: Annotated[int, typer.Option(help="Prompts per generate call.")] = 32,
     threads: Annotated[int, typer.Option(help="torch threads per CPU actor.")] = 1,

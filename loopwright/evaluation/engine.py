@@ -55,8 +55,10 @@ class EngineConfig:
     """How generation is executed.
 
     Attributes:
-        executor: ``ray`` (Ray Data actor pool; the default) or ``local`` (the same actor
-            class called in this process; no Ray start-up cost, one worker).
+        executor: ``ray`` (Ray Data actor pool), ``local`` (the same actor class called
+            in this process: no Ray start-up cost, one worker), or ``auto`` (the default):
+            Ray when it is already running, an address is given, or ``workers`` > 1, else
+            local, because a single actor in a fresh Ray only adds start-up time.
         workers: actors in the pool (capped by the number of batches; by GPUs on GPU).
         batch_size: prompts per ``generate`` call.
         threads_per_worker: ``torch.set_num_threads`` in each CPU actor.
@@ -70,7 +72,7 @@ class EngineConfig:
 
     """
 
-    executor: Literal["ray", "local"] = "ray"
+    executor: Literal["auto", "ray", "local"] = "auto"
     workers: int = 1
     batch_size: int = 32
     threads_per_worker: int = 1
@@ -81,8 +83,10 @@ class EngineConfig:
     retry_errors: bool = True
 
     def __post_init__(self) -> None:
-        if self.executor not in ("ray", "local"):
-            raise ValueError(f"executor must be 'ray' or 'local', got {self.executor!r}")
+        if self.executor not in ("auto", "ray", "local"):
+            raise ValueError(
+                f"executor must be 'auto', 'ray' or 'local', got {self.executor!r}"
+            )
         for name in ("workers", "batch_size", "threads_per_worker"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -241,10 +245,21 @@ def ray_session(config: EngineConfig) -> Iterator[None]:
         ray.shutdown()
 
 
+def resolve_executor(config: EngineConfig) -> Literal["ray", "local"]:
+    """Return the executor that ``auto`` stands for under the current conditions."""
+    if config.executor != "auto":
+        return config.executor
+    import ray
+
+    if ray.is_initialized() or config.ray_address is not None or config.workers > 1:
+        return "ray"
+    return "local"
+
+
 def _gpu_available(config: EngineConfig) -> bool:
     if config.use_gpu is not None:
         return config.use_gpu
-    if config.executor == "ray":
+    if resolve_executor(config) == "ray":
         import ray
 
         return ray.cluster_resources().get("GPU", 0) > 0
@@ -254,7 +269,7 @@ def _gpu_available(config: EngineConfig) -> bool:
 
 
 def _rows(requests: Sequence[GenerationRequest]) -> list[dict[str, str]]:
-    """Requests as rows, sorted by decoding setting then prompt length (length bucketing)."""
+    """Turn requests into rows sorted by decoding setting, then prompt length (bucketing)."""
 
     def size(r: GenerationRequest) -> int:
         return sum(len(m.content) for m in r.sample.messages)
@@ -299,8 +314,8 @@ def _ray_batches(
     if gpu:
         size = max(1, min(size, int(ray.cluster_resources().get("GPU", 0))))
     resources: dict[str, Any] = {"num_gpus": 1} if gpu else {"num_cpus": 1}
-    ds = ray.data.from_items(rows, override_num_blocks=n_batches)
-    ds = ds.map_batches(
+    source = ray.data.from_items(rows, override_num_blocks=n_batches)
+    ds = source.map_batches(
         GeneratorActor,
         fn_constructor_kwargs={
             "model_dir": str(target.folder),
@@ -435,7 +450,7 @@ def generate(
         record(pending) if pending else None
     else:
         rows = _rows(todo)
-        if config.executor == "local":
+        if resolve_executor(config) == "local":
             gpu = _gpu_available(config)
             batches = _local_batches(target, rows, config, "cuda" if gpu else "cpu")
             for out in batches:

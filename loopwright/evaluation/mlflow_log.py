@@ -23,7 +23,7 @@ _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
 
 
 def metric_key(*parts: str) -> str:
-    """An MLflow-safe metric name (``=`` and other symbols become ``_``)."""
+    """Join parts into an MLflow-safe metric name (other symbols become ``_``)."""
     return _BAD.sub("_", ".".join(parts))
 
 

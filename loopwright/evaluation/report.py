@@ -192,7 +192,7 @@ def to_eval_report(
     metrics: Sequence[MetricSummary],
     errors: int,
 ) -> EvalReport:
-    """The ``EvalReport`` record: ``<dimension>/<slice>`` -> metrics with n > 0.
+    """Build the ``EvalReport`` record: ``<dimension>/<slice>`` -> metrics with n > 0.
 
     Within each slice the primary metrics come first (the gate takes the first metric of
     a slice when its policy names none).
@@ -268,7 +268,6 @@ def compare(
                         "candidate": cvals[sid],
                         "baseline": bvals[sid],
                     })
-                mean = (lambda xs: sum(xs) / len(xs) if xs else math.nan)
                 out.append(
                     PairedMetric(
                         suite=suite.name,
@@ -276,8 +275,8 @@ def compare(
                         metric=scorer.metric,
                         slice=slice_name,
                         direction=scorer.direction,
-                        candidate=mean(c),
-                        baseline=mean(b),
+                        candidate=_mean(c),
+                        baseline=_mean(b),
                         delta=interval.value,
                         ci_low=interval.low,
                         ci_high=interval.high,
@@ -287,6 +286,10 @@ def compare(
                     )
                 )
     return out
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
 
 
 def _clean(value: Any) -> Any:
@@ -311,7 +314,7 @@ def build_summary(
     counts: Mapping[str, Any],
     decoding: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The JSON summary the gate reads.
+    """Build the JSON summary of an evaluation (what a gate or a person reads).
 
     Layout::
 

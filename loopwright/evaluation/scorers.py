@@ -67,7 +67,7 @@ NOT_APPLICABLE = "not_applicable"
 
 
 def not_applicable(reason: str) -> Score:
-    """A score that excludes the sample from this metric, saying why."""
+    """Return a score that excludes the sample from this metric, saying why."""
     return Score(None, metadata={NOT_APPLICABLE: reason})
 
 
@@ -171,7 +171,7 @@ def register(
         _REGISTRY[name] = ScorerInfo(
             name=name,
             kind=kind,
-            factory=validate_call(factory, config=ConfigDict(arbitrary_types_allowed=True)),
+            factory=validate_call(config=ConfigDict(arbitrary_types_allowed=True))(factory),
             requires_references=requires_references,
             direction=direction,
             needs=needs,
@@ -460,8 +460,10 @@ def task_success(
     refusal_patterns: list[str] | None = None,
     safe_completion_patterns: list[str] | None = None,
 ) -> Callable[[EvalSample, str], Score]:
-    """Did the response do the job: a matching reference when the sample expects an answer,
-    the expected refusal / safe completion otherwise (``behaviour_match``).
+    """1 when the response does the job the sample expects.
+
+    A matching reference when the sample expects an answer; the expected refusal or safe
+    completion otherwise (as ``behaviour_match``).
     """
     behaviour = behaviour_match(
         refusal_patterns=refusal_patterns, safe_completion_patterns=safe_completion_patterns

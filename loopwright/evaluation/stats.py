@@ -108,6 +108,9 @@ def paired_bootstrap(
     Args:
         candidate: per-sample values of the candidate.
         baseline: per-sample values of the baseline on the same samples, same order.
+        confidence: two-sided coverage, e.g. 0.95.
+        resamples: bootstrap resamples.
+        seed: RNG seed.
 
     Raises:
         ValueError: the two sequences differ in length.

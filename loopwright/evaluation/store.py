@@ -89,7 +89,7 @@ class GenerationStore:
 
     @classmethod
     def for_model(cls, cache_dir: str | Path, model_id: str) -> GenerationStore:
-        """The store of ``model_id`` inside ``cache_dir``."""
+        """Open the store of ``model_id`` inside ``cache_dir``."""
         safe = hashlib.sha256(model_id.encode("utf-8")).hexdigest()[:24]
         return cls(Path(cache_dir) / f"{safe}.jsonl")
 

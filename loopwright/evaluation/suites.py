@@ -72,7 +72,7 @@ class DecodingOverrides(BaseModel):
     seed: int | None = None
 
     def apply(self, base: DecodingParams) -> DecodingParams:
-        """The base parameters with these overrides applied."""
+        """Return the base parameters with these overrides applied."""
         return replace(base, **{k: v for k, v in self.model_dump().items() if v is not None})
 
 
@@ -133,7 +133,7 @@ class Suite:
         return self.spec.primary or self.scorers[0].metric
 
     def decoding(self, base: DecodingParams) -> DecodingParams:
-        """The decoding parameters this suite runs with, given the run's defaults."""
+        """Return the decoding parameters this suite runs with, given the run's defaults."""
         return self.spec.decoding.apply(base)
 
 
@@ -154,9 +154,12 @@ def _line_of(node: yaml.Node | None, loc: Sequence[Any]) -> int:
                     child = value
                     line = key.start_mark.line + 1
                     break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if 0 <= part < len(node.value):
-                child = node.value[part]
+        elif (
+            isinstance(node, yaml.SequenceNode)
+            and isinstance(part, int)
+            and 0 <= part < len(node.value)
+        ):
+            child = node.value[part]
         if child is None:
             return line
         node = child
@@ -234,12 +237,12 @@ def load_suite(
             raise SuiteError(f"{path}:{line}: {exc}") from exc
         if scorer.metric in seen:
             raise SuiteError(f"{path}:{line}: metric name {scorer.metric!r} used twice")
-        if scorer.info.kind == "group" and "base" in scorer.options:
-            if scorer.options["base"] not in seen:
-                raise SuiteError(
-                    f"{path}:{line}: {entry.scorer}: base {scorer.options['base']!r} must be "
-                    f"an earlier metric of this suite; earlier metrics: {sorted(seen)}"
-                )
+        base = scorer.options.get("base") if scorer.info.kind == "group" else None
+        if base is not None and base not in seen:
+            raise SuiteError(
+                f"{path}:{line}: {entry.scorer}: base {base!r} must be "
+                f"an earlier metric of this suite; earlier metrics: {sorted(seen)}"
+            )
         seen.add(scorer.metric)
         built.append(scorer)
     if spec.primary is not None and spec.primary not in seen:

@@ -96,8 +96,9 @@ class FakeOpenAI:
     """A real HTTP server speaking the chat-completions API with scripted replies.
 
     ``replies`` maps the last user message to the assistant's reply (default: "I don't
-    know."); ``model_replies[model]`` overrides it for one model name. A user message ``RAISE`` answers 500. Judge prompts (they start with "You
-    grade") are answered from ``judge_replies`` keyed by the graded response.
+    know."); ``model_replies[model]`` overrides it for one model name. A user message
+    ``RAISE`` answers 500. Judge prompts (they start with "You grade") are answered from
+    ``judge_replies`` keyed by the graded response.
     """
 
     def __init__(self) -> None:

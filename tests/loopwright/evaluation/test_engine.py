@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import sample, write_samples
 
-from loopwright.evaluation.api import evaluate
+from loopwright.evaluation.api import EvalResult, evaluate
 from loopwright.evaluation.engine import EngineConfig, EngineError, GenerationRequest, generate
 from loopwright.evaluation.store import Generation, GenerationStore, StoreError
 from loopwright.evaluation.targets import LocalModelTarget, TargetError, resolve_target
@@ -176,13 +176,16 @@ def test_resume_after_kill_generates_only_missing(tiny_llama: Path, tmp_path: Pa
     checkpointed = sum(len(f.read_text().splitlines()) for f in cache.glob("*.jsonl"))
     assert 8 <= checkpointed < 24  # killed part-way, after >= 2 batches were fsynced
 
-    kwargs = dict(suite_dir=tmp_path / "suites", data_root=tmp_path / "data",
-                  engine=EngineConfig(executor="local", batch_size=4),
-                  decoding=DecodingParams(max_new_tokens=6), resamples=200)
-    resumed = evaluate(str(tiny_llama), "all", run_dir=tmp_path / "run", **kwargs)
+    def rerun(run_dir: Path) -> EvalResult:
+        return evaluate(str(tiny_llama), "all", suite_dir=tmp_path / "suites",
+                        data_root=tmp_path / "data", run_dir=run_dir,
+                        engine=EngineConfig(executor="local", batch_size=4),
+                        decoding=DecodingParams(max_new_tokens=6), resamples=200)
+
+    resumed = rerun(tmp_path / "run")
     assert resumed.counts["cached"] == checkpointed
     assert resumed.counts["generated"] == 24 - checkpointed
-    fresh = evaluate(str(tiny_llama), "all", run_dir=tmp_path / "fresh", **kwargs)
+    fresh = rerun(tmp_path / "fresh")
     assert fresh.counts["generated"] == 24
     assert resumed.paths["samples"].read_text() == fresh.paths["samples"].read_text()
 

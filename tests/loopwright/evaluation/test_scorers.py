@@ -37,7 +37,8 @@ def value(name: str, sample: EvalSample, response: str, **opts: object) -> float
 
 
 def test_normalisation_and_token_f1_hand_computed() -> None:
-    assert normalize_answer("  The Pro plan costs $12, per month! ") == "pro plan costs 12 per month"
+    norm = normalize_answer("  The Pro plan costs $12, per month! ")
+    assert norm == "pro plan costs 12 per month"
     # pred tokens: pro costs 12; ref tokens: pro plan costs 12 per month -> P=3/3, R=3/6
     assert token_f1_score("Pro costs $12", "The Pro plan costs $12 per month.") == pytest.approx(
         2 * 1.0 * 0.5 / 1.5
@@ -94,7 +95,8 @@ def test_task_success_switches_on_expected_behaviour() -> None:
 
 
 def test_stale_and_mentions_tag() -> None:
-    changed = s(refs=["You can get a refund within 14 days."], stale_value="30 days", value="14 days")
+    changed = s(refs=["You can get a refund within 14 days."], stale_value="30 days",
+                value="14 days")
     assert value("stale_answer", changed, "Refunds within 30 days.", tag="stale_value") == 1.0
     assert value("stale_answer", changed, "Refunds within 14 days.", tag="stale_value") == 0.0
     assert value("stale_answer", s(refs=["a"]), "whatever", tag="stale_value") is None
@@ -187,7 +189,8 @@ def test_registry_errors_list_valid_names_and_options() -> None:
         build_scorer("exact_matc")
     for name in names:
         assert name in str(exc.value)
-    with pytest.raises(ScorerError, match=r"unknown option\(s\) \['mood'\]; valid options: \['mode'\]"):
+    unknown_option = r"unknown option\(s\) \['mood'\]; valid options: \['mode'\]"
+    with pytest.raises(ScorerError, match=unknown_option):
         build_scorer("exact_match", {"mood": "exact"})
     with pytest.raises(ScorerError, match="mode"):
         build_scorer("exact_match", {"mode": "fuzzy"})
