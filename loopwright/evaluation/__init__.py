@@ -34,6 +34,8 @@ _EXPORTS = {
     "LocalModelTarget": "targets",
     "TargetError": "targets",
     "log_to_mlflow": "mlflow_log",
+    "load_resources": "resources",
+    "gate_summary": "api",
 }
 
 __all__ = sorted(_EXPORTS)

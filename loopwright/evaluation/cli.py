@@ -68,6 +68,14 @@ def eval_command(
     seed: Annotated[int, typer.Option(help="Sampling and bootstrap seed.")] = 0,
     mlflow_uri: Annotated[str | None, typer.Option(
         help="Log the evaluation to this MLflow tracking server.")] = None,
+    reward_model: Annotated[str | None, typer.Option(
+        help="Reward model folder or models:/ URI (helpfulness scorers).")] = None,
+    guard_model: Annotated[str | None, typer.Option(
+        help="Guard folder or models:/ URI (guard_safe scorer).")] = None,
+    skip_unavailable: Annotated[bool, typer.Option(
+        "--skip-unavailable",
+        help="Skip (and list) suites whose reward/guard is not given instead of failing.",
+    )] = False,
     list_scorers: Annotated[bool, typer.Option(
         "--list-scorers", help="List the registered scorers and exit.")] = False,
 ) -> None:
@@ -86,6 +94,8 @@ def eval_command(
 
     from loopwright.evaluation.api import evaluate
     from loopwright.evaluation.engine import EngineConfig
+    from loopwright.evaluation.resources import ResourceError, load_resources
+    from loopwright.evaluation.scorers import ScorerError
     from loopwright.evaluation.suites import SuiteError
     from loopwright.evaluation.targets import TargetError
     from models.generation import DecodingParams
@@ -104,13 +114,16 @@ def eval_command(
         raise typer.BadParameter(str(exc)) from exc
     bar, update = _progress_bar()
     try:
+        resources = load_resources(reward=reward_model, guard=guard_model,
+                                   download_root=run_dir / "models")
         with bar:
             result = evaluate(
                 model, suites, baseline, suite_dir=suite_dir, data_root=data_root,
                 run_dir=run_dir, cache_dir=cache_dir, engine=engine, decoding=decoding,
-                progress=update, seed=seed, mlflow_tracking_uri=mlflow_uri,
+                resources=resources, progress=update, seed=seed,
+                mlflow_tracking_uri=mlflow_uri, skip_unavailable=skip_unavailable,
             )
-    except (SuiteError, TargetError) as exc:
+    except (SuiteError, TargetError, ResourceError, ScorerError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     for m in result.metrics:
