@@ -69,6 +69,10 @@ class EngineConfig:
             the system temp dir.
         ray_num_cpus: CPUs a local Ray may use (default: ``workers * threads_per_worker``).
         retry_errors: on a rerun, generate again the samples that errored before.
+        driver_assist: on CPU with Ray, the driver generates from the front of the queue
+            while the actors start (process start, torch import, model load: seconds to
+            tens of seconds on a busy machine), and stops as soon as the first actor
+            result arrives; the actors work from the back. Hides the pool's start-up.
 
     """
 
@@ -81,6 +85,7 @@ class EngineConfig:
     ray_temp_dir: Path | None = None
     ray_num_cpus: int | None = None
     retry_errors: bool = True
+    driver_assist: bool = True
 
     def __post_init__(self) -> None:
         if self.executor not in ("auto", "ray", "local"):
@@ -322,12 +327,99 @@ def _ray_batches(
             "threads": config.threads_per_worker,
             "device": "cuda" if gpu else "cpu",
         },
-        compute=ray.data.ActorPoolStrategy(size=size),
+        # Two tasks in flight per actor keep it busy without queueing work that is
+        # wasted when the run stops early (driver-assisted runs stop when all is covered).
+        compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=2),
         batch_size=config.batch_size,
         batch_format="numpy",
         **resources,
     )
     yield from ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0)
+
+
+def _assisted_ray_batches(
+    target: LocalModelTarget, rows: list[dict[str, str]], config: EngineConfig
+) -> Iterator[dict[str, np.ndarray]]:
+    """Ray actor pool plus the driver generating while the pool starts (CPU only).
+
+    Two producers feed one queue: the driver (a thread, one model, batches from the
+    front: short prompts first) and the Ray Data iteration (a thread, the actor pool,
+    batches from the back). The driver stops taking batches at the first actor result,
+    leaving the CPU to the pool. Every key is emitted once, as soon as it is produced
+    (so it is checkpointed at once); when all keys are covered the Ray iteration is
+    abandoned, which cancels its remaining tasks.
+
+    Raises:
+        Exception: whatever the Ray pipeline raised, if the driver did not cover its rows.
+
+    """
+    import queue
+    import threading
+
+    batches = [rows[i : i + config.batch_size] for i in range(0, len(rows), config.batch_size)]
+    all_keys = {r["key"] for r in rows}
+    emitted: set[str] = set()
+    stop_driver = threading.Event()
+    stop_ray = threading.Event()
+    produced: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def driver() -> None:
+        import torch
+
+        before = torch.get_num_threads()
+        try:
+            actor = GeneratorActor(str(target.folder), config.threads_per_worker, "cpu")
+            for batch in batches:
+                if stop_driver.is_set():
+                    return
+                produced.put(("out", actor({k: np.array([r[k] for r in batch], dtype=object)
+                                            for k in batch[0]})))
+        except Exception:  # noqa: BLE001 - the actors still cover every row
+            logger.exception("driver-side generation failed; the actor pool continues")
+        finally:
+            torch.set_num_threads(before)
+            produced.put(("done", "driver"))
+
+    def pool() -> None:
+        try:
+            for out in _ray_batches(target, list(reversed(rows)), config, gpu=False):
+                stop_driver.set()
+                produced.put(("out", out))
+                if stop_ray.is_set():
+                    return
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer below
+            produced.put(("error", exc))
+        finally:
+            produced.put(("done", "pool"))
+
+    threads = [threading.Thread(target=driver, name="eval-driver", daemon=True),
+               threading.Thread(target=pool, name="eval-pool", daemon=True)]
+    for t in threads:
+        t.start()
+    finished: set[str] = set()
+    failure: Exception | None = None
+    try:
+        while finished != {"driver", "pool"} and not emitted >= all_keys:
+            kind, item = produced.get()
+            if kind == "done":
+                finished.add(item)
+            elif kind == "error":
+                failure = item
+            else:
+                keep = [i for i, k in enumerate(item["key"]) if str(k) not in emitted]
+                emitted.update(str(item["key"][i]) for i in keep)
+                if keep:
+                    yield {name: col[keep] for name, col in item.items()}
+    finally:
+        stop_driver.set()
+        stop_ray.set()
+        threads[0].join()
+        # The pool thread may be waiting on an in-flight task whose result is no longer
+        # needed: do not wait for it (it is a daemon; it ends at its next result, or when
+        # the Ray session ends).
+        threads[1].join(timeout=0.5)
+    if failure is not None and not emitted >= all_keys:
+        raise failure
 
 
 def _endpoint_generate(
@@ -458,7 +550,12 @@ def generate(
         else:
             with ray_session(config):
                 gpu = _gpu_available(config)
-                for out in _ray_batches(target, rows, config, gpu):
+                assisted = config.driver_assist and not gpu and len(rows) > config.batch_size
+                source = (
+                    _assisted_ray_batches(target, rows, config) if assisted
+                    else _ray_batches(target, rows, config, gpu)
+                )
+                for out in source:
                     record(_unpack(out))
     outcome.generated = done
     outcome.seconds = time.perf_counter() - start

@@ -1,17 +1,25 @@
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import sample, write_samples
 
 from loopwright.evaluation.api import EvalResult, evaluate
-from loopwright.evaluation.engine import EngineConfig, EngineError, GenerationRequest, generate
+from loopwright.evaluation.engine import (
+    EngineConfig,
+    EngineError,
+    GenerationRequest,
+    generate,
+    ray_session,
+)
 from loopwright.evaluation.store import Generation, GenerationStore, StoreError
 from loopwright.evaluation.targets import LocalModelTarget, TargetError, resolve_target
 from loopwright.records import EvalSample, Message
@@ -197,17 +205,25 @@ def test_ray_actor_pool_matches_local(tiny_llama: Path, tmp_path_factory: pytest
     target = LocalModelTarget.from_folder(tiny_llama)
     items = samples()
     local = generate(target, requests(target, items), GenerationStore(tmp_path / "l.jsonl"), LOCAL)
+    expected = {k: g.response for k, g in local.by_key.items()}
     seen: list[tuple[int, int]] = []
-    config = EngineConfig(executor="ray", workers=2, batch_size=3, ray_temp_dir=ray_dir,
-                          ray_num_cpus=2)
-    distributed = generate(target, requests(target, items), GenerationStore(tmp_path / "r.jsonl"),
-                           config, progress=lambda label, d, t: seen.append((d, t)))
-    assert {k: g.response for k, g in distributed.by_key.items()} == {
-        k: g.response for k, g in local.by_key.items()}
-    assert distributed.generated == 8 and seen[-1] == (8, 8)
-    # checkpointed per batch as results streamed back (3 + 3 + 2)
-    assert len(seen) == 4
-    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 8
+    pool_only = EngineConfig(executor="ray", workers=2, batch_size=3, ray_temp_dir=ray_dir,
+                             ray_num_cpus=2, driver_assist=False)
+    with ray_session(pool_only):
+        distributed = generate(target, requests(target, items),
+                               GenerationStore(tmp_path / "r.jsonl"), pool_only,
+                               progress=lambda label, d, t: seen.append((d, t)))
+        assert {k: g.response for k, g in distributed.by_key.items()} == expected
+        assert distributed.generated == 8 and seen[-1] == (8, 8)
+        assert len(seen) == 4  # checkpointed per batch as results streamed back (3 + 3 + 2)
+        assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 8
+        # driver-assisted: the driver and the pool share the work, each key emitted once
+        assisted = replace(pool_only, driver_assist=True)
+        both = generate(target, requests(target, samples(PROMPTS * 3)[8:]),
+                        GenerationStore(tmp_path / "a.jsonl"), assisted)
+        assert both.generated == 16 and both.errors == 0
+        lines = (tmp_path / "a.jsonl").read_text().splitlines()
+        assert len(lines) == 16 == len({json.loads(line)["key"] for line in lines})
     assert list(ray_dir.iterdir()), "Ray's session files must live in the given folder"
 
 
