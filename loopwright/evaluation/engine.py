@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections import defaultdict
@@ -163,12 +162,22 @@ class GeneratorActor:
         self.policy = load_policy(model_dir, device=device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Generate for one batch; columns key, messages, params -> key, response, error."""
+        """Generate for one batch -> columns key, response, error, seconds.
+
+        Input: columns key, messages (JSON), params (JSON); or a column ``batch`` whose
+        items are JSON lists of such rows, one engine batch each (the Ray path, so Ray's
+        block bundling never changes which prompts share a ``generate`` call).
+        """
         from models.generation import generate_batch
 
-        keys = [str(k) for k in batch["key"]]
-        convs = [json.loads(str(m)) for m in batch["messages"]]
-        params = [str(p) for p in batch["params"]]
+        if "batch" in batch:
+            rows = [r for item in batch["batch"] for r in json.loads(str(item))]
+        else:
+            rows = [{k: str(batch[k][i]) for k in ("key", "messages", "params")}
+                    for i in range(len(batch["key"]))]
+        keys = [r["key"] for r in rows]
+        convs = [json.loads(r["messages"]) for r in rows]
+        params = [r["params"] for r in rows]
         n = len(keys)
         responses = [""] * n
         errors = [""] * n
@@ -273,40 +282,59 @@ def _gpu_available(config: EngineConfig) -> bool:
     return torch.cuda.is_available()
 
 
-def _rows(requests: Sequence[GenerationRequest]) -> list[dict[str, str]]:
-    """Turn requests into rows sorted by decoding setting, then prompt length (bucketing)."""
+Batch = list[dict[str, str]]
+
+
+def make_batches(requests: Sequence[GenerationRequest], batch_size: int) -> list[Batch]:
+    """Cut requests into engine batches: per decoding setting, by prompt length.
+
+    Length bucketing keeps padding small; one decoding setting per batch keeps each batch
+    one ``generate`` call. Every executor generates exactly these batches, so outputs
+    (seeded sampling included: ``generate_batch`` seeds per call) do not depend on which
+    executor or worker ran a batch.
+    """
 
     def size(r: GenerationRequest) -> int:
         return sum(len(m.content) for m in r.sample.messages)
 
-    ordered = sorted(requests, key=lambda r: (r.params.cache_key(), size(r), r.sample.id))
-    return [
-        {
-            "key": r.key,
-            "messages": json.dumps([m.model_dump() for m in r.sample.messages]),
-            "params": json.dumps(asdict(r.params), sort_keys=True),
-        }
-        for r in ordered
-    ]
+    groups: dict[str, list[GenerationRequest]] = defaultdict(list)
+    for r in requests:
+        groups[r.params.cache_key()].append(r)
+    batches: list[Batch] = []
+    for key in sorted(groups):
+        ordered = sorted(groups[key], key=lambda r: (size(r), r.sample.id))
+        rows = [
+            {
+                "key": r.key,
+                "messages": json.dumps([m.model_dump() for m in r.sample.messages]),
+                "params": json.dumps(asdict(r.params), sort_keys=True),
+            }
+            for r in ordered
+        ]
+        batches.extend(rows[i : i + batch_size] for i in range(0, len(rows), batch_size))
+    return batches
+
+
+def _columns(batch: Batch) -> dict[str, np.ndarray]:
+    return {k: np.array([r[k] for r in batch], dtype=object) for k in batch[0]}
 
 
 def _local_batches(
-    target: LocalModelTarget, rows: list[dict[str, str]], config: EngineConfig, device: str
+    target: LocalModelTarget, batches: list[Batch], config: EngineConfig, device: str
 ) -> Iterator[dict[str, np.ndarray]]:
     import torch
 
     before = torch.get_num_threads()
     try:
         actor = GeneratorActor(str(target.folder), config.threads_per_worker, device)
-        for start in range(0, len(rows), config.batch_size):
-            chunk = rows[start : start + config.batch_size]
-            yield actor({k: np.array([r[k] for r in chunk], dtype=object) for k in chunk[0]})
+        for batch in batches:
+            yield actor(_columns(batch))
     finally:
         torch.set_num_threads(before)
 
 
 def _ray_batches(
-    target: LocalModelTarget, rows: list[dict[str, str]], config: EngineConfig, gpu: bool
+    target: LocalModelTarget, batches: list[Batch], config: EngineConfig, gpu: bool
 ) -> Iterator[dict[str, np.ndarray]]:
     import ray
     import ray.data
@@ -314,12 +342,14 @@ def _ray_batches(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the caller's progress callback reports instead
     ctx.print_on_execution_start = False
-    n_batches = math.ceil(len(rows) / config.batch_size)
+    n_batches = len(batches)
     size = min(config.workers, n_batches)
     if gpu:
         size = max(1, min(size, int(ray.cluster_resources().get("GPU", 0))))
     resources: dict[str, Any] = {"num_gpus": 1} if gpu else {"num_cpus": 1}
-    source = ray.data.from_items(rows, override_num_blocks=n_batches)
+    # One item per engine batch, one item per map call: Ray never regroups prompts.
+    items = [{"batch": json.dumps(b)} for b in batches]
+    source = ray.data.from_items(items, override_num_blocks=n_batches)
     ds = source.map_batches(
         GeneratorActor,
         fn_constructor_kwargs={
@@ -330,7 +360,7 @@ def _ray_batches(
         # Two tasks in flight per actor keep it busy without queueing work that is
         # wasted when the run stops early (driver-assisted runs stop when all is covered).
         compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=2),
-        batch_size=config.batch_size,
+        batch_size=1,
         batch_format="numpy",
         **resources,
     )
@@ -338,7 +368,7 @@ def _ray_batches(
 
 
 def _assisted_ray_batches(
-    target: LocalModelTarget, rows: list[dict[str, str]], config: EngineConfig
+    target: LocalModelTarget, batches: list[Batch], config: EngineConfig
 ) -> Iterator[dict[str, np.ndarray]]:
     """Ray actor pool plus the driver generating while the pool starts (CPU only).
 
@@ -356,8 +386,7 @@ def _assisted_ray_batches(
     import queue
     import threading
 
-    batches = [rows[i : i + config.batch_size] for i in range(0, len(rows), config.batch_size)]
-    all_keys = {r["key"] for r in rows}
+    all_keys = {r["key"] for b in batches for r in b}
     emitted: set[str] = set()
     stop_driver = threading.Event()
     stop_ray = threading.Event()
@@ -372,8 +401,7 @@ def _assisted_ray_batches(
             for batch in batches:
                 if stop_driver.is_set():
                     return
-                produced.put(("out", actor({k: np.array([r[k] for r in batch], dtype=object)
-                                            for k in batch[0]})))
+                produced.put(("out", actor(_columns(batch))))
         except Exception:  # noqa: BLE001 - the actors still cover every row
             logger.exception("driver-side generation failed; the actor pool continues")
         finally:
@@ -382,7 +410,7 @@ def _assisted_ray_batches(
 
     def pool() -> None:
         try:
-            for out in _ray_batches(target, list(reversed(rows)), config, gpu=False):
+            for out in _ray_batches(target, list(reversed(batches)), config, gpu=False):
                 stop_driver.set()
                 produced.put(("out", out))
                 if stop_ray.is_set():
@@ -414,10 +442,10 @@ def _assisted_ray_batches(
         stop_driver.set()
         stop_ray.set()
         threads[0].join()
-        # The pool thread may be waiting on an in-flight task whose result is no longer
-        # needed: do not wait for it (it is a daemon; it ends at its next result, or when
-        # the Ray session ends).
-        threads[1].join(timeout=0.5)
+        # Wait for the pool thread: it ends at its next result (at most the in-flight
+        # tasks), closing the Ray Data iteration, which cancels what is left. Leaving it
+        # blocked past ray.shutdown() makes Ray's core worker kill the process.
+        threads[1].join()
     if failure is not None and not emitted >= all_keys:
         raise failure
 
@@ -541,19 +569,18 @@ def generate(
                 pending = []
         record(pending) if pending else None
     else:
-        rows = _rows(todo)
+        batches = make_batches(todo, config.batch_size)
         if resolve_executor(config) == "local":
             gpu = _gpu_available(config)
-            batches = _local_batches(target, rows, config, "cuda" if gpu else "cpu")
-            for out in batches:
+            for out in _local_batches(target, batches, config, "cuda" if gpu else "cpu"):
                 record(_unpack(out))
         else:
             with ray_session(config):
                 gpu = _gpu_available(config)
-                assisted = config.driver_assist and not gpu and len(rows) > config.batch_size
+                assisted = config.driver_assist and not gpu and len(batches) > 1
                 source = (
-                    _assisted_ray_batches(target, rows, config) if assisted
-                    else _ray_batches(target, rows, config, gpu)
+                    _assisted_ray_batches(target, batches, config) if assisted
+                    else _ray_batches(target, batches, config, gpu)
                 )
                 for out in source:
                     record(_unpack(out))

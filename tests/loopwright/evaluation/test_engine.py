@@ -18,6 +18,7 @@ from loopwright.evaluation.engine import (
     EngineError,
     GenerationRequest,
     generate,
+    make_batches,
     ray_session,
 )
 from loopwright.evaluation.store import Generation, GenerationStore, StoreError
@@ -89,6 +90,32 @@ def test_cache_hits_and_misses(tiny_llama: Path, tiny_llama_other: Path, tmp_pat
     for f in tiny_llama.iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
     assert LocalModelTarget.from_folder(copy).model_id == target.model_id
+
+
+def test_seeded_sampling_is_reproducible(tiny_llama: Path, tmp_path: Path) -> None:
+    target = LocalModelTarget.from_folder(tiny_llama)
+    items = samples()
+
+    def run(seed: int, name: str) -> dict[str, str | None]:
+        params = DecodingParams(max_new_tokens=8, temperature=1.0, seed=seed)
+        out = generate(target, requests(target, items, params),
+                       GenerationStore(tmp_path / name), LOCAL)
+        return {g.sample_id: g.response for g in out.by_key.values()}
+
+    assert run(5, "a.jsonl") == run(5, "b.jsonl")
+    assert run(5, "a.jsonl") != run(6, "c.jsonl")
+
+
+def test_batches_are_length_bucketed_per_decoding_setting(tiny_llama: Path) -> None:
+    target = LocalModelTarget.from_folder(tiny_llama)
+    greedy, sampled = DecodingParams(max_new_tokens=4), DecodingParams(temperature=0.7)
+    reqs = requests(target, samples(), greedy) + requests(target, samples()[:3], sampled)
+    batches = make_batches(reqs, 3)
+    assert sorted(len(b) for b in batches) == [2, 3, 3, 3]  # 8 greedy + 3 sampled
+    for batch in batches:
+        assert len({r["params"] for r in batch}) == 1
+        sizes = [len(json.loads(r["messages"])[0]["content"]) for r in batch]
+        assert sizes == sorted(sizes)
 
 
 def test_store_tolerates_a_torn_last_line_and_rejects_corruption(tmp_path: Path) -> None:
@@ -224,6 +251,14 @@ def test_ray_actor_pool_matches_local(tiny_llama: Path, tmp_path_factory: pytest
         assert both.generated == 16 and both.errors == 0
         lines = (tmp_path / "a.jsonl").read_text().splitlines()
         assert len(lines) == 16 == len({json.loads(line)["key"] for line in lines})
+        # seeded sampling gives the same replies whoever generates a batch
+        hot = DecodingParams(max_new_tokens=6, temperature=1.0, seed=3)
+        outs = []
+        for name, config in (("s1", LOCAL), ("s2", pool_only), ("s3", assisted)):
+            got = generate(target, requests(target, items, hot),
+                           GenerationStore(tmp_path / f"{name}.jsonl"), config)
+            outs.append({g.sample_id: g.response for g in got.by_key.values()})
+        assert outs[0] == outs[1] == outs[2]
     assert list(ray_dir.iterdir()), "Ray's session files must live in the given folder"
 
 
