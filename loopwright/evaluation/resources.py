@@ -1,0 +1,75 @@
+"""Load the models that model-based scorers need (reward model, guard) from folders or URIs.
+
+Imports of ``models.reward`` / ``models.guard`` happen only here and only when asked, so
+the scorers and the engine never depend on those modules' internals: any object with
+``score(prompts, responses)`` / ``scores(texts)`` can be passed instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from loopwright.evaluation.scorers import ScorerResources
+
+logger = logging.getLogger(__name__)
+
+
+class ResourceError(ValueError):
+    """A reward model or guard cannot be loaded; the message says what was tried."""
+
+
+def _folder(ref: str, download_root: Path | None, what: str) -> Path:
+    if ref.startswith(("models:/", "runs:/")):
+        if download_root is None:
+            raise ResourceError(f"{what} {ref}: a registry URI needs download_root")
+        from loopwright.registry import download_model_folder  # lazy: needs MLflow config
+
+        dest = Path(download_root) / hashlib.sha256(ref.encode()).hexdigest()[:16]
+        return Path(download_model_folder(ref, dest))
+    path = Path(ref)
+    if not path.is_dir():
+        raise ResourceError(f"{what} {ref}: not a folder or a models:/ URI")
+    return path
+
+
+def load_resources(
+    *,
+    reward: str | None = None,
+    guard: str | None = None,
+    download_root: str | Path | None = None,
+    threads: int | None = 1,
+    guard_backend: str = "onnx",
+) -> ScorerResources:
+    """Load the reward model and/or guard for model-based scorers.
+
+    Args:
+        reward: folder or registry URI of a reward model (``models.reward.RewardModel``).
+        guard: folder or registry URI of a guard (``models.guard.Guard``).
+        download_root: where registry URIs are downloaded to.
+        threads: torch / ONNX Runtime threads for each.
+        guard_backend: ``onnx`` (what the gateway serves) or ``torch``.
+
+    Raises:
+        ResourceError: a reference that is neither a folder nor a URI, or a model module
+            that is not installed.
+
+    """
+    root = Path(download_root) if download_root is not None else None
+    reward_obj = guard_obj = None
+    if reward is not None:
+        folder = _folder(reward, root, "reward model")
+        try:
+            from models.reward import RewardModel
+        except ImportError as exc:
+            raise ResourceError(f"reward model {reward}: models.reward is unavailable") from exc
+        reward_obj = RewardModel.load(folder, threads=threads)
+    if guard is not None:
+        folder = _folder(guard, root, "guard")
+        try:
+            from models.guard import Guard
+        except ImportError as exc:
+            raise ResourceError(f"guard {guard}: models.guard is unavailable") from exc
+        guard_obj = Guard.load(folder, backend=guard_backend, threads=threads)
+    return ScorerResources(reward=reward_obj, guard=guard_obj)
