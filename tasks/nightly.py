@@ -15,6 +15,16 @@ from loopwright.publish import find_version, publish_model
 from loopwright.registry import RegisteredVersion, download_model_folder, resolve_version
 
 
+def current_version(settings: Settings, kind: str) -> str | None:
+    """The version ``<app>-<kind>@champion`` points at, or None before the first one."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return resolve_version(f"models:/{settings.app}-{kind}@champion").version
+    except MlflowException:
+        return None
+
+
 def _champion_dir(settings: Settings, kind: str) -> tuple[Path, str]:
     uri = f"models:/{settings.app}-{kind}@champion"
     return download_model_folder(uri, settings.run_path / "model-cache"), resolve_version(
