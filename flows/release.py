@@ -33,7 +33,7 @@ def release_flow(settings: Settings, candidate: str, config: ReleaseConfig) -> s
     """
     champion = current_version(settings, "policy")
     summary, champion_summary = evaluate_candidate(settings, candidate, champion, config.suites)
-    gate = gate_candidate(settings, candidate, summary, champion_summary)
+    gate = gate_candidate(settings, candidate, summary, champion_summary, config.gate_policy)
     if not gate.passed:
         print(f"candidate {candidate} blocked by the gate: {gate.reasons}")
         return "blocked"
@@ -42,7 +42,7 @@ def release_flow(settings: Settings, candidate: str, config: ReleaseConfig) -> s
     start_canary(settings, candidate, config.canary_fraction, "passed the offline gate")
     for _ in range(config.max_windows):
         time.sleep(config.window_s)
-        canary = analyse_canary(settings, candidate, started)
+        canary = analyse_canary(settings, candidate, started, config.canary_policy)
         if canary.decision != "inconclusive":
             break
     if canary.decision != "promote":

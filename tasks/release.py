@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from mlflow import MlflowClient
 from prefect import get_run_logger, task
@@ -50,10 +50,14 @@ def evaluate_candidate(
 
 @task(name="gate")
 def gate_candidate(
-    settings: Settings, candidate: str, summary: EvalSummary, champion: EvalSummary | None
+    settings: Settings,
+    candidate: str,
+    summary: EvalSummary,
+    champion: EvalSummary | None,
+    policy: Path | None = None,
 ) -> GateVerdict:
     """The offline gate (first-run path without a champion); verdict and reasons -> tags."""
-    verdict = decide(summary, champion, load_gate_policy())
+    verdict = decide(summary, champion, load_gate_policy(policy))
     _ops(settings).set_version_tags(
         settings.registered_model("policy"), candidate, verdict.to_tags()
     )
@@ -74,14 +78,16 @@ def start_canary(settings: Settings, candidate: str, fraction: float, reason: st
 
 
 @task(name="canary-analysis")
-def analyse_canary(settings: Settings, candidate: str, started_at: datetime) -> CanaryVerdict:
+def analyse_canary(
+    settings: Settings, candidate: str, started_at: datetime, policy: Path | None = None
+) -> CanaryVerdict:
     """Both arms over the window from the shipped log; verdict promote/rollback/inconclusive."""
     store = ObjectStore.from_settings(settings)
     window = load_window(store, f"s3://{settings.object_store.bucket}", started_at)
     verdict = analyse(
         window.interactions,
         window.feedback,
-        load_canary_policy(),
+        load_canary_policy(policy),
         datetime.now(UTC),
         started_at=started_at,
     )
@@ -107,52 +113,101 @@ def wait_for_approval(
     *,
     timeout: timedelta,
     auto_approve: bool,
-    poll_s: float = 5.0,
+    poll_s: float = 2.0,
 ) -> ApprovalDecision:
     """Pause for the Prefect form or an MLflow approval tag, whichever comes first.
 
-    Runs in the flow (Prefect pauses flows, not tasks). Each wait is a short pause; between
-    pauses the version's tags are read, so an approval set in the MLflow UI counts too.
-    A timeout or a rejection never promotes.
+    Runs in the flow (Prefect pauses flows, not tasks). While the run is paused, a watcher
+    reads the version's tags; an approval or rejection set in the MLflow UI resumes the
+    run with that answer. A timeout or a rejection never promotes.
     """
-    from prefect.flow_runs import pause_flow_run
-    from prefect.input import RunInput
-
     name = settings.registered_model("policy")
     requested = datetime.now(UTC)
-    form = RunInput.subclass_from_base_model_type(ApprovalInput).with_initial_data(
-        description=evidence, approve=False, reviewer="", reason=""
-    )
     client = MlflowClient()
-    while True:
-        received: ApprovalInput | None = None
-        received_at: datetime | None = None
-        if not auto_approve:
-            try:
-                answer = pause_flow_run(
-                    wait_for_input=form,
-                    timeout=int(poll_s),
-                    poll_interval=1,
-                    key=f"approval-{name}-{candidate}",
-                )
-                received = ApprovalInput.model_validate(answer.model_dump())
-                received_at = datetime.now(UTC)
-            except Exception:  # noqa: BLE001 - a pause timeout: check the other channel
-                pass
-        tags = client.get_model_version(name, candidate).tags
-        decision = decide_approval(
-            requested_at=requested,
-            now=datetime.now(UTC),
-            timeout=timeout,
-            prefect_input=received,
-            prefect_received_at=received_at,
-            mlflow_tags=tags,
-            auto_approve=auto_approve,
+    received: ApprovalInput | None = None
+    received_at: datetime | None = None
+    if not auto_approve:
+        received, received_at = _pause_until_answer(
+            name, candidate, evidence, timeout, poll_s, client
         )
-        if decision is not None:
-            _ops(settings).set_version_tags(name, candidate, decision.to_tags())
-            return decision
-        time.sleep(0 if not auto_approve else poll_s)
+    tags = client.get_model_version(name, candidate).tags
+    decision = decide_approval(
+        requested_at=requested,
+        now=datetime.now(UTC) if received is not None or auto_approve else requested + timeout,
+        timeout=timeout,
+        prefect_input=received,
+        prefect_received_at=received_at,
+        mlflow_tags=tags,
+        auto_approve=auto_approve,
+    )
+    if decision is None:  # nothing arrived: the deadline has passed
+        decision = ApprovalDecision(
+            approved=False,
+            by="loopwright:timeout",
+            at=datetime.now(UTC),
+            reason=f"no approval within {timeout}",
+            channel="timeout",
+        )
+    _ops(settings).set_version_tags(name, candidate, decision.to_tags())
+    return decision
+
+
+def _pause_until_answer(
+    name: str,
+    candidate: str,
+    evidence: str,
+    timeout: timedelta,
+    poll_s: float,
+    client: MlflowClient,
+) -> tuple[ApprovalInput | None, datetime | None]:
+    """Pause the flow run with the approval form; an MLflow tag answer resumes it too."""
+    import threading
+
+    from prefect.flow_runs import pause_flow_run, resume_flow_run
+    from prefect.input import RunInput
+    from prefect.runtime import flow_run
+
+    from loopwright.release.approval import mlflow_approval
+
+    run_id = flow_run.get_id()
+    stop = threading.Event()
+
+    def watch_registry() -> None:
+        while not stop.wait(poll_s):
+            try:
+                tags = client.get_model_version(name, candidate).tags
+                tagged = mlflow_approval(tags, datetime.now(UTC))
+            except Exception:  # noqa: BLE001 - a transient registry error: try again
+                continue
+            if tagged is not None and run_id is not None:
+                resume_flow_run(
+                    UUID(str(run_id)),
+                    run_input={
+                        "approve": tagged.approved,
+                        "reviewer": f"{tagged.by} (mlflow)",
+                        "reason": tagged.reason,
+                    },
+                )
+                return
+
+    form = RunInput.subclass_from_base_model_type(ApprovalInput).with_initial_data(
+        description=evidence
+    )
+    watcher = threading.Thread(target=watch_registry, daemon=True)
+    watcher.start()
+    try:
+        answer = pause_flow_run(
+            wait_for_input=form,
+            timeout=int(timeout.total_seconds()),
+            poll_interval=int(max(1, poll_s)),
+            key=f"approval-{name}-{candidate}",
+        )
+    except Exception as exc:  # noqa: BLE001 - FlowPauseTimeout: no answer in time
+        get_run_logger().warning("approval wait ended without an answer: %s", exc)
+        return None, None
+    finally:
+        stop.set()
+    return ApprovalInput.model_validate(answer.model_dump()), datetime.now(UTC)
 
 
 @task(name="promote", retries=2, retry_delay_seconds=2)

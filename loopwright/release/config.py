@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -16,6 +18,7 @@ class ReleaseConfig(BaseModel):
             promotes.
         auto_approve: the embedded default may approve by itself (recorded as such).
         suites: evaluation suites (None: all of them).
+        gate_policy / canary_policy: policy YAML files (None: the packaged defaults).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -26,3 +29,5 @@ class ReleaseConfig(BaseModel):
     approval_timeout_s: float = Field(default=3600.0, gt=0)
     auto_approve: bool = False
     suites: list[str] | None = None
+    gate_policy: Path | None = None
+    canary_policy: Path | None = None

@@ -37,3 +37,25 @@ def bootstrapped(stack_settings, tmp_path_factory) -> Bootstrapped:
     config = BootstrapConfig(tiny=True, scale=0.05)
     versions = bootstrap_flow(settings, repo, config)
     return Bootstrapped(settings, repo, versions, config)
+
+
+@pytest.fixture(scope="session")
+def nightly_candidate(bootstrapped) -> Any:
+    """The first night on simulated production logs: a registered candidate version."""
+    from data_sim import T0, simulate
+
+    from flows.nightly import nightly_flow
+    from loopwright.data.logs import write_log_partition
+    from loopwright.nightly import NightlyConfig
+    from loopwright.storage import ObjectStore
+
+    settings = bootstrapped.settings
+    traffic = simulate(300, seed=1, id_prefix="n1")
+    write_log_partition(
+        ObjectStore.from_settings(settings),
+        f"s3://{settings.object_store.bucket}",
+        [*traffic.interactions, *traffic.feedback],
+        T0,
+        spool="night1",
+    )
+    return nightly_flow(settings, NightlyConfig(tiny=True))

@@ -20,7 +20,9 @@ def _ship(settings, traffic, when, spool):
     )
 
 
-def test_nightly_produces_candidate_with_lineage_and_rejects_poison(bootstrapped):
+def test_nightly_produces_candidate_with_lineage_and_rejects_poison(
+    bootstrapped, nightly_candidate
+):
     import dvc.api
     from mlflow import MlflowClient
 
@@ -30,9 +32,7 @@ def test_nightly_produces_candidate_with_lineage_and_rejects_poison(bootstrapped
 
     settings, repo = bootstrapped.settings, bootstrapped.repo
     config = NightlyConfig(tiny=True)
-    _ship(settings, simulate(300, seed=1, id_prefix="n1"), T0, "night1")
-
-    candidate = nightly_flow(settings, config)
+    candidate = nightly_candidate
     assert candidate is not None
     client = MlflowClient()
     mv = client.get_model_version("boot-policy", candidate.version)
