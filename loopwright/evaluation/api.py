@@ -156,7 +156,10 @@ def _score_all(
 ) -> dict[str, list[SampleResult]]:
     return {
         s.name: score_suite(
-            s, plan.samples[s.name], gens[s.name], model_id=model_id,
+            s,
+            plan.samples[s.name],
+            gens[s.name],
+            model_id=model_id,
             baseline=baseline[s.name] if baseline is not None else None,
         )
         for s in plan.suites
@@ -272,32 +275,44 @@ def evaluate(
     target = resolve_target(model, download_root=run_dir / "models", api_key=api_key)
     base_target = (
         resolve_target(baseline, download_root=run_dir / "models", api_key=api_key)
-        if baseline is not None else None
+        if baseline is not None
+        else None
     )
     with _maybe_ray(engine, [target, base_target]):
         gens, outcome = _run_model(
-            target, plan, GenerationStore.for_model(cache, target.model_id), engine, progress,
+            target,
+            plan,
+            GenerationStore.for_model(cache, target.model_id),
+            engine,
+            progress,
             "candidate" if base_target else "generate",
         )
         base_gens = base_outcome = None
         if base_target is not None:
             base_gens, base_outcome = _run_model(
-                base_target, plan, GenerationStore.for_model(cache, base_target.model_id),
-                engine, progress, "baseline",
+                base_target,
+                plan,
+                GenerationStore.for_model(cache, base_target.model_id),
+                engine,
+                progress,
+                "baseline",
             )
     rows = _score_all(plan, gens, target.model_id, base_gens)
     base_rows = (
         _score_all(plan, base_gens, base_target.model_id, None)
-        if base_gens is not None and base_target is not None else None
+        if base_gens is not None and base_target is not None
+        else None
     )
     metrics = aggregate(plan.suites, rows, resamples=resamples, seed=seed)
     base_metrics = (
         aggregate(plan.suites, base_rows, resamples=resamples, seed=seed)
-        if base_rows is not None else None
+        if base_rows is not None
+        else None
     )
     comparison = (
         compare(plan.suites, rows, base_rows, resamples=resamples, seed=seed)
-        if base_rows is not None else None
+        if base_rows is not None
+        else None
     )
     gen_errors, score_errors = _count(rows)
     counts = {
@@ -311,9 +326,12 @@ def evaluate(
     }
     if base_outcome is not None and base_rows is not None:
         b_gen, b_score = _count(base_rows)
-        counts.update(baseline_generated=base_outcome.generated,
-                      baseline_cached=base_outcome.cached,
-                      baseline_generation_errors=b_gen, baseline_score_errors=b_score)
+        counts.update(
+            baseline_generated=base_outcome.generated,
+            baseline_cached=base_outcome.cached,
+            baseline_generation_errors=b_gen,
+            baseline_score_errors=b_score,
+        )
     report = to_eval_report(target.uri, plan.suites, metrics, gen_errors + score_errors)
     base_report = (
         to_eval_report(base_target.uri, plan.suites, base_metrics, sum(_count(base_rows)))
@@ -323,11 +341,17 @@ def evaluate(
     model_info = {"uri": target.uri, "id": target.model_id, "kind": target.kind}
     base_info = (
         {"uri": base_target.uri, "id": base_target.model_id, "kind": base_target.kind}
-        if base_target is not None else None
+        if base_target is not None
+        else None
     )
     summary = build_summary(
-        model=model_info, baseline=base_info, suites=plan.suites, metrics=metrics,
-        baseline_metrics=base_metrics, comparison=comparison, counts=counts,
+        model=model_info,
+        baseline=base_info,
+        suites=plan.suites,
+        metrics=metrics,
+        baseline_metrics=base_metrics,
+        comparison=comparison,
+        counts=counts,
         decoding=asdict(plan.base),
     )
     summary["skipped_suites"] = dict(plan.skipped)
@@ -347,8 +371,12 @@ def evaluate(
     paths["summary"].write_text(json.dumps(summary, indent=2), encoding="utf-8")
     paths["html"].write_text(
         render_html(
-            title=f"Evaluation of {target.uri}", model=model_info, baseline=base_info,
-            metrics=metrics, baseline_metrics=base_metrics, comparison=comparison,
+            title=f"Evaluation of {target.uri}",
+            model=model_info,
+            baseline=base_info,
+            metrics=metrics,
+            baseline_metrics=base_metrics,
+            comparison=comparison,
             counts=counts,
         ),
         encoding="utf-8",
@@ -356,18 +384,26 @@ def evaluate(
     if gen_errors:
         logger.warning("%d generations failed; they are excluded and counted", gen_errors)
     result = EvalResult(
-        model_uri=target.uri, model_id=target.model_id,
+        model_uri=target.uri,
+        model_id=target.model_id,
         baseline_uri=base_target.uri if base_target else None,
         baseline_id=base_target.model_id if base_target else None,
-        run_dir=run_dir, report=report, baseline_report=base_report, metrics=metrics,
-        baseline_metrics=base_metrics, comparison=comparison, summary=summary, paths=paths,
+        run_dir=run_dir,
+        report=report,
+        baseline_report=base_report,
+        metrics=metrics,
+        baseline_metrics=base_metrics,
+        comparison=comparison,
+        summary=summary,
+        paths=paths,
         counts=counts,
     )
     if mlflow_tracking_uri is not None:
         from loopwright.evaluation.mlflow_log import log_to_mlflow
 
-        run_id = log_to_mlflow(result, tracking_uri=mlflow_tracking_uri,
-                               experiment=mlflow_experiment)
+        run_id = log_to_mlflow(
+            result, tracking_uri=mlflow_tracking_uri, experiment=mlflow_experiment
+        )
         result = replace(result, mlflow_run_id=run_id)
     gate_path = run_dir / "gate_summary.json"
     gate_path.write_text(json.dumps(_clean_json(gate_summary(result)), indent=2), "utf-8")
@@ -461,9 +497,16 @@ def measure_noise(
     base = replace(decoding or DecodingParams(), temperature=temperature)
     plan = _plan(suite_dir, suites, data_root, resources, base)
     forced = [
-        replace(s, spec=s.spec.model_copy(update={
-            "decoding": s.spec.decoding.model_copy(update={"temperature": temperature,
-                                                            "seed": None})}))
+        replace(
+            s,
+            spec=s.spec.model_copy(
+                update={
+                    "decoding": s.spec.decoding.model_copy(
+                        update={"temperature": temperature, "seed": None}
+                    )
+                }
+            ),
+        )
         for s in plan.suites
     ]
     target = resolve_target(model, download_root=run_dir / "models")
@@ -475,21 +518,29 @@ def measure_noise(
             run_plan = _Plan(forced, plan.samples, replace(base, seed=s))
             gens, _ = _run_model(target, run_plan, store, engine, progress, f"noise seed {s}")
             rows = _score_all(run_plan, gens, target.model_id, None)
-            per_run.append([m for m in aggregate(forced, rows, resamples=100, seed=s)
-                            if m.slice == ALL])
+            per_run.append(
+                [m for m in aggregate(forced, rows, resamples=100, seed=s) if m.slice == ALL]
+            )
     out = []
     for i, first in enumerate(per_run[0]):
         values = [run[i].value for run in per_run]
         finite = [v for v in values if v == v]
-        out.append(NoiseMetric(
-            suite=first.suite, dimension=first.dimension, metric=first.metric,
-            direction=first.direction, primary=first.primary, values=values,
-            mean=statistics.fmean(finite) if finite else float("nan"),
-            std=statistics.stdev(finite) if len(finite) > 1 else 0.0,
-            spread=(max(finite) - min(finite)) if finite else float("nan"),
-        ))
-    report = NoiseReport(model_uri=target.uri, runs=runs, temperature=temperature,
-                         seeds=seeds, metrics=out)
+        out.append(
+            NoiseMetric(
+                suite=first.suite,
+                dimension=first.dimension,
+                metric=first.metric,
+                direction=first.direction,
+                primary=first.primary,
+                values=values,
+                mean=statistics.fmean(finite) if finite else float("nan"),
+                std=statistics.stdev(finite) if len(finite) > 1 else 0.0,
+                spread=(max(finite) - min(finite)) if finite else float("nan"),
+            )
+        )
+    report = NoiseReport(
+        model_uri=target.uri, runs=runs, temperature=temperature, seeds=seeds, metrics=out
+    )
     (run_dir / "noise.json").write_text(json.dumps(report.to_json(), indent=2), "utf-8")
     return report
 
@@ -521,8 +572,13 @@ def gate_view(result: EvalResult, noise: NoiseReport | None = None) -> dict[str,
     """
     primary = _primary_metrics(result.metrics)
     values = {
-        _key(d, sl): {"metric": m.metric, "value": m.value, "ci_low": m.ci_low,
-                      "ci_high": m.ci_high, "n": m.n}
+        _key(d, sl): {
+            "metric": m.metric,
+            "value": m.value,
+            "ci_low": m.ci_low,
+            "ci_high": m.ci_high,
+            "n": m.n,
+        }
         for (d, sl), m in primary.items()
     }
     paired: dict[str, Any] = {}
@@ -531,8 +587,12 @@ def gate_view(result: EvalResult, noise: NoiseReport | None = None) -> dict[str,
         if chosen is None or chosen.suite != p.suite or chosen.metric != p.metric or p.n == 0:
             continue
         paired[_key(p.dimension, p.slice)] = {
-            "metric": p.metric, "delta": p.delta, "ci_low": p.ci_low, "ci_high": p.ci_high,
-            "n": p.n, "win_rate": p.win_rate,
+            "metric": p.metric,
+            "delta": p.delta,
+            "ci_low": p.ci_low,
+            "ci_high": p.ci_high,
+            "n": p.n,
+            "win_rate": p.win_rate,
         }
     noise_out: dict[str, float] = {}
     for nm in noise.metrics if noise is not None else []:

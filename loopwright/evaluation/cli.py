@@ -25,8 +25,11 @@ def _progress_bar() -> tuple[Any, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     bar = Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-        TimeRemainingColumn(), transient=False,
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=False,
     )
     tasks: dict[str, Any] = {}
 
@@ -41,43 +44,62 @@ def _progress_bar() -> tuple[Any, Any]:
 @eval_app.callback(invoke_without_command=True)
 def eval_command(
     ctx: typer.Context,
-    model: Annotated[str | None, typer.Option(
-        help="Model folder, models:/NAME@ALIAS, or http://HOST:PORT/v1#MODEL.")] = None,
-    suite: Annotated[list[str] | None, typer.Option(
-        help="Suite name (repeatable) or 'all'.")] = None,
-    baseline: Annotated[str | None, typer.Option(
-        help="Baseline model (same forms) for a paired comparison.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model folder, models:/NAME@ALIAS, or http://HOST:PORT/v1#MODEL."),
+    ] = None,
+    suite: Annotated[
+        list[str] | None, typer.Option(help="Suite name (repeatable) or 'all'.")
+    ] = None,
+    baseline: Annotated[
+        str | None, typer.Option(help="Baseline model (same forms) for a paired comparison.")
+    ] = None,
     suite_dir: Annotated[Path, typer.Option(help="Folder of suite YAML files.")] = Path(
-        "models/helpdesk/suites"),
+        "models/helpdesk/suites"
+    ),
     data_root: Annotated[Path, typer.Option(help="Root the suites' sample paths are under.")] = (
-        Path("data")),
-    run_dir: Annotated[Path | None, typer.Option(
-        help="Output folder (default .loopwright/eval/<time>); reuse it to resume.")] = None,
+        Path("data")
+    ),
+    run_dir: Annotated[
+        Path | None,
+        typer.Option(help="Output folder (default .loopwright/eval/<time>); reuse it to resume."),
+    ] = None,
     cache_dir: Annotated[Path, typer.Option(help="Generation cache shared across runs.")] = Path(
-        ".loopwright/eval/cache"),
+        ".loopwright/eval/cache"
+    ),
     ray_temp_dir: Annotated[Path, typer.Option(help="Ray session folder for a local Ray.")] = (
-        Path(".loopwright/ray")),
+        Path(".loopwright/ray")
+    ),
     ray_address: Annotated[str | None, typer.Option(help="Join this Ray cluster.")] = None,
-    executor: Annotated[str, typer.Option(
-        help="ray (actor pool), local, or auto (ray unless one worker and no Ray).")] = "auto",
+    executor: Annotated[
+        str,
+        typer.Option(help="ray (actor pool), local, or auto (ray unless one worker and no Ray)."),
+    ] = "auto",
     workers: Annotated[int, typer.Option(help="Generation actors.")] = 2,
     batch_size: Annotated[int, typer.Option(help="Prompts per generate call.")] = 32,
     threads: Annotated[int, typer.Option(help="torch threads per CPU actor.")] = 1,
     max_new_tokens: Annotated[int, typer.Option(help="Default max new tokens.")] = 48,
     temperature: Annotated[float, typer.Option(help="Default temperature (0 = greedy).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Sampling and bootstrap seed.")] = 0,
-    mlflow_uri: Annotated[str | None, typer.Option(
-        help="Log the evaluation to this MLflow tracking server.")] = None,
-    reward_model: Annotated[str | None, typer.Option(
-        help="Reward model folder or models:/ URI (helpfulness scorers).")] = None,
-    guard_model: Annotated[str | None, typer.Option(
-        help="Guard folder or models:/ URI (guard_safe scorer).")] = None,
-    skip_unavailable: Annotated[bool, typer.Option(
-        "--skip-unavailable",
-        help="Skip (and list) suites whose reward/guard is not given instead of failing.",
-    )] = False,
-    list_scorers: Annotated[bool, typer.Option(
-        "--list-scorers", help="List the registered scorers and exit.")] = False,
+    mlflow_uri: Annotated[
+        str | None, typer.Option(help="Log the evaluation to this MLflow tracking server.")
+    ] = None,
+    reward_model: Annotated[
+        str | None, typer.Option(help="Reward model folder or models:/ URI (helpfulness scorers).")
+    ] = None,
+    guard_model: Annotated[
+        str | None, typer.Option(help="Guard folder or models:/ URI (guard_safe scorer).")
+    ] = None,
+    skip_unavailable: Annotated[
+        bool,
+        typer.Option(
+            "--skip-unavailable",
+            help="Skip (and list) suites whose reward/guard is not given instead of failing.",
+        ),
+    ] = False,
+    list_scorers: Annotated[
+        bool, typer.Option("--list-scorers", help="List the registered scorers and exit.")
+    ] = False,
 ) -> None:
     """Evaluate MODEL on suites; write summary.json, report.json, report.html, samples."""
     if ctx.invoked_subcommand is not None:
@@ -105,23 +127,36 @@ def eval_command(
     try:
         engine = EngineConfig(
             executor=executor,  # type: ignore[arg-type]
-            workers=workers, batch_size=batch_size, threads_per_worker=threads,
-            ray_address=ray_address, ray_temp_dir=ray_temp_dir,
+            workers=workers,
+            batch_size=batch_size,
+            threads_per_worker=threads,
+            ray_address=ray_address,
+            ray_temp_dir=ray_temp_dir,
         )
-        decoding = DecodingParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                                  seed=seed)
+        decoding = DecodingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     bar, update = _progress_bar()
     try:
-        resources = load_resources(reward=reward_model, guard=guard_model,
-                                   download_root=run_dir / "models")
+        resources = load_resources(
+            reward=reward_model, guard=guard_model, download_root=run_dir / "models"
+        )
         with bar:
             result = evaluate(
-                model, suites, baseline, suite_dir=suite_dir, data_root=data_root,
-                run_dir=run_dir, cache_dir=cache_dir, engine=engine, decoding=decoding,
-                resources=resources, progress=update, seed=seed,
-                mlflow_tracking_uri=mlflow_uri, skip_unavailable=skip_unavailable,
+                model,
+                suites,
+                baseline,
+                suite_dir=suite_dir,
+                data_root=data_root,
+                run_dir=run_dir,
+                cache_dir=cache_dir,
+                engine=engine,
+                decoding=decoding,
+                resources=resources,
+                progress=update,
+                seed=seed,
+                mlflow_tracking_uri=mlflow_uri,
+                skip_unavailable=skip_unavailable,
             )
     except (SuiteError, TargetError, ResourceError, ScorerError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -133,8 +168,10 @@ def eval_command(
         typer.echo(f"{m.dimension:14} {m.metric:22} {value:28} n={m.n} errors={m.errors}")
     for p in result.comparison or []:
         if p.slice == "all" and p.n:
-            typer.echo(f"delta {p.dimension:14} {p.metric:22} {p.delta:+.3f} "
-                       f"[{p.ci_low:+.3f}, {p.ci_high:+.3f}] win={p.win_rate:.2f}")
+            typer.echo(
+                f"delta {p.dimension:14} {p.metric:22} {p.delta:+.3f} "
+                f"[{p.ci_low:+.3f}, {p.ci_high:+.3f}] win={p.win_rate:.2f}"
+            )
     typer.echo(json.dumps({k: str(v) for k, v in result.paths.items()}, indent=1))
     if result.mlflow_run_id:
         typer.echo(f"mlflow run: {result.mlflow_run_id}")

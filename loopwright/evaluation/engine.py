@@ -88,9 +88,7 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         if self.executor not in ("auto", "ray", "local"):
-            raise ValueError(
-                f"executor must be 'auto', 'ray' or 'local', got {self.executor!r}"
-            )
+            raise ValueError(f"executor must be 'auto', 'ray' or 'local', got {self.executor!r}")
         for name in ("workers", "batch_size", "threads_per_worker"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -173,8 +171,10 @@ class GeneratorActor:
         if "batch" in batch:
             rows = [r for item in batch["batch"] for r in json.loads(str(item))]
         else:
-            rows = [{k: str(batch[k][i]) for k in ("key", "messages", "params")}
-                    for i in range(len(batch["key"]))]
+            rows = [
+                {k: str(batch[k][i]) for k in ("key", "messages", "params")}
+                for i in range(len(batch["key"]))
+            ]
         keys = [r["key"] for r in rows]
         convs = [json.loads(r["messages"]) for r in rows]
         params = [r["params"] for r in rows]
@@ -420,8 +420,10 @@ def _assisted_ray_batches(
         finally:
             produced.put(("done", "pool"))
 
-    threads = [threading.Thread(target=driver, name="eval-driver", daemon=True),
-               threading.Thread(target=pool, name="eval-pool", daemon=True)]
+    threads = [
+        threading.Thread(target=driver, name="eval-driver", daemon=True),
+        threading.Thread(target=pool, name="eval-pool", daemon=True),
+    ]
     for t in threads:
         t.start()
     finished: set[str] = set()
@@ -477,9 +479,10 @@ def _endpoint_generate(
         except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
             return req.key, "", _error_text(exc), time.perf_counter() - start
 
-    with httpx.Client(timeout=target.timeout_s) as client, ThreadPoolExecutor(
-        target.concurrency
-    ) as pool:
+    with (
+        httpx.Client(timeout=target.timeout_s) as client,
+        ThreadPoolExecutor(target.concurrency) as pool,
+    ):
         futures = [pool.submit(one, client, r) for r in requests]
         for fut in as_completed(futures):
             yield fut.result()
@@ -579,7 +582,8 @@ def generate(
                 gpu = _gpu_available(config)
                 assisted = config.driver_assist and not gpu and len(batches) > 1
                 source = (
-                    _assisted_ray_batches(target, batches, config) if assisted
+                    _assisted_ray_batches(target, batches, config)
+                    if assisted
                     else _ray_batches(target, batches, config, gpu)
                 )
                 for out in source:

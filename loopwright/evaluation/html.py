@@ -36,17 +36,26 @@ def _metric_plot(metrics: Sequence[MetricSummary], baseline: Sequence[MetricSumm
     labels = [f"{m.dimension} · {m.metric}" for m in rows]
     ys = list(range(len(rows)))
     ax.errorbar(
-        [m.value for m in rows], [y + 0.15 for y in ys],
+        [m.value for m in rows],
+        [y + 0.15 for y in ys],
         xerr=[[m.value - m.ci_low for m in rows], [m.ci_high - m.value for m in rows]],
-        fmt="o", color="tab:blue", label="candidate",
+        fmt="o",
+        color="tab:blue",
+        label="candidate",
     )
-    bys = [(y, base[(m.dimension, m.metric)]) for y, m in zip(ys, rows, strict=True)
-           if (m.dimension, m.metric) in base]
+    bys = [
+        (y, base[(m.dimension, m.metric)])
+        for y, m in zip(ys, rows, strict=True)
+        if (m.dimension, m.metric) in base
+    ]
     if bys:
         ax.errorbar(
-            [b.value for _, b in bys], [y - 0.15 for y, _ in bys],
+            [b.value for _, b in bys],
+            [y - 0.15 for y, _ in bys],
             xerr=[[b.value - b.ci_low for _, b in bys], [b.ci_high - b.value for _, b in bys]],
-            fmt="s", color="tab:gray", label="baseline",
+            fmt="s",
+            color="tab:gray",
+            label="baseline",
         )
         ax.legend(loc="lower right")
     ax.set_yticks(ys, labels)
@@ -103,11 +112,14 @@ def render_html(
     if baseline:
         parts.append(f"<p>Baseline: <code>{e(str(baseline.get('uri')))}</code></p>")
     parts.append("<p>" + ", ".join(f"{e(k)}: {e(str(v))}" for k, v in counts.items()) + "</p>")
-    parts.append(f"<img alt='metrics' src='data:image/png;base64,"
-                 f"{_metric_plot(metrics, baseline_metrics)}'>")
-    parts.append("<h2>Metrics</h2><table><tr><th>dimension / suite</th><th>metric</th>"
-                 "<th>slice</th><th>value</th><th>95% CI</th><th>n</th><th>errors</th>"
-                 "<th>scoring errors</th><th>n/a</th><th>better</th></tr>")
+    parts.append(
+        f"<img alt='metrics' src='data:image/png;base64,{_metric_plot(metrics, baseline_metrics)}'>"
+    )
+    parts.append(
+        "<h2>Metrics</h2><table><tr><th>dimension / suite</th><th>metric</th>"
+        "<th>slice</th><th>value</th><th>95% CI</th><th>n</th><th>errors</th>"
+        "<th>scoring errors</th><th>n/a</th><th>better</th></tr>"
+    )
     for m in metrics:
         parts.append(
             f"<tr><td>{e(m.dimension)} / {e(m.suite)}</td><td>{e(m.metric)}"
@@ -120,9 +132,11 @@ def render_html(
     if comparison:
         parts.append("<h2>Candidate versus baseline (paired)</h2>")
         parts.append(f"<img alt='deltas' src='data:image/png;base64,{_delta_plot(comparison)}'>")
-        parts.append("<table><tr><th>dimension</th><th>metric</th><th>slice</th>"
-                     "<th>candidate</th><th>baseline</th><th>delta</th><th>95% CI</th>"
-                     "<th>win rate</th><th>n</th></tr>")
+        parts.append(
+            "<table><tr><th>dimension</th><th>metric</th><th>slice</th>"
+            "<th>candidate</th><th>baseline</th><th>delta</th><th>95% CI</th>"
+            "<th>win rate</th><th>n</th></tr>"
+        )
         for p in comparison:
             sign = 1.0 if p.direction == "higher" else -1.0
             hi = max(sign * p.ci_low, sign * p.ci_high)
@@ -138,8 +152,10 @@ def render_html(
         for p in comparison:
             if p.slice != ALL or not p.worst:
                 continue
-            parts.append(f"<h3>{e(p.dimension)} · {e(p.metric)}</h3><table><tr><th>sample</th>"
-                         "<th>prompt</th><th>candidate</th><th>baseline</th></tr>")
+            parts.append(
+                f"<h3>{e(p.dimension)} · {e(p.metric)}</h3><table><tr><th>sample</th>"
+                "<th>prompt</th><th>candidate</th><th>baseline</th></tr>"
+            )
             for w in p.worst:
                 parts.append(
                     f"<tr><td>{e(w['sample_id'])}</td><td>{e(str(w['prompt']))}</td>"

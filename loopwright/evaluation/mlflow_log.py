@@ -32,8 +32,11 @@ def _metric_entries(result: EvalResult) -> dict[str, float]:
     for m in result.metrics:
         if m.n == 0:
             continue
-        base = (metric_key(m.dimension, m.metric) if m.slice == "all"
-                else metric_key(m.dimension, m.metric, m.slice))
+        base = (
+            metric_key(m.dimension, m.metric)
+            if m.slice == "all"
+            else metric_key(m.dimension, m.metric, m.slice)
+        )
         out[base] = m.value
         out[base + ".ci_low"] = m.ci_low
         out[base + ".ci_high"] = m.ci_high
@@ -120,8 +123,19 @@ def log_to_mlflow(
 
         for line in handle:
             rec = json.loads(line)
-            flat = {k: rec[k] for k in ("suite", "dimension", "sample_id", "repeat", "prompt",
-                                         "response", "error", "expected_behaviour")}
+            flat = {
+                k: rec[k]
+                for k in (
+                    "suite",
+                    "dimension",
+                    "sample_id",
+                    "repeat",
+                    "prompt",
+                    "response",
+                    "error",
+                    "expected_behaviour",
+                )
+            }
             for metric, value in rec["scores"].items():
                 flat[f"score.{metric}"] = value
             for key, value in rec["tags"].items():

@@ -245,7 +245,9 @@ def compare(
                 c = [cvals[s] for s in common]
                 b = [bvals[s] for s in common]
                 interval = paired_bootstrap(
-                    c, b, resamples=resamples,
+                    c,
+                    b,
+                    resamples=resamples,
                     seed=_seed(seed, "paired", suite.name, scorer.metric, slice_name),
                 )
                 sign = 1.0 if scorer.direction == "higher" else -1.0
@@ -260,14 +262,16 @@ def compare(
                         break
                     row = cand_first.get(sid)
                     base_row = next((r for r in base_by_id[sid] if r.repeat == 0), None)
-                    worst.append({
-                        "sample_id": sid,
-                        "prompt": row.prompt if row else "",
-                        "candidate_response": row.response if row else None,
-                        "baseline_response": base_row.response if base_row else None,
-                        "candidate": cvals[sid],
-                        "baseline": bvals[sid],
-                    })
+                    worst.append(
+                        {
+                            "sample_id": sid,
+                            "prompt": row.prompt if row else "",
+                            "candidate_response": row.response if row else None,
+                            "baseline_response": base_row.response if base_row else None,
+                            "candidate": cvals[sid],
+                            "baseline": bvals[sid],
+                        }
+                    )
                 out.append(
                     PairedMetric(
                         suite=suite.name,
@@ -336,8 +340,12 @@ def build_summary(
                 {"suite": m.suite, "direction": m.direction, "primary": m.primary, "slices": {}},
             )
             entry["slices"][m.slice] = {
-                "value": m.value, "ci_low": m.ci_low, "ci_high": m.ci_high, "n": m.n,
-                "errors": m.errors, "score_errors": m.score_errors,
+                "value": m.value,
+                "ci_low": m.ci_low,
+                "ci_high": m.ci_high,
+                "n": m.n,
+                "errors": m.errors,
+                "score_errors": m.score_errors,
                 "not_applicable": m.not_applicable,
             }
         return out
@@ -350,23 +358,25 @@ def build_summary(
             for k in ("suite", "dimension", "metric", "slice"):
                 d.pop(k)
             comp.setdefault(p.dimension, {}).setdefault(p.metric, {})[p.slice] = d
-    return _clean({
-        "schema_version": 1,
-        "model": dict(model),
-        "baseline": dict(baseline) if baseline is not None else None,
-        "decoding": dict(decoding),
-        "suites": {
-            s.name: {
-                "dimension": s.dimension,
-                "file": str(s.path),
-                "samples_file": str(s.sample_path),
-                "primary": s.primary,
-                "repeats": s.spec.repeats,
-            }
-            for s in suites
-        },
-        "counts": dict(counts),
-        "dimensions": dims(metrics),
-        "baseline_dimensions": dims(baseline_metrics) if baseline_metrics is not None else None,
-        "comparison": comp,
-    })
+    return _clean(
+        {
+            "schema_version": 1,
+            "model": dict(model),
+            "baseline": dict(baseline) if baseline is not None else None,
+            "decoding": dict(decoding),
+            "suites": {
+                s.name: {
+                    "dimension": s.dimension,
+                    "file": str(s.path),
+                    "samples_file": str(s.sample_path),
+                    "primary": s.primary,
+                    "repeats": s.spec.repeats,
+                }
+                for s in suites
+            },
+            "counts": dict(counts),
+            "dimensions": dims(metrics),
+            "baseline_dimensions": dims(baseline_metrics) if baseline_metrics is not None else None,
+            "comparison": comp,
+        }
+    )

@@ -60,9 +60,7 @@ def _last_user(sample: EvalSample) -> str:
     return users[-1] if users else ""
 
 
-def _apply(
-    row: SampleResult, metric: str, score: Score
-) -> None:
+def _apply(row: SampleResult, metric: str, score: Score) -> None:
     if score.error is not None:
         row.score_errors[metric] = score.error
         row.scores.pop(metric, None)
@@ -103,8 +101,9 @@ def _run_sample_scorer(
             out: list[Score] = []
             for i, (sample, response) in enumerate(zip(samples, responses, strict=True)):
                 try:
-                    out.append(fn(sample, response, base[i]) if pairwise and base else
-                               fn(sample, response))
+                    out.append(
+                        fn(sample, response, base[i]) if pairwise and base else fn(sample, response)
+                    )
                 except Exception as exc:  # noqa: BLE001 - a scoring error, counted
                     out.append(Score(None, error=f"{type(exc).__name__}: {exc}"[:300]))
             scores = out
@@ -164,10 +163,17 @@ def score_suite(
             with_base = [(r, s) for r, s in ok if r.baseline_response is not None]
             for r, _ in ok:
                 if r.baseline_response is None:
-                    _apply(r, scorer.metric, Score(None, metadata={
-                        NOT_APPLICABLE: "no baseline response (no baseline, or it errored)"}))
-            _run_sample_scorer(scorer, with_base,
-                               [r.baseline_response or "" for r, _ in with_base])
+                    _apply(
+                        r,
+                        scorer.metric,
+                        Score(
+                            None,
+                            metadata={
+                                NOT_APPLICABLE: "no baseline response (no baseline, or it errored)"
+                            },
+                        ),
+                    )
+            _run_sample_scorer(scorer, with_base, [r.baseline_response or "" for r, _ in with_base])
         else:
             _run_sample_scorer(scorer, ok, None)
     for scorer in suite.scorers:

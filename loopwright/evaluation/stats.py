@@ -120,8 +120,7 @@ def paired_bootstrap(
     base = np.asarray(baseline, dtype=np.float64)
     if cand.shape != base.shape:
         raise ValueError(
-            f"paired values must align: candidate has {cand.shape[0]}, "
-            f"baseline has {base.shape[0]}"
+            f"paired values must align: candidate has {cand.shape[0]}, baseline has {base.shape[0]}"
         )
     return bootstrap_mean(
         (cand - base).tolist(), confidence=confidence, resamples=resamples, seed=seed

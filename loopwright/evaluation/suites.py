@@ -217,9 +217,7 @@ def load_suite(
             if "decoding" in loc:
                 model = DecodingOverrides  # type: ignore[assignment]
             valid = f"; valid keys: {sorted(model.model_fields)}"
-        raise SuiteError(
-            f"{path}:{_line_of(node, loc)}: {where}: {err['msg']}{valid}"
-        ) from exc
+        raise SuiteError(f"{path}:{_line_of(node, loc)}: {where}: {err['msg']}{valid}") from exc
 
     built: list[BuiltScorer] = []
     seen: set[str] = set()
@@ -344,15 +342,15 @@ def discover_suites(
             raise SuiteError(f"{f}:1: suite file has no name")
         if name in by_name:
             raise SuiteError(
-                f"{f}:{_line_of(node, ('name',))}: suite name {name!r} also used by "
-                f"{by_name[name]}"
+                f"{f}:{_line_of(node, ('name',))}: suite name {name!r} also used by {by_name[name]}"
             )
         by_name[name] = f
     wanted = sorted(by_name) if names == "all" else list(names)
     unknown = [n for n in wanted if n not in by_name]
     if unknown:
-        raise SuiteError(f"unknown suite(s) {unknown}; valid suites in {suite_dir}: "
-                         f"{sorted(by_name)}")
+        raise SuiteError(
+            f"unknown suite(s) {unknown}; valid suites in {suite_dir}: {sorted(by_name)}"
+        )
     suites = [load_suite(by_name[n], data_root=data_root, resources=resources) for n in wanted]
     owner: dict[tuple[str, str], Suite] = {}
     for suite in suites:

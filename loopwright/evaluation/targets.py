@@ -127,8 +127,9 @@ def resolve_target(
     if model.startswith(("http://", "https://")):
         parts = urlsplit(model)
         base = urlunsplit((parts.scheme, parts.netloc, parts.path, parts.query, ""))
-        return EndpointTarget(uri=model, base_url=base, model=parts.fragment or "default",
-                              api_key=api_key)
+        return EndpointTarget(
+            uri=model, base_url=base, model=parts.fragment or "default", api_key=api_key
+        )
     if model.startswith(("models:/", "runs:/")):
         if download_root is None:
             raise TargetError(f"{model}: a registry URI needs download_root to download into")

@@ -130,8 +130,13 @@ class FakeOpenAI:
                 "id": "x",
                 "object": "chat.completion",
                 "model": body.get("model", "m"),
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": reply}}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": reply},
+                    }
+                ],
             }
 
         @app.get("/v1/models")

@@ -26,24 +26,35 @@ TEAM = "The Team plan costs $20 per month."
 
 def fixture_suites(root: Path, judge_url: str) -> tuple[Path, Path]:
     data = root / "data"
-    write_samples(data / "eval/facts.jsonl", [
-        sample("a", "price of pro?", references=[PRO], split="train"),
-        sample("b", "price of team?", references=[TEAM], split="train"),
-        sample("c", "refund window?", references=["14 days"], split="heldout"),
-        sample("d", "RAISE", references=["x"], split="heldout"),
-        sample("e", "storage?", references=["50 GB"], split="heldout"),
-    ])
-    write_samples(data / "eval/para.jsonl", [
-        sample(f"p{i}", f"para {i}", dimension="consistency", group="g") for i in range(3)
-    ])
-    write_samples(data / "eval/judged.jsonl", [
-        sample(sid, text, dimension="helpfulness", references=refs)
-        for sid, text, refs in [("a", "price of pro?", [PRO]), ("c", "refund window?", ["14"]),
-                                ("e", "storage?", ["50 GB"])]
-    ])
+    write_samples(
+        data / "eval/facts.jsonl",
+        [
+            sample("a", "price of pro?", references=[PRO], split="train"),
+            sample("b", "price of team?", references=[TEAM], split="train"),
+            sample("c", "refund window?", references=["14 days"], split="heldout"),
+            sample("d", "RAISE", references=["x"], split="heldout"),
+            sample("e", "storage?", references=["50 GB"], split="heldout"),
+        ],
+    )
+    write_samples(
+        data / "eval/para.jsonl",
+        [sample(f"p{i}", f"para {i}", dimension="consistency", group="g") for i in range(3)],
+    )
+    write_samples(
+        data / "eval/judged.jsonl",
+        [
+            sample(sid, text, dimension="helpfulness", references=refs)
+            for sid, text, refs in [
+                ("a", "price of pro?", [PRO]),
+                ("c", "refund window?", ["14"]),
+                ("e", "storage?", ["50 GB"]),
+            ]
+        ],
+    )
     suites = root / "suites"
     suites.mkdir()
-    (suites / "facts.yaml").write_text(textwrap.dedent("""\
+    (suites / "facts.yaml").write_text(
+        textwrap.dedent("""\
         name: facts
         dimension: correctness
         samples: eval/facts.jsonl
@@ -51,22 +62,27 @@ def fixture_suites(root: Path, judge_url: str) -> tuple[Path, Path]:
         scorers:
           - scorer: exact_match
           - scorer: token_f1
-        """))
-    (suites / "para.yaml").write_text(textwrap.dedent("""\
+        """)
+    )
+    (suites / "para.yaml").write_text(
+        textwrap.dedent("""\
         name: para
         dimension: consistency
         samples: eval/para.jsonl
         scorers:
           - scorer: group_agreement
-        """))
-    (suites / "judged.yaml").write_text(textwrap.dedent(f"""\
+        """)
+    )
+    (suites / "judged.yaml").write_text(
+        textwrap.dedent(f"""\
         name: judged
         dimension: helpfulness
         samples: eval/judged.jsonl
         scorers:
           - scorer: llm_judge
             options: {{base_url: "{judge_url}", model: judge, concurrency: 2}}
-        """))
+        """)
+    )
     return suites, data
 
 
@@ -75,14 +91,18 @@ def script(server: FakeOpenAI) -> None:
         "price of pro?": PRO,
         "price of team?": "The Team plan costs $25 per month.",
         "refund window?": "14 days",
-        "para 0": "Yes.", "para 1": "yes", "para 2": "no",
+        "para 0": "Yes.",
+        "para 1": "yes",
+        "para 2": "no",
     }
     server.model_replies["base"] = {
         "price of pro?": "It is free.",
         "price of team?": TEAM,
         "refund window?": "14 days",
         "storage?": "50 GB",
-        "para 0": "no", "para 1": "no", "para 2": "no",
+        "para 0": "no",
+        "para 1": "no",
+        "para 2": "no",
     }
     server.judge_replies.update({PRO: "9", "14 days": "7", "I don't know.": "no idea"})
 
@@ -92,9 +112,14 @@ def evaluated(fresh_server: FakeOpenAI, tmp_path: Path) -> EvalResult:
     script(fresh_server)
     suites, data = fixture_suites(tmp_path, fresh_server.base_url)
     return evaluate(
-        f"{fresh_server.base_url}#cand", "all", f"{fresh_server.base_url}#base",
-        suite_dir=suites, data_root=data, run_dir=tmp_path / "run",
-        engine=EngineConfig(executor="local"), resamples=500,
+        f"{fresh_server.base_url}#cand",
+        "all",
+        f"{fresh_server.base_url}#base",
+        suite_dir=suites,
+        data_root=data,
+        run_dir=tmp_path / "run",
+        engine=EngineConfig(executor="local"),
+        resamples=500,
     )
 
 
@@ -123,8 +148,7 @@ def test_metrics_match_hand_computed_values(evaluated: EvalResult) -> None:
 
 def test_paired_comparison_hand_computed(evaluated: EvalResult) -> None:
     assert evaluated.comparison is not None
-    p = next(c for c in evaluated.comparison
-             if (c.metric, c.slice) == ("exact_match", "all"))
+    p = next(c for c in evaluated.comparison if (c.metric, c.slice) == ("exact_match", "all"))
     # common samples a, b, c, e: cand [1, 0, 1, 0], base [0, 1, 1, 1]
     assert (p.candidate, p.baseline, p.delta, p.n) == (0.5, 0.75, -0.25, 4)
     assert p.win_rate == pytest.approx((1 + 0 + 0.5 + 0) / 4)
@@ -158,22 +182,45 @@ def test_files_summary_html_and_gate_view(evaluated: EvalResult) -> None:
 
 def test_endpoint_requests_carry_decoding(fresh_server: FakeOpenAI, tmp_path: Path) -> None:
     suites, data = fixture_suites(tmp_path, fresh_server.base_url)
-    evaluate(f"{fresh_server.base_url}#cand", ["facts"], suite_dir=suites, data_root=data,
-             run_dir=tmp_path / "run", engine=EngineConfig(executor="local"),
-             decoding=DecodingParams(max_new_tokens=7, temperature=0.5, seed=3), resamples=200)
+    evaluate(
+        f"{fresh_server.base_url}#cand",
+        ["facts"],
+        suite_dir=suites,
+        data_root=data,
+        run_dir=tmp_path / "run",
+        engine=EngineConfig(executor="local"),
+        decoding=DecodingParams(max_new_tokens=7, temperature=0.5, seed=3),
+        resamples=200,
+    )
     body = fresh_server.requests[0]
     assert (body["model"], body["max_tokens"], body["temperature"], body["seed"]) == (
-        "cand", 7, 0.5, 3)
+        "cand",
+        7,
+        0.5,
+        3,
+    )
 
 
 def test_cli_runs_and_reports_errors(fresh_server: FakeOpenAI, tmp_path: Path) -> None:
     script(fresh_server)
     suites, data = fixture_suites(tmp_path, fresh_server.base_url)
     runner = CliRunner()
-    args = ["--model", f"{fresh_server.base_url}#cand", "--suite", "facts",
-            "--suite-dir", str(suites), "--data-root", str(data),
-            "--run-dir", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"),
-            "--executor", "local"]
+    args = [
+        "--model",
+        f"{fresh_server.base_url}#cand",
+        "--suite",
+        "facts",
+        "--suite-dir",
+        str(suites),
+        "--data-root",
+        str(data),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--executor",
+        "local",
+    ]
     result = runner.invoke(eval_app, args)
     assert result.exit_code == 0, result.output
     assert "exact_match" in result.output and "0.500" in result.output
@@ -187,18 +234,28 @@ def test_cli_runs_and_reports_errors(fresh_server: FakeOpenAI, tmp_path: Path) -
 
 
 def test_measure_noise_repeats_with_seeds(tiny_llama: Path, tmp_path: Path) -> None:
-    write_samples(tmp_path / "data/eval/facts.jsonl", [
-        sample(f"s{i}", p, references=["the pro plan costs"], group=f"g{i % 2}")
-        for i, p in enumerate(["pro plan", "storage limit", "refunds", "api rate limit"])
-    ])
+    write_samples(
+        tmp_path / "data/eval/facts.jsonl",
+        [
+            sample(f"s{i}", p, references=["the pro plan costs"], group=f"g{i % 2}")
+            for i, p in enumerate(["pro plan", "storage limit", "refunds", "api rate limit"])
+        ],
+    )
     (tmp_path / "suites").mkdir()
     (tmp_path / "suites/facts.yaml").write_text(
         "name: facts\ndimension: correctness\nsamples: eval/facts.jsonl\n"
-        "scorers:\n  - scorer: token_f1\n")
+        "scorers:\n  - scorer: token_f1\n"
+    )
     noise = measure_noise(
-        str(tiny_llama), "all", runs=3, temperature=1.0, suite_dir=tmp_path / "suites",
-        data_root=tmp_path / "data", run_dir=tmp_path / "run",
-        engine=EngineConfig(executor="local"), decoding=DecodingParams(max_new_tokens=6),
+        str(tiny_llama),
+        "all",
+        runs=3,
+        temperature=1.0,
+        suite_dir=tmp_path / "suites",
+        data_root=tmp_path / "data",
+        run_dir=tmp_path / "run",
+        engine=EngineConfig(executor="local"),
+        decoding=DecodingParams(max_new_tokens=6),
     )
     (metric,) = noise.metrics
     assert len(metric.values) == 3 and noise.seeds == [0, 1, 2]
@@ -207,5 +264,11 @@ def test_measure_noise_repeats_with_seeds(tiny_llama: Path, tmp_path: Path) -> N
     assert lines == 3 * 4  # every run sampled anew (distinct seeds, distinct cache keys)
     assert json.loads((tmp_path / "run/noise.json").read_text())["runs"] == 3
     with pytest.raises(ValueError, match="temperature must be > 0"):
-        measure_noise(str(tiny_llama), "all", temperature=0.0, suite_dir=tmp_path / "suites",
-                      data_root=tmp_path / "data", run_dir=tmp_path / "run")
+        measure_noise(
+            str(tiny_llama),
+            "all",
+            temperature=0.0,
+            suite_dir=tmp_path / "suites",
+            data_root=tmp_path / "data",
+            run_dir=tmp_path / "run",
+        )

@@ -21,9 +21,16 @@ PROMPTS = [f"how do i reset my password {i}" for i in range(20)] + [
 
 
 def _samples() -> list[EvalSample]:
-    return [EvalSample(id=f"g{i}", suite="t", dimension="correctness",
-                       messages=[Message(role="user", content=p)], references=["x"])
-            for i, p in enumerate(PROMPTS)]
+    return [
+        EvalSample(
+            id=f"g{i}",
+            suite="t",
+            dimension="correctness",
+            messages=[Message(role="user", content=p)],
+            references=["x"],
+        )
+        for i, p in enumerate(PROMPTS)
+    ]
 
 
 @pytest.fixture(autouse=True)
@@ -41,8 +48,12 @@ def test_local_executor_uses_the_gpu_and_matches_generate_batch(
     params = DecodingParams(max_new_tokens=8)
     samples = _samples()
     reqs = [GenerationRequest.make(target.model_id, s, params) for s in samples]
-    out = generate(target, reqs, GenerationStore(tmp_path / "g.jsonl"),
-                   EngineConfig(executor="local", batch_size=8))
+    out = generate(
+        target,
+        reqs,
+        GenerationStore(tmp_path / "g.jsonl"),
+        EngineConfig(executor="local", batch_size=8),
+    )
     assert out.errors == 0 and out.generated == len(samples)
     policy = load_policy(tiny_llama, device="cuda")
     assert next(policy.model.parameters()).is_cuda
@@ -52,8 +63,9 @@ def test_local_executor_uses_the_gpu_and_matches_generate_batch(
     expected: dict[str, str] = {}
     for start in range(0, len(ordered), 8):
         chunk = ordered[start : start + 8]
-        texts = generate_batch(policy, [[m.model_dump() for m in s.messages] for s in chunk],
-                               params, batch_size=8)
+        texts = generate_batch(
+            policy, [[m.model_dump() for m in s.messages] for s in chunk], params, batch_size=8
+        )
         expected.update({s.id: t for s, t in zip(chunk, texts, strict=True)})
     assert by_id == expected
 
@@ -63,7 +75,12 @@ def test_ray_actors_take_one_gpu_each(tiny_llama: Path, tmp_path: Path) -> None:
     target = LocalModelTarget.from_folder(tiny_llama)
     params = DecodingParams(max_new_tokens=8)
     reqs = [GenerationRequest.make(target.model_id, s, params) for s in _samples()]
-    out = generate(target, reqs, GenerationStore(tmp_path / "g.jsonl"),
-                   EngineConfig(executor="ray", workers=4, batch_size=8,
-                                ray_temp_dir=tmp_path / "ray", ray_num_cpus=4))
+    out = generate(
+        target,
+        reqs,
+        GenerationStore(tmp_path / "g.jsonl"),
+        EngineConfig(
+            executor="ray", workers=4, batch_size=8, ray_temp_dir=tmp_path / "ray", ray_num_cpus=4
+        ),
+    )
     assert out.errors == 0 and out.generated == len(reqs)

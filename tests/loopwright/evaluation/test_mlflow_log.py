@@ -28,13 +28,30 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("mlflow")
     port = free_port()
     mlflow_bin = Path(sys.executable).parent / "mlflow"
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
     proc = subprocess.Popen(
-        [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{home}/m.db",
-         "--artifacts-destination", str(home / "art"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=(home / "log").open("w"),
+        [
+            str(mlflow_bin),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{home}/m.db",
+            "--artifacts-destination",
+            str(home / "art"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=home,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(home / "log").open("w"),
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -67,10 +84,16 @@ def test_evaluation_is_logged_to_mlflow(
     script(fresh_server)
     suites, data = fixture_suites(tmp_path, fresh_server.base_url)
     result = evaluate(
-        f"{fresh_server.base_url}#cand", "all", f"{fresh_server.base_url}#base",
-        suite_dir=suites, data_root=data, run_dir=tmp_path / "run",
-        engine=EngineConfig(executor="local"), resamples=200,
-        mlflow_tracking_uri=mlflow_server, mlflow_experiment="eval-test",
+        f"{fresh_server.base_url}#cand",
+        "all",
+        f"{fresh_server.base_url}#base",
+        suite_dir=suites,
+        data_root=data,
+        run_dir=tmp_path / "run",
+        engine=EngineConfig(executor="local"),
+        resamples=200,
+        mlflow_tracking_uri=mlflow_server,
+        mlflow_experiment="eval-test",
     )
     assert result.mlflow_run_id is not None
     client = MlflowClient(tracking_uri=mlflow_server)
@@ -85,14 +108,26 @@ def test_evaluation_is_logged_to_mlflow(
     assert run.data.params["model_uri"].endswith("#cand")
     assert run.info.status == "FINISHED"
     names = {a.path for a in client.list_artifacts(result.mlflow_run_id, "eval")}
-    assert {"eval/summary.json", "eval/report.json", "eval/report.html", "eval/samples.jsonl",
-            "eval/samples_table.json", "eval/baseline_report.json"} <= names
-    local = client.download_artifacts(result.mlflow_run_id, "eval/samples_table.json",
-                                      str(tmp_path / "dl"))
+    assert {
+        "eval/summary.json",
+        "eval/report.json",
+        "eval/report.html",
+        "eval/samples.jsonl",
+        "eval/samples_table.json",
+        "eval/baseline_report.json",
+    } <= names
+    local = client.download_artifacts(
+        result.mlflow_run_id, "eval/samples_table.json", str(tmp_path / "dl")
+    )
     table = json.loads(Path(local).read_text())
     assert len(table["data"]) == 11 and "score.exact_match" in table["columns"]
-    summary = json.loads(Path(client.download_artifacts(
-        result.mlflow_run_id, "eval/summary.json", str(tmp_path / "dl2"))).read_text())
+    summary = json.loads(
+        Path(
+            client.download_artifacts(
+                result.mlflow_run_id, "eval/summary.json", str(tmp_path / "dl2")
+            )
+        ).read_text()
+    )
     assert summary["dimensions"]["correctness"]["exact_match"]["slices"]["all"]["value"] == 0.5
 
     # logging into an existing run (e.g. the nightly flow's) leaves it open

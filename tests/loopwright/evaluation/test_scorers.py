@@ -26,9 +26,14 @@ def s(
     **tags: str,
 ) -> EvalSample:
     return EvalSample(
-        id=sid, suite="t", dimension="correctness",
-        messages=[Message(role="user", content=text)], references=refs or [],
-        expected_behaviour=behaviour, group=group, tags=tags,  # type: ignore[arg-type]
+        id=sid,
+        suite="t",
+        dimension="correctness",
+        messages=[Message(role="user", content=text)],
+        references=refs or [],
+        expected_behaviour=behaviour,  # type: ignore[arg-type]
+        group=group,
+        tags=tags,
     )
 
 
@@ -51,11 +56,14 @@ def test_exact_match_modes() -> None:
     sample = s(refs=["The Pro plan costs $12 per month."])
     assert value("exact_match", sample, "the pro plan costs $12 per month") == 1.0
     assert value("exact_match", sample, "Sure! The Pro plan costs $12 per month.") == 0.0
-    assert value("exact_match", sample, "Sure! The Pro plan costs $12 per month.",
-                 mode="contains") == 1.0
+    assert (
+        value("exact_match", sample, "Sure! The Pro plan costs $12 per month.", mode="contains")
+        == 1.0
+    )
     # token containment: $120 must not count as $12
-    assert value("exact_match", sample, "The Pro plan costs $120 per month.",
-                 mode="contains") == 0.0
+    assert (
+        value("exact_match", sample, "The Pro plan costs $120 per month.", mode="contains") == 0.0
+    )
     refuse = s(behaviour="refuse")
     na = build_scorer("exact_match").fn(refuse, "anything")
     assert na.value is None and "not_applicable" in na.metadata
@@ -95,8 +103,9 @@ def test_task_success_switches_on_expected_behaviour() -> None:
 
 
 def test_stale_and_mentions_tag() -> None:
-    changed = s(refs=["You can get a refund within 14 days."], stale_value="30 days",
-                value="14 days")
+    changed = s(
+        refs=["You can get a refund within 14 days."], stale_value="30 days", value="14 days"
+    )
     assert value("stale_answer", changed, "Refunds within 30 days.", tag="stale_value") == 1.0
     assert value("stale_answer", changed, "Refunds within 14 days.", tag="stale_value") == 0.0
     assert value("stale_answer", s(refs=["a"]), "whatever", tag="stale_value") is None
@@ -138,8 +147,11 @@ def test_clean_retention_hand_computed() -> None:
         return GroupItem(s(sid=sid, group=group, transform=transform), "", 0, {"ok": ok})
 
     items = [
-        it("g1c", "g1", "clean", 1.0), it("g1a", "g1", "typos", 1.0), it("g1b", "g1", "leet", 0.0),
-        it("g2c", "g2", "clean", 0.0), it("g2a", "g2", "typos", 1.0),
+        it("g1c", "g1", "clean", 1.0),
+        it("g1a", "g1", "typos", 1.0),
+        it("g1b", "g1", "leet", 0.0),
+        it("g2c", "g2", "clean", 0.0),
+        it("g2a", "g2", "typos", 1.0),
     ]
     out = [sc.value for sc in fn(items)]
     # clean samples n/a; g2's clean failed -> n/a; g1 transforms keep their own score
@@ -161,8 +173,10 @@ class LengthReward:
 
 class KeywordGuard:
     def scores(self, texts: list[str]) -> list[dict[str, float]]:
-        return [{"benign": 0.1 if "bomb" in t else 0.9, "harmful": 0.9 if "bomb" in t else 0.1}
-                for t in texts]
+        return [
+            {"benign": 0.1 if "bomb" in t else 0.9, "harmful": 0.9 if "bomb" in t else 0.1}
+            for t in texts
+        ]
 
 
 def test_model_based_scorers_batch_and_values() -> None:
@@ -178,8 +192,9 @@ def test_model_based_scorers_batch_and_values() -> None:
     out = win.score_batch([s(), s(), s()], ["a b c", "a", "a b"], ["a", "a b", "c d"])
     assert [o.value for o in out] == [1.0, 0.0, 0.5]
 
-    guard = build_scorer("guard_safe", {"label": "not_benign"},
-                         resources=ScorerResources(guard=KeywordGuard())).fn
+    guard = build_scorer(
+        "guard_safe", {"label": "not_benign"}, resources=ScorerResources(guard=KeywordGuard())
+    ).fn
     assert [x.value for x in guard.score_batch([s(), s()], ["a bomb", "a cake"])] == [0.0, 1.0]
 
 

@@ -49,20 +49,38 @@ def test_good_suite_loads(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "line", "message"),
     [
-        (GOOD.replace("slices: [split]", "slices: [split"), 6,
-         "malformed YAML: expected ',' or ']', but got ':' (while parsing a flow sequence at "
-         "line 5)"),
-        (GOOD.replace("dimension: correctness", "dimension: corectness"), 2,
-         "unknown dimension 'corectness'; valid dimensions: ['correctness'"),
-        (GOOD.replace("primary: exact_match", "primry: exact_match"), 4,
-         "primry: Extra inputs are not permitted; valid keys:"),
-        (GOOD.replace("  - scorer: token_f1", "  - scorer: token_f2"), 9,
-         "unknown scorer 'token_f2'; valid scorers: "),
-        (GOOD.replace("  - scorer: token_f1", "  - scorer: token_f1\n    options: {x: 1}"), 9,
-         "unknown option(s) ['x']"),
+        (
+            GOOD.replace("slices: [split]", "slices: [split"),
+            6,
+            "malformed YAML: expected ',' or ']', but got ':' (while parsing a flow sequence at "
+            "line 5)",
+        ),
+        (
+            GOOD.replace("dimension: correctness", "dimension: corectness"),
+            2,
+            "unknown dimension 'corectness'; valid dimensions: ['correctness'",
+        ),
+        (
+            GOOD.replace("primary: exact_match", "primry: exact_match"),
+            4,
+            "primry: Extra inputs are not permitted; valid keys:",
+        ),
+        (
+            GOOD.replace("  - scorer: token_f1", "  - scorer: token_f2"),
+            9,
+            "unknown scorer 'token_f2'; valid scorers: ",
+        ),
+        (
+            GOOD.replace("  - scorer: token_f1", "  - scorer: token_f1\n    options: {x: 1}"),
+            9,
+            "unknown option(s) ['x']",
+        ),
         (GOOD.replace("primary: exact_match", "primary: nope"), 4, "primary 'nope' is not"),
-        (GOOD.replace("decoding: {max_new_tokens: 12}", "decoding: {max_new_tokens: 0}"), 6,
-         "decoding.max_new_tokens"),
+        (
+            GOOD.replace("decoding: {max_new_tokens: 12}", "decoding: {max_new_tokens: 0}"),
+            6,
+            "decoding.max_new_tokens",
+        ),
         (GOOD + "repeats: 3\n", 10, "repeats=3 with greedy"),
     ],
 )
@@ -91,10 +109,16 @@ def test_bad_samples_name_file_and_line(tmp_path: Path) -> None:
     ok = json.dumps(sample("a", "q", references=["A"]))
     expect([ok, json.dumps(sample("b", "q"))], 2, "has no references but suite 'facts'")
     expect([ok, "{not json"], 2, "not valid JSON")
-    expect([ok, "", json.dumps(sample("c", "q", references=["C"], dimension="honesty"))], 3,
-           "dimension")
-    expect([ok, json.dumps(sample("d", "q", references=["D"], dimension="harmlessness"))], 2,
-           "has dimension 'harmlessness', suite 'facts'")
+    expect(
+        [ok, "", json.dumps(sample("c", "q", references=["C"], dimension="honesty"))],
+        3,
+        "dimension",
+    )
+    expect(
+        [ok, json.dumps(sample("d", "q", references=["D"], dimension="harmlessness"))],
+        2,
+        "has dimension 'harmlessness', suite 'facts'",
+    )
     expect([ok, ok], 2, "duplicate sample id 'a' (first at line 1)")
     # a refuse sample needs no reference even with reference-based scorers
     data.write_text(ok + "\n" + json.dumps(sample("r", "q", behaviour="refuse")) + "\n")
@@ -109,8 +133,9 @@ def test_missing_and_empty_samples(tmp_path: Path) -> None:
     (tmp_path / "eval/facts.jsonl").write_text("")
     with pytest.raises(SuiteError, match="no samples"):
         load_samples(suite)
-    empty_ok = load_suite(suite_file(tmp_path, GOOD + "allow_empty: true\n", "e.yaml"),
-                          data_root=tmp_path / "nowhere")
+    empty_ok = load_suite(
+        suite_file(tmp_path, GOOD + "allow_empty: true\n", "e.yaml"), data_root=tmp_path / "nowhere"
+    )
     assert load_samples(empty_ok) == []
 
 
@@ -119,10 +144,14 @@ def test_discovery_selects_and_rejects(tmp_path: Path) -> None:
     suite_file(tmp_path, GOOD.replace("name: facts", "name: other"), "b.yaml")
     with pytest.raises(SuiteError, match=r"metric 'exact_match' of dimension 'correctness'"):
         discover_suites(tmp_path / "suites", "all", data_root=tmp_path)
-    assert [s.name for s in discover_suites(tmp_path / "suites", ["other"],
-                                            data_root=tmp_path)] == ["other"]
-    with pytest.raises(SuiteError, match=r"unknown suite\(s\) \['nope'\]; valid suites .*"
-                                         r"\['facts', 'other'\]"):
+    assert [
+        s.name for s in discover_suites(tmp_path / "suites", ["other"], data_root=tmp_path)
+    ] == ["other"]
+    with pytest.raises(
+        SuiteError,
+        match=r"unknown suite\(s\) \['nope'\]; valid suites .*"
+        r"\['facts', 'other'\]",
+    ):
         discover_suites(tmp_path / "suites", ["nope"], data_root=tmp_path)
     suite_file(tmp_path, GOOD, "c.yaml")
     with pytest.raises(SuiteError, match="suite name 'facts' also used by"):
@@ -146,11 +175,20 @@ def test_helpdesk_suites_load_over_real_domain_samples(tmp_path: Path) -> None:
         def scores(self, texts: list[str]) -> list[float]:
             return [0.0] * len(texts)
 
-    suites = discover_suites(suite_dir, "all", data_root=tmp_path,
-                             resources=ScorerResources(reward=R(), guard=G()))
+    suites = discover_suites(
+        suite_dir, "all", data_root=tmp_path, resources=ScorerResources(reward=R(), guard=G())
+    )
     dims = {s.dimension for s in suites}
-    assert dims == {"correctness", "hallucination", "harmlessness", "over_refusal",
-                    "consistency", "robustness", "helpfulness", "regression"}
+    assert dims == {
+        "correctness",
+        "hallucination",
+        "harmlessness",
+        "over_refusal",
+        "consistency",
+        "robustness",
+        "helpfulness",
+        "regression",
+    }
     counts = {s.name: len(load_samples(s)) for s in suites}
     assert counts["regression"] == 0  # starts empty
     assert all(n > 0 for name, n in counts.items() if name != "regression"), counts
