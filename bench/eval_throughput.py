@@ -41,19 +41,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _setup_env(out: Path) -> None:
     # Everything offline, and every cache inside the bench folder.
-    os.environ.update({
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_HOME": str(out / "hf_home"),
-        "HF_DATASETS_CACHE": str(out / "hf_datasets"),
-        "TOKENIZERS_PARALLELISM": "false",
-        "RAY_AUTH_MODE": "disabled",
-        "MPLCONFIGDIR": str(out / "mpl"),
-        # Sleep rather than spin at OpenMP barriers. On a shared 2-core machine a spinning
-        # 2-thread torch process collapses (measured here: 1.2 vs 13 samples/s); passive
-        # waiting keeps the single-process contenders (plain loop, lm-eval) fair.
-        "OMP_WAIT_POLICY": "PASSIVE",
-    })
+    os.environ.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "HF_HOME": str(out / "hf_home"),
+            "HF_DATASETS_CACHE": str(out / "hf_datasets"),
+            "TOKENIZERS_PARALLELISM": "false",
+            "RAY_AUTH_MODE": "disabled",
+            "MPLCONFIGDIR": str(out / "mpl"),
+            # Sleep rather than spin at OpenMP barriers. On a shared 2-core machine a spinning
+            # 2-thread torch process collapses (measured here: 1.2 vs 13 samples/s); passive
+            # waiting keeps the single-process contenders (plain loop, lm-eval) fair.
+            "OMP_WAIT_POLICY": "PASSIVE",
+        }
+    )
 
 
 def build_model(out: Path) -> Path:
@@ -63,8 +65,15 @@ def build_model(out: Path) -> Path:
         sys.path.insert(0, str(REPO / "tests/loopwright/evaluation"))
         from tiny_model import build_tiny_model
 
-        build_tiny_model(folder, hidden_size=256, num_layers=6, num_heads=8, max_positions=160,
-                         vocab_size=2000, seed=0)
+        build_tiny_model(
+            folder,
+            hidden_size=256,
+            num_layers=6,
+            num_heads=8,
+            max_positions=160,
+            vocab_size=2000,
+            seed=0,
+        )
     return folder
 
 
@@ -78,26 +87,44 @@ def prompts(n: int, model: Path, max_tokens: int) -> list[Any]:
     data = build_domain(seed=0, scale=1.0)
     seen: set[str] = set()
     out: list[Any] = []
-    for name in ("correctness", "helpfulness", "consistency", "robustness", "over_refusal",
-                 "hallucination", "harmlessness"):
+    for name in (
+        "correctness",
+        "helpfulness",
+        "consistency",
+        "robustness",
+        "over_refusal",
+        "hallucination",
+        "harmlessness",
+    ):
         for s in data.eval_suites[name]:
             text = s.messages[-1].content
-            rendered = tok.apply_chat_template([m.model_dump() for m in s.messages],
-                                               tokenize=False, add_generation_prompt=True)
+            rendered = tok.apply_chat_template(
+                [m.model_dump() for m in s.messages], tokenize=False, add_generation_prompt=True
+            )
             if text in seen or len(tok(rendered, add_special_tokens=False)["input_ids"]) > (
-                    max_tokens):
+                max_tokens
+            ):
                 continue
             seen.add(text)
-            out.append(s.model_copy(update={
-                "id": f"b{len(out):05d}", "suite": "bench", "dimension": "correctness",
-                "references": s.references or ["-"], "expected_behaviour": "answer"}))
+            out.append(
+                s.model_copy(
+                    update={
+                        "id": f"b{len(out):05d}",
+                        "suite": "bench",
+                        "dimension": "correctness",
+                        "references": s.references or ["-"],
+                        "expected_behaviour": "answer",
+                    }
+                )
+            )
             if len(out) == n:
                 return out
     raise SystemExit(f"only {len(out)} prompts available, asked for {n}")
 
 
-def plain_loop(model: Path, convs: list[list[dict[str, str]]], max_new: int, batch: int,
-               threads: int) -> tuple[list[str], float]:
+def plain_loop(
+    model: Path, convs: list[list[dict[str, str]]], max_new: int, batch: int, threads: int
+) -> tuple[list[str], float]:
     """The baseline: load, chat-template, length-sort, batched generate, decode."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -114,18 +141,25 @@ def plain_loop(model: Path, convs: list[list[dict[str, str]]], max_new: int, bat
     with torch.inference_mode():
         for b in range(0, len(order), batch):
             idx = order[b : b + batch]
-            enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True,
-                      add_special_tokens=False)
-            gen = lm.generate(**enc, max_new_tokens=max_new, do_sample=False,
-                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            dec = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            enc = tok(
+                [texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
+            )
+            gen = lm.generate(
+                **enc,
+                max_new_tokens=max_new,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+            dec = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             for i, d in zip(idx, dec, strict=True):
                 outs[i] = d.strip()
     return outs, time.perf_counter() - start
 
 
-def run_engine(model: Path, out: Path, tag: str, args: argparse.Namespace,
-               ray_temp: Path) -> tuple[dict[str, str], float, Any]:
+def run_engine(
+    model: Path, out: Path, tag: str, args: argparse.Namespace, ray_temp: Path
+) -> tuple[dict[str, str], float, Any]:
     from loopwright.evaluation import EngineConfig, evaluate
     from models.generation import DecodingParams
 
@@ -133,11 +167,19 @@ def run_engine(model: Path, out: Path, tag: str, args: argparse.Namespace,
     shutil.rmtree(run_dir, ignore_errors=True)  # cold: no cached generations
     start = time.perf_counter()
     result = evaluate(
-        str(model), ["bench"], suite_dir=out / "suites", data_root=out / "data",
+        str(model),
+        ["bench"],
+        suite_dir=out / "suites",
+        data_root=out / "data",
         run_dir=run_dir,
-        engine=EngineConfig(executor="ray", workers=args.workers, threads_per_worker=1,
-                            batch_size=args.engine_batch_size, ray_temp_dir=ray_temp,
-                            ray_num_cpus=args.threads),
+        engine=EngineConfig(
+            executor="ray",
+            workers=args.workers,
+            threads_per_worker=1,
+            batch_size=args.engine_batch_size,
+            ray_temp_dir=ray_temp,
+            ray_num_cpus=args.threads,
+        ),
         decoding=DecodingParams(max_new_tokens=args.max_new_tokens),
     )
     seconds = time.perf_counter() - start
@@ -145,8 +187,14 @@ def run_engine(model: Path, out: Path, tag: str, args: argparse.Namespace,
     return {r["sample_id"]: r["response"] for r in rows}, seconds, result
 
 
-def run_lm_eval(model: Path, out: Path, samples: list[Any], rendered: list[str],
-                args: argparse.Namespace, threads: int) -> tuple[dict[str, str], float]:
+def run_lm_eval(
+    model: Path,
+    out: Path,
+    samples: list[Any],
+    rendered: list[str],
+    args: argparse.Namespace,
+    threads: int,
+) -> tuple[dict[str, str], float]:
     import torch
 
     torch.set_num_threads(threads)
@@ -175,10 +223,15 @@ def run_lm_eval(model: Path, out: Path, samples: list[Any], rendered: list[str],
 
     start = time.perf_counter()
     res = lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={model},dtype=float32",
-        tasks=["loopwright_bench"], batch_size=args.batch_size, device="cpu",
-        task_manager=TaskManager(include_path=str(task_dir)), log_samples=True,
-        predict_only=True, bootstrap_iters=0,
+        model="hf",
+        model_args=f"pretrained={model},dtype=float32",
+        tasks=["loopwright_bench"],
+        batch_size=args.batch_size,
+        device="cpu",
+        task_manager=TaskManager(include_path=str(task_dir)),
+        log_samples=True,
+        predict_only=True,
+        bootstrap_iters=0,
     )
     seconds = time.perf_counter() - start
     assert res is not None
@@ -214,13 +267,15 @@ def main() -> None:
     (out / "suites").mkdir(exist_ok=True)
     (out / "suites/bench.yaml").write_text(
         "name: bench\ndimension: correctness\nsamples: eval/bench.jsonl\n"
-        "scorers:\n  - scorer: exact_match\n  - scorer: token_f1\n")
+        "scorers:\n  - scorer: exact_match\n  - scorer: token_f1\n"
+    )
     convs = [[m.model_dump() for m in s.messages] for s in samples]
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model))
-    rendered = [str(tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True))
-                for c in convs]
+    rendered = [
+        str(tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True)) for c in convs
+    ]
     print(f"prompts: {len(samples)}")
     print(f"max_new_tokens: {args.max_new_tokens}")
     print(f"cpu_threads_each: {args.threads}")
@@ -248,9 +303,14 @@ def main() -> None:
             keep(r, f"plain_{threads}thread", t, by_id)
         cold, t, _ = run_engine(model, out, "cold", args, ray_temp)
         keep(r, "engine_cold_ray", t, cold)
-        ray.init(num_cpus=args.threads, include_dashboard=False, _temp_dir=str(ray_temp),
-                 logging_level=logging.WARNING, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+        ray.init(
+            num_cpus=args.threads,
+            include_dashboard=False,
+            _temp_dir=str(ray_temp),
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}},
+        )
         try:
             warm, t, result = run_engine(model, out, "warm", args, ray_temp)
         finally:

@@ -11,6 +11,7 @@ import typer
 import yaml
 
 from loopwright.config import ConfigError, Settings, load_settings, masked_dump
+from loopwright.evaluation.cli import eval_app
 from loopwright.gateway.cli import keys_app, serve
 from loopwright.simulate import simulate
 
@@ -26,6 +27,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
+app.add_typer(eval_app, name="eval")
 app.command("serve")(serve)
 app.command("simulate")(simulate)
 
