@@ -31,15 +31,9 @@ def s(
         dimension="correctness",
         messages=[Message(role="user", content=text)],
         references=refs or [],
-<<<<<<< HEAD
-        expected_behaviour=behaviour,
-        group=group,
-        tags=tags,  # type: ignore[arg-type]
-=======
         expected_behaviour=behaviour,  # type: ignore[arg-type]
         group=group,
         tags=tags,
->>>>>>> evaluation
     )
 
 
