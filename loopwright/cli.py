@@ -76,7 +76,8 @@ def config_show(
 def _print_status(settings: Settings) -> bool:
     from loopwright.stack import Stack
 
-    rows = Stack(settings).status()
+    gateway_started = (settings.run_path / "pids" / "gateway.json").exists()
+    rows = Stack(settings, with_gateway=gateway_started).status()
     typer.echo(f"{'service':<12} {'health':<10} {'pid':>7} {'rss MiB':>8}  url")
     for row in rows:
         pid = str(row.pid) if row.pid else "-"
@@ -235,8 +236,12 @@ def history(ctx: typer.Context, kind: KindOption = "policy") -> None:
 
 
 @app.command()
-def demo(ctx: typer.Context) -> None:
-    """Start the stack (or reuse it) and run the main job as far as it exists today."""
+def demo(
+    ctx: typer.Context,
+    tiny: Annotated[bool, typer.Option(help="tiny models and traffic (a smoke run)")] = False,
+    requests: Annotated[int, typer.Option(help="simulated requests for night 1")] = 1500,
+) -> None:
+    """Start the stack (or reuse it) and run the whole loop on the embedded default."""
     from loopwright.stack import Stack, StackError
 
     settings = _settings(ctx)
@@ -250,15 +255,23 @@ def demo(ctx: typer.Context) -> None:
     _print_status(settings)
     typer.echo("2. smoke round trips")
     ok = _run_smoke(settings)
-    typer.echo("3. bootstrap: example data and v1 models (skipped when already registered)")
-    _run_bootstrap(settings, force=False, tiny=False, seed=0)
+    typer.echo("3. the loop: bootstrap, traffic, nightly, gate, canary, approval, poison, rollback")
+    from flows.demo import demo_flow
+
+    outcome = demo_flow(settings, tiny=tiny, requests=requests)
+    ok = ok and outcome.ok
     typer.echo("")
     typer.echo("Summary")
-    typer.echo(f"  smoke:      {'all round trips passed' if ok else 'FAILED'}")
-    typer.echo(f"  MLflow UI:  {settings.mlflow_tracking_uri}")
-    typer.echo(f"  Prefect UI: {settings.prefect_api_url.removesuffix('/api')}")
+    for step, result in outcome.steps:
+        typer.echo(f"  {step:<32} {result}")
+    if outcome.table:
+        typer.echo(f"  {'dimension':<16} {'v1':>7} {'v2':>7} {'delta':>7}  95% CI")
+        for dim, v1, v2, delta, lo, hi in outcome.table:
+            typer.echo(f"  {dim:<16} {v1:>7.3f} {v2:>7.3f} {delta:>+7.3f}  [{lo:+.3f}, {hi:+.3f}]")
+    typer.echo(f"  MLflow UI:  {settings.mlflow_tracking_uri}  (registry, runs, audit history)")
+    typer.echo(f"  Prefect UI: {settings.prefect_api_url.removesuffix('/api')}  (flow runs)")
+    typer.echo(f"  Gateway:    http://{settings.gateway.host}:{settings.gateway.port}/docs")
     typer.echo(f"  S3 store:   {settings.s3_endpoint_url} bucket {settings.object_store.bucket}")
-    typer.echo(f"  Ray:        {settings.ray_address}")
     typer.echo("  The stack keeps running; `make down` (or `loopwright down`) stops it.")
     if not ok:
         raise typer.Exit(1)

@@ -37,7 +37,7 @@ class Section(BaseModel):
 
 
 Port = int
-ManagedService = Literal["objectstore", "mlflow", "prefect", "ray"]
+ManagedService = Literal["objectstore", "mlflow", "prefect", "ray", "gateway"]
 MANAGED_SERVICES: tuple[ManagedService, ...] = ("objectstore", "mlflow", "prefect", "ray")
 
 

@@ -37,8 +37,8 @@ from loopwright.storage import ObjectStore, StorageError, generate_credentials, 
 
 logger = logging.getLogger(__name__)
 
-ServiceName = Literal["objectstore", "mlflow", "prefect", "ray"]
-START_ORDER: tuple[ServiceName, ...] = ("objectstore", "mlflow", "prefect", "ray")
+ServiceName = Literal["objectstore", "mlflow", "prefect", "ray", "gateway"]
+START_ORDER: tuple[ServiceName, ...] = ("objectstore", "mlflow", "prefect", "ray", "gateway")
 Health = Literal["healthy", "starting", "unhealthy", "stopped", "stale"]
 # 107-byte AF_UNIX limit minus Ray's "/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store".
 RAY_TEMP_MAX_CHARS = 107 - 64
@@ -125,9 +125,12 @@ class Stack:
 
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, with_gateway: bool = False) -> None:
         self.settings = settings
         self.run = settings.run_path
+        # The gateway needs registered models, so it is started on request (after the
+        # bootstrap) unless the profile lists it in managed_services.
+        self.with_gateway = with_gateway
 
     # -- paths -------------------------------------------------------------------------
     def _pid_file(self, name: str) -> Path:
@@ -326,6 +329,19 @@ class Stack:
                 ports=[(base, "ray.port")] + [(p, "ray.port") for p in ray_ports.values()],
                 health=lambda: _tcp_open("127.0.0.1", base) and _tcp_open("127.0.0.1", base + 1),
                 data_dirs=[self.ray_temp_dir],
+            )
+        if "gateway" in s.managed_services or self.with_gateway:
+            g = s.gateway
+            specs["gateway"] = ServiceSpec(
+                name="gateway",
+                # The child loads the same profile; this process's LOOPWRIGHT_* overrides
+                # reach it through the inherited environment.
+                command=[_bin("loopwright"), "--profile", s.profile, "serve"],
+                env=s3_env,
+                url=f"http://{g.host}:{g.port}",
+                ports=[(g.port, "gateway.port")],
+                health=lambda: _http_ok(f"http://{g.host}:{g.port}/readyz"),
+                start_timeout=180.0,
             )
         return {name: specs[name] for name in START_ORDER if name in specs}
 
