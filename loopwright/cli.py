@@ -236,6 +236,23 @@ def history(ctx: typer.Context, kind: KindOption = "policy") -> None:
 
 
 @app.command()
+def deploy(
+    ctx: typer.Context,
+    cron: Annotated[str, typer.Option(help="schedule of the nightly loop (cron, UTC)")] = (
+        "0 2 * * *"
+    ),
+) -> None:
+    """Serve the Prefect deployments (nightly loop on a schedule, promote, rollback, ...)."""
+    from loopwright.client_env import apply_client_env
+
+    settings = _settings(ctx)
+    apply_client_env(settings)
+    from flows.deployments import serve_all
+
+    serve_all(settings.profile, cron)
+
+
+@app.command()
 def demo(
     ctx: typer.Context,
     tiny: Annotated[bool, typer.Option(help="tiny models and traffic (a smoke run)")] = False,

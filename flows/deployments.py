@@ -1,0 +1,76 @@
+"""Deployments runnable from the Prefect UI: the nightly loop on a schedule, and each part.
+
+Deployment parameters are stored by the Prefect server, so these entry flows take a
+*profile name* (never a settings object with secrets) and load the settings themselves.
+``loopwright deploy`` serves them all from one process (``prefect.serve``); a work-pool
+setup can use ``infra/prefect.yaml`` instead.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, serve
+
+from flows.bootstrap import bootstrap_flow
+from flows.nightly import nightly_flow
+from flows.release import release_flow
+from loopwright.client_env import apply_client_env
+from loopwright.config import Settings, load_settings
+from loopwright.nightly import NightlyConfig
+from loopwright.release.config import ReleaseConfig
+from models.bootstrap import BootstrapConfig
+from tasks.demo import rollback
+
+
+def _settings(profile: str) -> Settings:
+    settings = load_settings(profile)
+    apply_client_env(settings)
+    return settings
+
+
+@flow(name="nightly-loop", log_prints=True)
+def nightly_loop(profile: str = "local", auto_approve: bool = False) -> str:
+    """Night: data -> reward -> candidate, then gate -> canary -> approval -> promotion."""
+    settings = _settings(profile)
+    candidate = nightly_flow(settings, NightlyConfig())
+    if candidate is None:
+        return "no new data"
+    return release_flow(settings, candidate.version, ReleaseConfig(auto_approve=auto_approve))
+
+
+@flow(name="nightly-data-and-training", log_prints=True)
+def nightly_only(profile: str = "local") -> str | None:
+    """Stages 1-5 alone: ingest, validate, curate, reward refresh, fine-tune."""
+    candidate = nightly_flow(_settings(profile), NightlyConfig())
+    return candidate.version if candidate else None
+
+
+@flow(name="promote", log_prints=True)
+def promote_version(profile: str, version: str, auto_approve: bool = False) -> str:
+    """Gate, canary and approval for one registered candidate version."""
+    return release_flow(_settings(profile), version, ReleaseConfig(auto_approve=auto_approve))
+
+
+@flow(name="rollback", log_prints=True)
+def rollback_champion(profile: str = "local", reason: str = "rollback from the Prefect UI") -> str:
+    """Champion back to ``previous`` (recorded in the audit history)."""
+    return rollback(_settings(profile), reason)
+
+
+@flow(name="bootstrap-embedded-default", log_prints=True)
+def bootstrap_default(profile: str = "local") -> dict[str, str]:
+    """Example data and v1 models (skipped when already registered)."""
+    settings = _settings(profile)
+    versions = bootstrap_flow(settings, settings.data_repo.resolve(), BootstrapConfig())
+    return {kind: v.version for kind, v in versions.items()}
+
+
+def serve_all(profile: str, cron: str = "0 2 * * *") -> None:
+    """Register every deployment and serve them until interrupted (blocks)."""
+    params = {"profile": profile}
+    serve(
+        nightly_loop.to_deployment(name="nightly", cron=cron, parameters=params),
+        nightly_only.to_deployment(name="stages-1-5", parameters=params),
+        promote_version.to_deployment(name="promote", parameters=params),
+        rollback_champion.to_deployment(name="rollback", parameters=params),
+        bootstrap_default.to_deployment(name="bootstrap", parameters=params),
+    )
