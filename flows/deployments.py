@@ -8,7 +8,10 @@ setup can use ``infra/prefect.yaml`` instead.
 
 from __future__ import annotations
 
+from typing import cast
+
 from prefect import flow, serve
+from prefect.deployments.runner import RunnerDeployment
 
 from flows.bootstrap import bootstrap_flow
 from flows.nightly import nightly_flow
@@ -67,10 +70,12 @@ def bootstrap_default(profile: str = "local") -> dict[str, str]:
 def serve_all(profile: str, cron: str = "0 2 * * *") -> None:
     """Register every deployment and serve them until interrupted (blocks)."""
     params = {"profile": profile}
-    serve(
+    deployments = [
         nightly_loop.to_deployment(name="nightly", cron=cron, parameters=params),
         nightly_only.to_deployment(name="stages-1-5", parameters=params),
         promote_version.to_deployment(name="promote", parameters=params),
         rollback_champion.to_deployment(name="rollback", parameters=params),
         bootstrap_default.to_deployment(name="bootstrap", parameters=params),
-    )
+    ]
+    # ``to_deployment`` is sync here (no event loop), so each item is a RunnerDeployment.
+    serve(*cast(list[RunnerDeployment], deployments))
