@@ -32,7 +32,9 @@ def release_flow(settings: Settings, candidate: str, config: ReleaseConfig) -> s
         ``not approved`` (rejection or timeout).
     """
     champion = current_version(settings, "policy")
-    summary, champion_summary = evaluate_candidate(settings, candidate, champion, config.suites)
+    summary, champion_summary = evaluate_candidate(
+        settings, candidate, champion, config.suites, config.suite_dir
+    )
     gate = gate_candidate(settings, candidate, summary, champion_summary, config.gate_policy)
     if not gate.passed:
         print(f"candidate {candidate} blocked by the gate: {gate.reasons}")

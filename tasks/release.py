@@ -27,8 +27,18 @@ def _ops(settings: Settings) -> RegistryOps:
 
 
 @task(name="evaluate-candidate")
+def _example_suites() -> Path:
+    import models.helpdesk
+
+    return Path(models.helpdesk.__file__).parent / "suites"
+
+
 def evaluate_candidate(
-    settings: Settings, candidate: str, champion: str | None, suites: list[str] | None = None
+    settings: Settings,
+    candidate: str,
+    champion: str | None,
+    suites: list[str] | None = None,
+    suite_dir: Path | None = None,
 ) -> tuple[EvalSummary, EvalSummary | None]:
     """Candidate and champion on the same samples (paired), logged to MLflow."""
     name = settings.registered_model("policy")
@@ -37,7 +47,7 @@ def evaluate_candidate(
         settings,
         f"models:/{name}/{candidate}",
         f"models:/{name}/{champion}" if champion else None,
-        suite_dir=root / "helpdesk" / "suites",
+        suite_dir=suite_dir or _example_suites(),
         data_root=root / "helpdesk",
         run_dir=settings.run_path / "eval" / f"{name}-{candidate}-vs-{champion}",
         suites=suites,

@@ -19,6 +19,7 @@ class ReleaseConfig(BaseModel):
         auto_approve: the embedded default may approve by itself (recorded as such).
         suites: evaluation suites (None: all of them).
         gate_policy / canary_policy: policy YAML files (None: the packaged defaults).
+        suite_dir: folder of suite YAML files (None: the example domain's).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -31,3 +32,4 @@ class ReleaseConfig(BaseModel):
     suites: list[str] | None = None
     gate_policy: Path | None = None
     canary_policy: Path | None = None
+    suite_dir: Path | None = None
