@@ -336,7 +336,7 @@ class Stack:
                 name="gateway",
                 # The child loads the same profile; this process's LOOPWRIGHT_* overrides
                 # reach it through the inherited environment.
-                command=[_bin("loopwright"), "--profile", s.profile, "serve"],
+                command=[sys.executable, "-m", "loopwright.cli", "--profile", s.profile, "serve"],
                 env=s3_env,
                 url=f"http://{g.host}:{g.port}",
                 ports=[(g.port, "gateway.port")],
