@@ -28,7 +28,7 @@ def nightly_flow(settings: Settings, config: NightlyConfig) -> RegisteredVersion
     if batch is None:
         print("no new production logs since the last run; nothing to do")
         return None
-    check = check_batch(settings, batch)
+    check = check_batch(settings, batch, config)
     if not check.passed:
         raise BatchRejected(f"batch {batch} rejected before training: {check.reasons}")
     curate_batch(settings, batch)

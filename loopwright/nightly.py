@@ -40,6 +40,8 @@ class NightlyConfig(BaseModel):
         reward_heldout_file: frozen held-out human pairs, relative to ``data/``.
         reward_min_gain: the refreshed reward model must beat the old one's held-out
             pairwise accuracy by more than this to replace it.
+        max_negative_share: a batch whose share of negative ratings exceeds this fails
+            its contract (a poisoning or outage signal); raise it for an untrained model.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -52,6 +54,7 @@ class NightlyConfig(BaseModel):
     dpo: bool = False
     reward_heldout_file: str = "helpdesk/reward/heldout.jsonl"
     reward_min_gain: float = Field(default=0.0, ge=0)
+    max_negative_share: float = Field(default=0.6, ge=0, le=1)
 
     def digest(self) -> str:
         """Short hash of the config: part of a candidate's identity (lineage tag)."""
@@ -92,13 +95,15 @@ def ingest_stage(settings: Settings) -> Any:
     return result
 
 
-def check_stage(settings: Settings, batch: int, guard_dir: Path) -> CheckResult:
+def check_stage(
+    settings: Settings, batch: int, guard_dir: Path, max_negative_share: float = 0.6
+) -> CheckResult:
     """Validate (Great Expectations) then screen (guard, fact checker) one staged batch.
 
     A failed batch is rejected whole (all rows quarantined with reasons) by the data
     library, so it can never be committed; the verdict says why.
     """
-    from loopwright.data.contracts import validate_batch
+    from loopwright.data.contracts import ContractConfig, validate_batch
     from loopwright.data.helpdesk import (
         helpdesk_fact_checker,
         helpdesk_is_safe_response,
@@ -109,7 +114,8 @@ def check_stage(settings: Settings, batch: int, guard_dir: Path) -> CheckResult:
 
     production = data_dir(settings) / "production"
     docs = settings.run_path / "datadocs" / f"batch-{batch}"
-    validation = validate_batch(production, batch, docs)
+    contracts = ContractConfig(max_negative_share=max_negative_share)
+    validation = validate_batch(production, batch, docs, contracts)
     if not validation.passed:
         return CheckResult(batch, False, list(validation.reasons), str(docs), {})
     screening = screen_batch(

@@ -50,10 +50,12 @@ def ingest_logs(settings: Settings) -> int | None:
 
 
 @task(name="validate-and-screen")
-def check_batch(settings: Settings, batch: int) -> nightly.CheckResult:
+def check_batch(
+    settings: Settings, batch: int, config: nightly.NightlyConfig
+) -> nightly.CheckResult:
     """Great Expectations contracts, then guard / fact / poisoning screening."""
     guard_dir, _ = _champion_dir(settings, "guard")
-    result = nightly.check_stage(settings, batch, guard_dir)
+    result = nightly.check_stage(settings, batch, guard_dir, config.max_negative_share)
     get_run_logger().info("batch %d passed=%s %s", batch, result.passed, result.reasons)
     return result
 

@@ -26,7 +26,7 @@ def _arm_traffic(settings, stop: threading.Event) -> None:
             break
         time.sleep(0.5)
     now = datetime.now(UTC)
-    traffic = simulate(80, seed=7, id_prefix="live", block_prob=0.0)
+    traffic = simulate(800, seed=7, id_prefix="live", block_prob=0.0)
     records = []
     for k, (req, rec) in enumerate(zip(traffic.requests, traffic.interactions, strict=True)):
         route = "canary" if k % 2 else "champion"
