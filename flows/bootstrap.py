@@ -17,10 +17,10 @@ def bootstrap_flow(
     settings: Settings, repo: Path, config: BootstrapConfig, force: bool = False
 ) -> dict[str, RegisteredVersion]:
     """Generate and version the data, train and register each model, make v1 champion."""
-    data_version = prepare_data(settings, repo, config)
+    data = prepare_data(settings, repo, config)
     versions: dict[str, RegisteredVersion] = {}
     for kind in ("guard", "reward", "policy"):
-        version = train_and_publish(settings, repo, kind, config, data_version, force)
+        version = train_and_publish(settings, repo, kind, config, data, force)
         make_champion(settings, version, kind)
         versions[kind] = version
     return versions

@@ -36,7 +36,7 @@ def demo_flow(settings: Settings, tiny: bool = False, requests: int = 1500) -> D
     versions = bootstrap_flow(
         settings, repo, BootstrapConfig(tiny=tiny, scale=0.05 if tiny else 1.0)
     )
-    out.add("bootstrap", f"policy v{versions['policy'].version} is champion", print)
+    out.add("bootstrap", f"v1 = policy version {versions['policy'].version}", print)
 
     key = start_gateway(settings)
     counts = traffic(settings, key, requests, rps=25.0, seed=1)

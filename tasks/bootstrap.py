@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -22,11 +23,20 @@ TRAINERS = {
 
 
 @task(name="bootstrap-data", retries=1, retry_delay_seconds=2)
-def prepare_data(settings: Settings, repo: Path, config: bootstrap.BootstrapConfig) -> str:
-    """Write the example data under ``data/`` and snapshot it with DVC; returns the version."""
+def prepare_data(
+    settings: Settings, repo: Path, config: bootstrap.BootstrapConfig
+) -> tuple[str, str]:
+    """Write the example data under ``data/`` and snapshot it with DVC.
+
+    Returns:
+        ``(data_version, example_hash)``: the DVC hash of all of ``data/`` (lineage) and
+        the content hash of the example data alone (identity: later nights add their own
+        data to ``data/`` without making v1 a different model).
+    """
     counts = bootstrap.write_example_data(repo / "data", config)
     get_run_logger().info("example data: %s", counts)
-    return snapshot(repo, settings, "data")
+    manifest = json.loads((repo / "data" / bootstrap.DOMAIN_DIR / "manifest.json").read_text())
+    return snapshot(repo, settings, "data"), str(manifest["content_hash"])
 
 
 @task(name="bootstrap-train")
@@ -35,20 +45,22 @@ def train_and_publish(
     repo: Path,
     kind: Literal["policy", "guard", "reward"],
     config: bootstrap.BootstrapConfig,
-    data_version: str,
+    data: tuple[str, str],
     force: bool = False,
 ) -> RegisteredVersion:
     """Train one v1 model and register it, unless this exact one is registered already."""
     log = get_run_logger()
-    lineage = {
-        "data_version": data_version,
+    data_version, example_hash = data
+    identity = {
         "origin": "bootstrap",
+        "example_data": example_hash[:16],
         "seed": str(config.seed),
         "scale": str(config.scale),
         "tiny": str(config.tiny).lower(),
         "parent_version": "none",
     }
-    existing = find_version(settings.registered_model(kind), lineage)
+    lineage = {**identity, "data_version": data_version}
+    existing = find_version(settings.registered_model(kind), identity)
     if existing is not None and not force:
         log.info("%s v1 already registered as version %s", kind, existing.version)
         return existing
