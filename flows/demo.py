@@ -85,6 +85,9 @@ def demo_flow(settings: Settings, tiny: bool = False, requests: int = 1500) -> D
         out.add("poisoned night 2", f"stopped before training ({str(exc)[:120]})", print)
     assert current_version(settings, "policy") == before
 
-    back = rollback(settings, "demo: one-command rollback")
-    out.add("rollback", f"champion is version {back}", print)
+    if outcome == "promoted":
+        back = rollback(settings, "demo: one-command rollback")
+        out.add("rollback", f"champion is version {back}", print)
+    else:
+        out.add("rollback", "skipped: no new champion to roll back from", print)
     return out
