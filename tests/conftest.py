@@ -28,9 +28,10 @@ def _port(base: int) -> str:
     return str(base + PORT_OFFSET)
 
 
+SESSION_ROOT = TEST_ROOT / f"session-{PORT_OFFSET}"
 SESSION_STACK_ENV = {
-    "LOOPWRIGHT_RUN_DIR": str(TEST_ROOT / "session" / "run"),
-    "LOOPWRIGHT_MLFLOW__HOME": str(TEST_ROOT / "session" / "mlflow"),
+    "LOOPWRIGHT_RUN_DIR": str(SESSION_ROOT / "run"),
+    "LOOPWRIGHT_MLFLOW__HOME": str(SESSION_ROOT / "mlflow"),
     "LOOPWRIGHT_MLFLOW__PORT": _port(15050),
     "LOOPWRIGHT_PREFECT__PORT": _port(14200),
     "LOOPWRIGHT_OBJECT_STORE__S3_PORT": _port(17333),
@@ -53,7 +54,7 @@ def stack_settings() -> Iterator[object]:
     from loopwright.config import load_settings
     from loopwright.stack import Stack
 
-    shutil.rmtree(TEST_ROOT / "session", ignore_errors=True)
+    shutil.rmtree(SESSION_ROOT, ignore_errors=True)
     settings = load_settings("local", env=stack_env(SESSION_STACK_ENV))
     stack = Stack(settings)
     stack.up()

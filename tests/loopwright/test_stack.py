@@ -5,7 +5,7 @@ import shutil
 import socket
 
 import pytest
-from conftest import TEST_ROOT, _port, stack_env
+from conftest import PORT_OFFSET, TEST_ROOT, _port, stack_env
 
 from loopwright.config import load_settings
 from loopwright.stack import PortInUse, Stack
@@ -13,8 +13,8 @@ from loopwright.stack import PortInUse, Stack
 pytestmark = pytest.mark.services
 
 LIFECYCLE_ENV = {
-    "LOOPWRIGHT_RUN_DIR": str(TEST_ROOT / "lifecycle" / "run"),
-    "LOOPWRIGHT_MLFLOW__HOME": str(TEST_ROOT / "lifecycle" / "mlflow"),
+    "LOOPWRIGHT_RUN_DIR": str(TEST_ROOT / f"lifecycle-{PORT_OFFSET}" / "run"),
+    "LOOPWRIGHT_MLFLOW__HOME": str(TEST_ROOT / f"lifecycle-{PORT_OFFSET}" / "mlflow"),
     "LOOPWRIGHT_MLFLOW__PORT": _port(25050),
     "LOOPWRIGHT_PREFECT__PORT": _port(24200),
     "LOOPWRIGHT_OBJECT_STORE__S3_PORT": _port(21333),
@@ -24,7 +24,7 @@ LIFECYCLE_ENV = {
 
 
 def test_lifecycle_up_status_up_again_down_down_again():
-    shutil.rmtree(TEST_ROOT / "lifecycle", ignore_errors=True)
+    shutil.rmtree(TEST_ROOT / f"lifecycle-{PORT_OFFSET}", ignore_errors=True)
     settings = load_settings("local", env=stack_env(LIFECYCLE_ENV))
     stack = Stack(settings)
     try:
@@ -41,7 +41,7 @@ def test_lifecycle_up_status_up_again_down_down_again():
         run = settings.run_path
         assert (run / "logs" / "mlflow.log").is_file()
         assert (run / "prefect").is_dir() and stack.ray_temp_dir.is_dir()
-        assert (TEST_ROOT / "lifecycle" / "mlflow" / "store" / "mlflow.db").is_file()
+        assert (TEST_ROOT / f"lifecycle-{PORT_OFFSET}" / "mlflow" / "store" / "mlflow.db").is_file()
     finally:
         stack.down()
     assert all(s.health == "stopped" and s.pid is None for s in stack.status())
@@ -51,8 +51,8 @@ def test_lifecycle_up_status_up_again_down_down_again():
 
 def test_stale_pid_file_is_detected_and_replaced():
     env = dict(LIFECYCLE_ENV, LOOPWRIGHT_MANAGED_SERVICES='["objectstore"]')
-    env["LOOPWRIGHT_RUN_DIR"] = str(TEST_ROOT / "stale" / "run")
-    shutil.rmtree(TEST_ROOT / "stale", ignore_errors=True)
+    env["LOOPWRIGHT_RUN_DIR"] = str(TEST_ROOT / f"stale-{PORT_OFFSET}" / "run")
+    shutil.rmtree(TEST_ROOT / f"stale-{PORT_OFFSET}", ignore_errors=True)
     settings = load_settings("local", env=stack_env(env))
     stack = Stack(settings)
     pid_file = settings.run_path / "pids" / "objectstore.json"
@@ -72,7 +72,7 @@ def test_stale_pid_file_is_detected_and_replaced():
 
 def test_port_in_use_names_port_and_setting():
     env = dict(LIFECYCLE_ENV, LOOPWRIGHT_MANAGED_SERVICES='["mlflow"]')
-    env["LOOPWRIGHT_RUN_DIR"] = str(TEST_ROOT / "busy" / "run")
+    env["LOOPWRIGHT_RUN_DIR"] = str(TEST_ROOT / f"busy-{PORT_OFFSET}" / "run")
     env["LOOPWRIGHT_OBJECT_STORE__ENDPOINT_URL"] = f"http://127.0.0.1:{_port(21333)}"
     env["LOOPWRIGHT_MLFLOW__PORT"] = _port(25061)
     settings = load_settings("local", env=stack_env(env))
