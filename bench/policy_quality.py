@@ -208,7 +208,7 @@ def main() -> None:
         if args.v1_steps
         else {"max_seconds": args.seconds}
     )
-    cfg = PolicyConfig(**budget, **common)  # type: ignore[arg-type]
+    cfg = PolicyConfig(**budget, **common)
     res = train_policy_v1(data.sft_v1, cfg, out / "v1")
     wall = time.perf_counter() - start
     print(f"v1_wall_seconds: {wall:.1f}")
@@ -233,7 +233,7 @@ def main() -> None:
             if args.ft_steps
             else {"max_seconds": args.ft_seconds}
         )
-        ft_cfg = PolicyConfig.finetune(**ft_budget, **common)  # type: ignore[arg-type]
+        ft_cfg = PolicyConfig.finetune(**ft_budget, **common)
         start = time.perf_counter()
         replay = weighted_replay(data, args.lookalike_weight)
         ft = finetune_sft(

@@ -67,7 +67,7 @@ class _Timer(TrainerCallback):
         self.end = time.perf_counter()
 
 
-class _ListDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class _ListDataset(torch.utils.data.Dataset):
     def __init__(self, rows: list[EncodedExample]) -> None:
         self.rows = rows
 
