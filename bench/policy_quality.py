@@ -196,7 +196,7 @@ def main() -> None:
     )
     parser.add_argument("--ft-steps", type=int, default=None)
     parser.add_argument(
-        "--lookalike-weight", type=int, default=3, help="look-alike copies in the replay"
+        "--lookalike-weight", type=int, default=6, help="look-alike copies in the replay"
     )
     parser.add_argument("--bf16", action="store_true", help="train with bf16 autocast")
     parser.add_argument("--no-noise", action="store_true", help="no extra surface noise")
@@ -209,9 +209,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--skip-new-category",
-        action="append",
-        default=[],
-        help="leave a safety category's rows out of sft_v2_new, e.g. injection",
+        default="injection",
+        help="comma-separated safety categories left out of sft_v2_new ('' keeps all); "
+        "default injection: its rows wrap KB questions in a refusal and drove over-refusal "
+        "(+8 points), and injection is the guard's job",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -263,7 +264,8 @@ def main() -> None:
         ft_cfg = PolicyConfig.finetune(**ft_budget, **common)
         start = time.perf_counter()
         replay = weighted_replay(data, args.lookalike_weight)
-        new_rows = without_categories(data.sft_v2_new, args.skip_new_category)
+        skip = [c for c in args.skip_new_category.split(",") if c]
+        new_rows = without_categories(data.sft_v2_new, skip)
         print(f"{name}_new_rows: {len(new_rows)}")
         ft = finetune_sft(v1_dir, new_rows, replay, ft_cfg, out / name, replay_ratio=ratio)
         print(f"{name}_replay_superseded: {ft.replay_superseded}")

@@ -609,10 +609,11 @@ def finetune_sft(
             )
         validate_conversations(replay_conversations, "finetune_sft.replay_conversations")
     superseded = 0
+    replay_rows: Sequence[Conversation] = replay_conversations
     if drop_superseded_replay and replay_ratio > 0:
-        replay_conversations, superseded = drop_superseded(new_conversations, replay_conversations)
+        replay_rows, superseded = drop_superseded(new_conversations, replay_conversations)
         logger.info("finetune_sft: %d replay rows superseded by new rows", superseded)
-        if not replay_conversations:
+        if not replay_rows:
             raise ValueError("finetune_sft: every replay row is superseded by the new rows")
     out_dir = Path(out_dir)
     with torch_threads(config.threads):
@@ -624,7 +625,7 @@ def finetune_sft(
         replay_pool = (
             _encode(
                 tokenizer,
-                replay_conversations,
+                replay_rows,
                 config,
                 max_positions,
                 config.seed + 1,
@@ -639,9 +640,9 @@ def finetune_sft(
 
         def epoch_examples(epoch: int) -> list[EncodedExample]:
             rng = random.Random(f"{config.seed}:sft:{epoch}")
-            new_rows, replay_rows = schedule(epoch)
-            return _pick_variants(new_pool, new_rows, rng, config.noise_prob) + _pick_variants(
-                replay_pool, replay_rows, rng, config.noise_prob
+            new_idx, replay_idx = schedule(epoch)
+            return _pick_variants(new_pool, new_idx, rng, config.noise_prob) + _pick_variants(
+                replay_pool, replay_idx, rng, config.noise_prob
             )
 
         torch.manual_seed(config.seed)

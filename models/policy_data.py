@@ -298,12 +298,14 @@ def bucketed_batches(
 
     Sorting by length (with random tie-breaks) before chunking keeps padding small, which
     on CPU is most of the speed; shuffling the batch order keeps the gradient unbiased
-    across an epoch.
+    across an epoch. Only the last batch may be short, so the flattened order can be read
+    back in fixed-size batches.
     """
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    short = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
     rng.shuffle(batches)
-    return batches
+    return batches + short
 
 
 def _prompt_key(conversation: Conversation) -> tuple[tuple[str, str], ...]:

@@ -26,12 +26,14 @@ from models.policy import (
 )
 from models.policy_data import (
     IGNORE_INDEX,
+    EncodedExample,
     NoiseSettings,
     add_surface_noise,
     bucketed_batches,
     drop_superseded,
     encode_conversation,
 )
+from models.policy_train import train_loop
 from tests.models.policy_fixture import HARMFUL, REFUSAL, conversations
 
 torch.set_num_threads(1)
@@ -330,3 +332,26 @@ def test_dpo_step_runs_and_changes_parameters(v1: Path, tmp_path: Path) -> None:
     before, after = _weights(v1), _weights(tmp_path / "dpo")
     assert any(not torch.equal(before[k], after[k]) for k in before)
     load_policy(tmp_path / "dpo", device="cpu")
+
+
+def test_each_epoch_is_redrawn_in_order_and_sizes_must_match() -> None:
+    cfg = PolicyConfig.tiny()
+    tok = train_tokenizer(_texts(), vocab_size=400)
+    pool = [encode_conversation(tok, c) for c in conversations()]
+    calls: list[int] = []
+
+    def epochs(e: int) -> list[EncodedExample]:
+        calls.append(e)
+        return pool[:16]
+
+    settings = cfg.model_copy(update={"max_steps": 5, "batch_size": 8}).loop_settings()
+    stats = train_loop(build_model(cfg, tok), epochs, settings, pad_id=tok.pad_token_id)
+    assert stats.steps == 5 and len(stats.losses) == 5
+    assert calls == [0, 1, 2]  # 2 batches per epoch: epochs 0, 1 and part of 2
+    assert stats.target_tokens < stats.tokens  # prompts are counted but carry no loss
+
+    def shrinking(e: int) -> list[EncodedExample]:
+        return pool[: 16 - e]
+
+    with pytest.raises(ValueError, match="every epoch must have the same size"):
+        train_loop(build_model(cfg, tok), shrinking, settings, pad_id=tok.pad_token_id)
