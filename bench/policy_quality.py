@@ -169,6 +169,22 @@ def weighted_replay(data: object, weight: int) -> list[list[dict[str, str]]]:
     return rows + extra * max(0, weight - 1)
 
 
+def without_categories(
+    rows: list[list[dict[str, str]]], names: Sequence[str]
+) -> list[list[dict[str, str]]]:
+    """Drop rows whose prompt comes from a named safety category's training templates."""
+    if not names:
+        return rows
+    patterns = []
+    for name in names:
+        if name not in CATEGORIES:
+            raise SystemExit(f"unknown category {name!r}; valid: {sorted(CATEGORIES)}")
+        for template in CATEGORIES[name].train_templates:
+            parts = re.split(r"\{[a-z_]+\}", template)
+            patterns.append(re.compile(".*".join(re.escape(p) for p in parts), re.IGNORECASE))
+    return [r for r in rows if not any(p.search(r[0]["content"]) for p in patterns)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", type=int, default=0)
@@ -180,7 +196,7 @@ def main() -> None:
     )
     parser.add_argument("--ft-steps", type=int, default=None)
     parser.add_argument(
-        "--lookalike-weight", type=int, default=3, help="look-alike copies in the replay"
+        "--lookalike-weight", type=int, default=6, help="look-alike copies in the replay"
     )
     parser.add_argument("--bf16", action="store_true", help="train with bf16 autocast")
     parser.add_argument("--no-noise", action="store_true", help="no extra surface noise")
@@ -188,6 +204,16 @@ def main() -> None:
     parser.add_argument("--no-replay", action="store_true", help="add the forgetting baseline")
     parser.add_argument("--dpo", action="store_true", help="add DPO on reward_v2_new")
     parser.add_argument("--out", type=Path, default=None, help="keep models here")
+    parser.add_argument(
+        "--v1-dir", type=Path, default=None, help="reuse this v1 folder (skips v1 training)"
+    )
+    parser.add_argument(
+        "--skip-new-category",
+        default="injection",
+        help="comma-separated safety categories left out of sft_v2_new ('' keeps all); "
+        "default injection: its rows wrap KB questions in a refusal and drove over-refusal "
+        "(+8 points), and injection is the guard's job",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     out = args.out or Path(tempfile.mkdtemp(prefix="policy_quality_"))
@@ -202,26 +228,28 @@ def main() -> None:
     print(f"replay_rows: {len(weighted_replay(data, args.lookalike_weight))}")
     print(f"load_avg_1min_before: {os.getloadavg()[0]:.2f}")
 
-    start = time.perf_counter()
-    budget = (
-        {"max_seconds": None, "max_steps": args.v1_steps}
-        if args.v1_steps
-        else {"max_seconds": args.seconds}
-    )
-    cfg = PolicyConfig(**budget, **common)  # type: ignore[arg-type]
-    res = train_policy_v1(data.sft_v1, cfg, out / "v1")
-    wall = time.perf_counter() - start
-    print(f"v1_wall_seconds: {wall:.1f}")
-    print(f"v1_loop_seconds: {res.seconds:.1f}")
-    print(f"v1_steps: {res.steps}")
-    print(f"v1_steps_per_s: {res.steps / res.seconds:.3f}")
-    print(f"v1_tokens_per_s: {res.tokens_per_second:.0f}")
-    print(f"v1_epochs: {res.epochs}")
-    print(f"v1_params: {res.param_count}")
-    print(f"v1_loss_initial: {res.initial_loss:.3f}")
-    print(f"v1_loss_final: {res.final_loss:.3f}")
-    print(f"load_avg_1min_after_v1: {os.getloadavg()[0]:.2f}")
-    v1 = measure(out / "v1", data, args.threads)
+    v1_dir = args.v1_dir or out / "v1"
+    if args.v1_dir is None:
+        start = time.perf_counter()
+        budget = (
+            {"max_seconds": None, "max_steps": args.v1_steps}
+            if args.v1_steps
+            else {"max_seconds": args.seconds}
+        )
+        cfg = PolicyConfig(**budget, **common)
+        res = train_policy_v1(data.sft_v1, cfg, v1_dir)
+        wall = time.perf_counter() - start
+        print(f"v1_wall_seconds: {wall:.1f}")
+        print(f"v1_loop_seconds: {res.seconds:.1f}")
+        print(f"v1_steps: {res.steps}")
+        print(f"v1_steps_per_s: {res.steps / res.seconds:.3f}")
+        print(f"v1_tokens_per_s: {res.tokens_per_second:.0f}")
+        print(f"v1_epochs: {res.epochs}")
+        print(f"v1_params: {res.param_count}")
+        print(f"v1_loss_initial: {res.initial_loss:.3f}")
+        print(f"v1_loss_final: {res.final_loss:.3f}")
+        print(f"load_avg_1min_after_v1: {os.getloadavg()[0]:.2f}")
+    v1 = measure(v1_dir, data, args.threads)
     emit("v1", v1)
 
     if args.no_finetune:
@@ -233,12 +261,14 @@ def main() -> None:
             if args.ft_steps
             else {"max_seconds": args.ft_seconds}
         )
-        ft_cfg = PolicyConfig.finetune(**ft_budget, **common)  # type: ignore[arg-type]
+        ft_cfg = PolicyConfig.finetune(**ft_budget, **common)
         start = time.perf_counter()
         replay = weighted_replay(data, args.lookalike_weight)
-        ft = finetune_sft(
-            out / "v1", data.sft_v2_new, replay, ft_cfg, out / name, replay_ratio=ratio
-        )
+        skip = [c for c in args.skip_new_category.split(",") if c]
+        new_rows = without_categories(data.sft_v2_new, skip)
+        print(f"{name}_new_rows: {len(new_rows)}")
+        ft = finetune_sft(v1_dir, new_rows, replay, ft_cfg, out / name, replay_ratio=ratio)
+        print(f"{name}_replay_superseded: {ft.replay_superseded}")
         print(f"{name}_wall_seconds: {time.perf_counter() - start:.1f}")
         print(f"{name}_steps: {ft.steps}")
         print(f"{name}_steps_per_s: {ft.steps / ft.seconds:.3f}")

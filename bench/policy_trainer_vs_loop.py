@@ -1,13 +1,18 @@
-"""Hand-written policy training loop vs transformers.Trainer: same model, data, batch, steps.
+"""Trainer vs a hand-written loop for the policy; our Trainer setup vs a plain Trainer.
 
-Why this exists: the policy is trained with a hand-written loop (models/policy_train.py);
-the rules say to prefer library trainers unless they cost speed. This measures it. Both
-arms train the default 5M Llama-style model for the same number of steps on the same
-encoded rows (batch 32, length-grouped), with the same precision, in one process, after a
-short warm-up of each, alternating arms over several rounds. Also compares bf16 autocast
-against fp32 for the loop.
+Why this exists: the rules prefer library trainers unless they cost speed. Three arms
+train the default 5M Llama-style model for the same number of steps on identical
+length-bucketed batches (batch 32, same order), fp32, fused AdamW, in one process, after a
+warm-up, alternating over several rounds (other processes share this CPU):
 
-Run: PYTHONPATH=. python bench/policy_trainer_vs_loop.py [--steps 10] [--rounds 3] [--threads 1]
+- ``hand``: a minimal hand-written loop (forward, backward, clip, step);
+- ``trainer``: a plain ``transformers.Trainer`` reading the same batches in order;
+- ``policy``: ``models.policy_train.train_loop`` (Trainer + epoch-aware dataset + budget
+  callback + per-step loss recording), i.e. what the policy trains with.
+
+Also: bf16 autocast against fp32 for ``policy``.
+
+Run: PYTHONPATH=. python bench/policy_trainer_vs_loop.py [--steps 8] [--rounds 3] [--threads 1]
 Prints ``name: value`` lines.
 """
 
@@ -25,7 +30,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from models.policy import PolicyConfig, build_model, train_tokenizer
-from models.policy_data import EncodedExample, encode_pool
+from models.policy_data import EncodedExample, bucketed_batches, encode_pool
 from models.policy_train import LoopSettings, collate, train_loop
 
 ATTRS = ["price", "user limit", "storage quota", "support hours", "refund window", "region"]
@@ -67,7 +72,7 @@ class _Timer(TrainerCallback):
         self.end = time.perf_counter()
 
 
-class _ListDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class _ListDataset(torch.utils.data.Dataset):
     def __init__(self, rows: list[EncodedExample]) -> None:
         self.rows = rows
 
@@ -81,7 +86,7 @@ class _ListDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -94,10 +99,13 @@ def main() -> None:
     )
     examples = [v[0] for v in pool.variants]
     pad = tok.pad_token_id
+    # train_loop's first-epoch batches (its rng is Random(seed=0)); the other arms read the
+    # rows in exactly this order, so all arms see identical batches.
+    loop_batches = bucketed_batches([len(e.input_ids) for e in examples], 32, random.Random(0))
+    trainer_order = [examples[i] for batch in loop_batches for i in batch]
 
-    def loop_arm(bf16: bool, steps: int) -> float:
-        model = build_model(cfg, tok)
-        settings = LoopSettings(
+    def settings(bf16: bool, steps: int) -> LoopSettings:
+        return LoopSettings(
             lr=cfg.lr,
             min_lr_ratio=0.1,
             warmup_steps=10,
@@ -109,10 +117,27 @@ def main() -> None:
             grad_clip=1.0,
             seed=0,
         )
-        stats = train_loop(model, lambda e: examples, settings, pad_id=pad)
+
+    def policy_arm(bf16: bool, steps: int) -> float:
+        model = build_model(cfg, tok)
+        stats = train_loop(model, lambda e: examples, settings(bf16, steps), pad_id=pad)
         return stats.steps / stats.seconds
 
-    def trainer_arm(bf16: bool, steps: int) -> float:
+    def hand_arm(steps: int) -> float:
+        model = build_model(cfg, tok)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=True)
+        start = time.perf_counter()
+        for batch_idx in loop_batches[:steps]:
+            loss = model(**collate([examples[i] for i in batch_idx], pad)).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            float(loss.detach())
+        return steps / (time.perf_counter() - start)
+
+    def trainer_arm(steps: int) -> float:
         model = build_model(cfg, tok)
         with tempfile.TemporaryDirectory() as out:
             targs = TrainingArguments(
@@ -121,22 +146,20 @@ def main() -> None:
                 learning_rate=cfg.lr,
                 lr_scheduler_type="cosine",
                 warmup_steps=10,
-                weight_decay=0.1,
                 max_steps=steps,
-                bf16=bf16,
                 use_cpu=True,
                 report_to="none",
                 save_strategy="no",
-                logging_steps=10**6,
+                logging_strategy="no",
                 disable_tqdm=True,
-                train_sampling_strategy="group_by_length",
+                train_sampling_strategy="sequential",
                 dataloader_num_workers=0,
                 seed=0,
             )
             trainer = Trainer(
                 model=model,
                 args=targs,
-                train_dataset=_ListDataset(examples),
+                train_dataset=_ListDataset(trainer_order),
                 data_collator=lambda feats: collate(
                     [EncodedExample(f["input_ids"], f["labels"]) for f in feats], pad
                 ),
@@ -144,27 +167,27 @@ def main() -> None:
             timer = _Timer()
             trainer.add_callback(timer)
             trainer.train()
-            # Same span as the loop's own timer: first step to last (setup excluded).
             return steps / (timer.end - timer.start)
 
-    # Warm-up both paths (first steps pay allocator and kernel selection costs).
-    loop_arm(False, 3)
-    trainer_arm(False, 3)
-    # Alternate short arms over several rounds so background load (other processes share
-    # this CPU) hits both alike; report medians of the per-round ratios.
-    ratios, bf16_ratios, loop_rates, trainer_rates = [], [], [], []
+    # Warm-up (first steps pay allocator and kernel selection costs).
+    hand_arm(3)
+    trainer_arm(3)
+    policy_arm(False, 3)
+    rates: dict[str, list[float]] = {"hand": [], "trainer": [], "policy": [], "policy_bf16": []}
     for _ in range(args.rounds):
-        loop_rate = loop_arm(False, args.steps)
-        trainer_rate = trainer_arm(False, args.steps)
-        loop_bf16 = loop_arm(True, args.steps)
-        loop_rates.append(loop_rate)
-        trainer_rates.append(trainer_rate)
-        ratios.append(loop_rate / trainer_rate)
-        bf16_ratios.append(loop_bf16 / loop_rate)
-    print(f"loop_fp32_steps_per_s: {statistics.median(loop_rates):.3f}")
-    print(f"trainer_fp32_steps_per_s: {statistics.median(trainer_rates):.3f}")
-    print(f"loop_over_trainer_fp32: {statistics.median(ratios):.3f}")
-    print(f"loop_bf16_over_fp32: {statistics.median(bf16_ratios):.3f}")
+        rates["hand"].append(hand_arm(args.steps))
+        rates["trainer"].append(trainer_arm(args.steps))
+        rates["policy"].append(policy_arm(False, args.steps))
+        rates["policy_bf16"].append(policy_arm(True, args.steps))
+
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
+
+    for name, values in rates.items():
+        print(f"{name}_steps_per_s: {statistics.median(values):.3f}")
+    print(f"hand_over_trainer: {ratio('hand', 'trainer'):.3f}")
+    print(f"policy_over_trainer: {ratio('policy', 'trainer'):.3f}")
+    print(f"policy_bf16_over_fp32: {ratio('policy_bf16', 'policy'):.3f}")
     print(f"rounds: {args.rounds}")
     print(f"threads: {args.threads}")
     print(f"load_avg_1min: {os.getloadavg()[0]:.2f}")

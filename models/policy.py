@@ -21,7 +21,7 @@ import math
 import random
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from models.policy_data import (
     EncodedExample,
     EncodedPool,
     NoiseSettings,
+    drop_superseded,
     encode_pool,
     noisy_conversation,
     validate_conversations,
@@ -66,15 +67,25 @@ SPECIAL_TOKENS = [PAD_TOKEN, END_TOKEN, *ROLE_TOKENS.values()]
 
 # `{% generation %}` marks the tokens that carry loss (return_assistant_tokens_mask), so the
 # assistant-only label mask comes from the template rather than from string offsets here.
+# Each content starts with a space so its first word tokenizes as it does mid-sentence
+# ("How" -> " How"; byte-level BPE gives the two unrelated ids). User and system text is
+# lower-cased: a from-scratch model has no notion that "Monthly" and "monthly" are the same
+# word, and casing carries no meaning in a help-desk question. Replies keep their case.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|' + message['role'] + '|>' }}"
     "{% if message['role'] == 'assistant' %}"
-    "{% generation %}{{ message['content'] }}{{ '<|end|>' }}{% endgeneration %}"
-    "{% else %}{{ message['content'] }}{{ '<|end|>' }}{% endif %}"
+    "{% generation %}{{ ' ' + message['content'] }}{{ '<|end|>' }}{% endgeneration %}"
+    "{% else %}{{ ' ' + message['content'] | lower }}{{ '<|end|>' }}{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 )
+
+
+def template_view(role: str, content: str) -> str:
+    """Render one message's content as :data:`CHAT_TEMPLATE` does (for tokenizer corpora)."""
+    return " " + (content if role == "assistant" else content.lower())
+
 
 TRAINING_META_FILE = "loopwright_training.json"
 """Written next to the weights: config and result of the run that produced the folder."""
@@ -234,6 +245,7 @@ class TrainResult:
         train_rows: conversations (or pairs) used.
         skipped_too_long: conversations dropped for exceeding ``max_positions``.
         epochs: passes over the data started.
+        replay_superseded: replay rows left out because the new rows contradict them.
 
     """
 
@@ -248,6 +260,7 @@ class TrainResult:
     train_rows: int
     skipped_too_long: int
     epochs: int
+    replay_superseded: int = 0
 
     def metrics(self) -> dict[str, float]:
         """Numeric fields, for logging to MLflow."""
@@ -449,16 +462,20 @@ def train_policy_v1(
         noise = NoiseSettings()
 
         def corpus() -> Iterable[str]:
+            # Texts as the chat template renders them (leading space; user text lower-cased),
+            # so merges are learned for the strings the model will actually see.
             for conv in conversations:
                 for msg in conv:
-                    yield msg["content"]
+                    yield template_view(msg["role"], msg["content"])
                 if config.surface_noise:
                     # Noisy copies in the tokenizer corpus so typos still get sensible merges.
                     for msg in noisy_conversation(conv, corpus_rng, noise):
                         if msg["role"] == "user":
-                            yield msg["content"]
+                            yield template_view("user", msg["content"])
             if tokenizer_texts is not None:
-                yield from tokenizer_texts
+                for text in tokenizer_texts:
+                    yield " " + text
+                    yield " " + text.lower()
 
         tokenizer = train_tokenizer(
             corpus(), config.vocab_size, min_frequency=config.tokenizer_min_frequency
@@ -552,6 +569,8 @@ def finetune_sft(
     out_dir: Path,
     replay_ratio: float = 4.0,
     progress: bool = False,
+    *,
+    drop_superseded_replay: bool = True,
 ) -> TrainResult:
     """Continue a saved policy on new rows mixed with replay of what it already knows.
 
@@ -570,6 +589,9 @@ def finetune_sft(
         out_dir: folder to write.
         replay_ratio: replay rows per new row per epoch; 0 disables replay.
         progress: show a progress bar.
+        drop_superseded_replay: leave out replay rows whose answers the new rows replace
+            (see :func:`models.policy_data.drop_superseded`); without it the stale answer
+            is replayed against the new one.
 
     Raises:
         ValueError: malformed rows, a negative ratio, or ``replay_ratio > 0`` with no replay
@@ -586,6 +608,13 @@ def finetune_sft(
                 "parent's training rows (or set replay_ratio=0 to knowingly forget)"
             )
         validate_conversations(replay_conversations, "finetune_sft.replay_conversations")
+    superseded = 0
+    replay_rows: Sequence[Conversation] = replay_conversations
+    if drop_superseded_replay and replay_ratio > 0:
+        replay_rows, superseded = drop_superseded(new_conversations, replay_conversations)
+        logger.info("finetune_sft: %d replay rows superseded by new rows", superseded)
+        if not replay_rows:
+            raise ValueError("finetune_sft: every replay row is superseded by the new rows")
     out_dir = Path(out_dir)
     with torch_threads(config.threads):
         model, tokenizer = _load_parent(parent_dir)
@@ -596,7 +625,7 @@ def finetune_sft(
         replay_pool = (
             _encode(
                 tokenizer,
-                replay_conversations,
+                replay_rows,
                 config,
                 max_positions,
                 config.seed + 1,
@@ -611,9 +640,9 @@ def finetune_sft(
 
         def epoch_examples(epoch: int) -> list[EncodedExample]:
             rng = random.Random(f"{config.seed}:sft:{epoch}")
-            new_rows, replay_rows = schedule(epoch)
-            return _pick_variants(new_pool, new_rows, rng, config.noise_prob) + _pick_variants(
-                replay_pool, replay_rows, rng, config.noise_prob
+            new_idx, replay_idx = schedule(epoch)
+            return _pick_variants(new_pool, new_idx, rng, config.noise_prob) + _pick_variants(
+                replay_pool, replay_idx, rng, config.noise_prob
             )
 
         torch.manual_seed(config.seed)
@@ -626,7 +655,9 @@ def finetune_sft(
         )
     rows = len(new_pool.variants) + len(replay_pool.variants)
     skipped = new_pool.skipped_too_long + replay_pool.skipped_too_long
-    result = _result("sft", out_dir, stats, model, rows, skipped)
+    result = replace(
+        _result("sft", out_dir, stats, model, rows, skipped), replay_superseded=superseded
+    )
     _save(
         model,
         tokenizer,
@@ -638,6 +669,7 @@ def finetune_sft(
             "new_rows": len(new_pool.variants),
             "replay_rows": len(replay_pool.variants),
             "replay_ratio": replay_ratio,
+            "replay_superseded": superseded,
         },
     )
     return result

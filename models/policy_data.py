@@ -62,6 +62,12 @@ class NoiseSettings:
         uppercase: probability of upper-casing the whole turn.
         typo_rate: per-word probability of one character typo (swap, drop, double, neighbour).
         drop_punct: probability of stripping the final punctuation.
+        word_drop: per-word probability of deleting a word that does not look like a name
+            (names: a capital after the first word, digits, ``-``/``_``/``.`` inside), so the
+            model learns to answer from the key words of phrasings it has not seen; users
+            write fragments ("monthly price Pro?").
+        sentence_case: probability of capitalising the first letter after the other changes
+            (byte-level BPE gives "Monthly" and " monthly" unrelated tokens).
 
     """
 
@@ -71,6 +77,8 @@ class NoiseSettings:
     uppercase: float = 0.04
     typo_rate: float = 0.04
     drop_punct: float = 0.3
+    word_drop: float = 0.12
+    sentence_case: float = 0.5
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -93,12 +101,29 @@ def _typo(word: str, rng: random.Random) -> str:
     return word[:i] + rng.choice(near) + word[i + 1 :] if near else word
 
 
-def add_surface_noise(text: str, rng: random.Random, settings: NoiseSettings) -> str:
-    """Return ``text`` with random greetings, closings, casing and typos (seeded by ``rng``).
+def _looks_like_name(word: str, position: int) -> bool:
+    core = word.strip(".,;:!?\"'()")
+    if not core:
+        return False
+    inner_caps = position > 0 and any(c.isupper() for c in core)
+    return inner_caps or any(c.isdigit() for c in core) or any(c in "-_." for c in core)
 
-    The meaning is kept: only surface form changes, so the reference answer stays valid.
+
+def add_surface_noise(text: str, rng: random.Random, settings: NoiseSettings) -> str:
+    """Return ``text`` with random greetings, closings, casing, typos and dropped words.
+
+    Seeded by ``rng``. The meaning is kept: words that look like names (plans, regions,
+    codes) are never dropped and only the surface form changes, so the reference answer
+    stays valid.
     """
     words = text.split()
+    if settings.word_drop > 0 and len(words) > 2:
+        kept = [
+            w
+            for i, w in enumerate(words)
+            if _looks_like_name(w, i) or rng.random() >= settings.word_drop
+        ]
+        words = kept if kept else words
     if settings.typo_rate > 0:
         words = [_typo(w, rng) if rng.random() < settings.typo_rate else w for w in words]
     out = " ".join(words)
@@ -115,6 +140,8 @@ def add_surface_noise(text: str, rng: random.Random, settings: NoiseSettings) ->
         out = out.lower()
     elif r < settings.lowercase + settings.uppercase:
         out = out.upper()
+    elif out and rng.random() < settings.sentence_case:
+        out = out[0].upper() + out[1:]
     return out
 
 
@@ -271,9 +298,48 @@ def bucketed_batches(
 
     Sorting by length (with random tie-breaks) before chunking keeps padding small, which
     on CPU is most of the speed; shuffling the batch order keeps the gradient unbiased
-    across an epoch.
+    across an epoch. Only the last batch may be short, so the flattened order can be read
+    back in fixed-size batches.
     """
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    short = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
     rng.shuffle(batches)
-    return batches
+    return batches + short
+
+
+def _prompt_key(conversation: Conversation) -> tuple[tuple[str, str], ...]:
+    return tuple((m["role"], " ".join(m["content"].lower().split())) for m in conversation[:-1])
+
+
+def drop_superseded(
+    new: Sequence[Conversation], replay: Sequence[Conversation]
+) -> tuple[list[Conversation], int]:
+    """Remove replay rows that the new rows contradict; return the kept rows and the count.
+
+    Replaying the parent's data verbatim also replays its *stale* answers: when a fact
+    changed, the old answer and the new one then compete (measured: fine-tuning with 4:1
+    replay of all of v1 left 58% stale answers on changed facts). A replay row is dropped
+    when the new rows ask the same prompt (case- and space-insensitive) with a different
+    answer, or when its answer is one of those superseded answers (this catches the noisy
+    and paraphrased copies of the same fact). An answer that the new rows also give (a
+    refusal, say) is never treated as superseded.
+    """
+    new_answers: dict[tuple[tuple[str, str], ...], set[str]] = {}
+    for conv in new:
+        new_answers.setdefault(_prompt_key(conv), set()).add(conv[-1]["content"])
+    all_new = {a for answers in new_answers.values() for a in answers}
+    superseded: set[str] = set()
+    for conv in replay:
+        answers = new_answers.get(_prompt_key(conv))
+        if answers is not None and conv[-1]["content"] not in answers:
+            superseded.add(conv[-1]["content"])
+    superseded -= all_new
+    kept: list[Conversation] = []
+    for conv in replay:
+        answers = new_answers.get(_prompt_key(conv))
+        contradicted = answers is not None and conv[-1]["content"] not in answers
+        if contradicted or conv[-1]["content"] in superseded:
+            continue
+        kept.append(conv)
+    return kept, len(replay) - len(kept)

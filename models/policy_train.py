@@ -1,14 +1,18 @@
-"""The causal-LM training loop used by policy pre-training and SFT fine-tuning.
+"""Policy pre-training and SFT fine-tuning on ``transformers.Trainer``.
 
-Why a hand-written loop rather than ``transformers.Trainer`` (measured with
-``bench/policy_trainer_vs_loop.py`` on this 2-core CPU, same model, data and batches): for a
-5M-parameter model a step takes tens of milliseconds, so the Trainer's per-step machinery
-(accelerate wrappers, callbacks, dataloader and sampler, logging) is a visible share of it;
-and the two things this model needs most are awkward there: a *wall-clock* budget with a
-cosine schedule that still ends at the minimum learning rate (the Trainer's scheduler needs
-the step count up front), and length-bucketed batches that draw a fresh noisy variant of
-each row every epoch. The loop is ~100 lines, seeded, and fully deterministic when the
-step count is fixed.
+The Trainer runs the optimisation (forward/backward, clipping, fused AdamW, bf16 autocast,
+device placement, progress bar). What it does not do, and this module adds:
+
+- length-bucketed batches whose rows are re-drawn every epoch (a fresh noisy variant per
+  row, a fresh replay sample for fine-tuning): an epoch-aware dataset, ordered as whole
+  batches and read sequentially;
+- a wall-clock budget whose cosine schedule still ends at the minimum learning rate: the
+  planned step count is re-estimated from the measured step rate by a callback, and the
+  schedule reads it.
+
+Measured with ``bench/policy_trainer_vs_loop.py`` (same model, same batches, 1 thread):
+the Trainer ran at parity with a hand-written loop (loop/Trainer 1.00), so the library
+does the loop. Fully deterministic for a fixed step count, seed and thread count.
 """
 
 from __future__ import annotations
@@ -16,13 +20,16 @@ from __future__ import annotations
 import logging
 import math
 import random
+import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
 
 from models.policy_data import IGNORE_INDEX, EncodedExample, bucketed_batches
 
@@ -136,7 +143,122 @@ def _optimizer(model: PreTrainedModel, settings: LoopSettings) -> torch.optim.Ad
         ],
         lr=settings.lr,
         betas=(0.9, 0.95),
+        # One fused kernel per step instead of a loop over tensors; the same optimiser the
+        # transformers Trainer picks by default ("adamw_torch_fused").
+        fused=True,
     )
+
+
+class _EpochDataset(torch.utils.data.Dataset):
+    """The rows of the current epoch, ordered as length-bucketed batches (read in order)."""
+
+    def __init__(
+        self,
+        epoch_examples: Callable[[int], list[EncodedExample]],
+        batch_size: int,
+        rng: random.Random,
+    ) -> None:
+        self._draw = epoch_examples
+        self._batch_size = batch_size
+        self._rng = rng
+        self.rows: list[EncodedExample] = []
+        self.epochs = 0
+        self._size = 0
+        self.load(0)
+        self._size = len(self.rows)
+
+    def load(self, epoch: int) -> None:
+        """Draw epoch ``epoch``'s examples and order them as bucketed batches."""
+        examples = self._draw(epoch)
+        if not examples:
+            raise ValueError(f"epoch {epoch} has no examples")
+        if self._size and len(examples) != self._size:
+            raise ValueError(
+                f"epoch {epoch} has {len(examples)} examples, epoch 0 had {self._size}; "
+                "every epoch must have the same size"
+            )
+        batches = bucketed_batches(
+            [len(ex.input_ids) for ex in examples], self._batch_size, self._rng
+        )
+        self.rows = [examples[i] for batch in batches for i in batch]
+        self.epochs = epoch + 1
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> EncodedExample:
+        return self.rows[index]
+
+
+class _Plan:
+    """Planned total steps, shared by the schedule and the budget callback."""
+
+    def __init__(self, settings: LoopSettings) -> None:
+        self.settings = settings
+        self.hard_limit = settings.max_steps if settings.max_steps is not None else 10**9
+        self.planned: int | None = settings.max_steps if settings.max_seconds is None else None
+
+    def lr_factor(self, step: int) -> float:
+        return lr_at(step, self.planned or self.hard_limit, self.settings) / self.settings.lr
+
+
+class _BudgetCallback(TrainerCallback):
+    """Redraws each epoch's rows, re-plans the step count from the step rate, stops on time."""
+
+    def __init__(self, plan: _Plan, dataset: _EpochDataset, stats: LoopStats) -> None:
+        self.plan = plan
+        self.dataset = dataset
+        self.stats = stats
+        self.start = self.last_replan = 0.0
+        self.replan_step = 0
+        self.epoch_calls = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.start = self.last_replan = time.perf_counter()
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.epoch_calls > 0:  # epoch 0 was drawn when the dataset was built
+            self.dataset.load(self.epoch_calls)
+        self.epoch_calls += 1
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        step = int(state.global_step)
+        now = time.perf_counter()
+        elapsed = now - self.start
+        budget = self.plan.settings.max_seconds
+        if budget is not None:
+            if elapsed >= budget:
+                control.should_training_stop = True
+                return
+            # Re-plan from the recent step rate so the cosine reaches its floor at the
+            # deadline even when other processes slow this one down mid-run.
+            if step == CALIBRATION_STEPS or (
+                step > CALIBRATION_STEPS and now - self.last_replan > 0.1 * budget
+            ):
+                rate = (step - self.replan_step) / max(1e-9, now - self.last_replan)
+                estimate = step + int(rate * (budget - elapsed))
+                self.plan.planned = min(self.plan.hard_limit, max(step + 1, estimate))
+                self.last_replan, self.replan_step = now, step
+        if step >= (self.plan.planned if self.plan.planned is not None else self.plan.hard_limit):
+            control.should_training_stop = True
+
+
+class _LossRecordingTrainer(Trainer):
+    """A Trainer that keeps every step's loss (its own logging averages over intervals)."""
+
+    def __init__(self, *args: Any, losses: list[float], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._step_losses = losses
+
+    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"training loss became {value} at step {len(self._step_losses)}"
+            )
+        self._step_losses.append(value)
+        return loss
 
 
 def train_loop(
@@ -152,97 +274,71 @@ def train_loop(
     Args:
         model: a causal LM whose forward accepts ``labels`` and returns ``.loss``.
         epoch_examples: returns the examples of epoch ``e`` (the caller picks noisy variants
-            and replay mixtures there, seeded by ``e``); called once per epoch.
+            and replay mixtures there, seeded by ``e``); every epoch must have the same
+            number of examples. Called once per epoch, in order.
         settings: optimiser, schedule, budget.
         pad_id: token id used for padding.
-        progress: show a tqdm bar.
+        progress: show the Trainer's progress bar.
 
     Returns:
         Loop statistics (steps, seconds, losses, token counts).
 
     Raises:
-        ValueError: neither ``max_steps`` nor ``max_seconds`` is set, or an epoch is empty.
+        ValueError: neither ``max_steps`` nor ``max_seconds`` is set, or an epoch is empty
+            or differs in size from the first.
+        FloatingPointError: the loss became NaN or infinite.
 
     """
     if settings.max_steps is None and settings.max_seconds is None:
         raise ValueError("set max_steps or max_seconds (or both)")
-    rng = random.Random(settings.seed)
-    optimizer = _optimizer(model, settings)
-    autocast = (
-        torch.autocast("cpu", dtype=torch.bfloat16)
-        if settings.bf16 and next(model.parameters()).device.type == "cpu"
-        else torch.autocast("cuda", dtype=torch.bfloat16)
-        if settings.bf16
-        else nullcontext()
-    )
-    device = next(model.parameters()).device
     stats = LoopStats()
-    planned = settings.max_steps if settings.max_seconds is None else None
-    hard_limit = settings.max_steps if settings.max_steps is not None else 10**9
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    dataset = _EpochDataset(epoch_examples, settings.batch_size, random.Random(settings.seed))
+    plan = _Plan(settings)
+    optimizer = _optimizer(model, settings)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, plan.lr_factor)
 
-        bar = tqdm(total=settings.max_steps, desc="policy training", unit="step")
-    model.train()
-    start = time.perf_counter()
-    last_replan = start
-    replan_step = 0
-    done = False
-    while not done:
-        examples = epoch_examples(stats.epochs)
-        if not examples:
-            raise ValueError(f"epoch {stats.epochs} has no examples")
-        stats.epochs += 1
-        batches = bucketed_batches([len(ex.input_ids) for ex in examples], settings.batch_size, rng)
-        for batch_idx in batches:
-            batch = collate([examples[i] for i in batch_idx], pad_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            lr = lr_at(stats.steps, planned or hard_limit, settings)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with autocast:
-                loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(f"training loss became {value} at step {stats.steps}")
-            stats.losses.append(value)
-            stats.steps += 1
-            stats.tokens += int(batch["attention_mask"].sum())
-            stats.target_tokens += int((batch["labels"] != IGNORE_INDEX).sum())
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}")
-            now = time.perf_counter()
-            elapsed = now - start
-            if settings.max_seconds is not None:
-                if elapsed >= settings.max_seconds:
-                    done = True
-                    break
-                # Re-plan the step count from the recent step rate so the cosine reaches its
-                # floor at the deadline even when other processes slow us down mid-run.
-                if stats.steps == CALIBRATION_STEPS or (
-                    stats.steps > CALIBRATION_STEPS
-                    and now - last_replan > 0.1 * settings.max_seconds
-                ):
-                    rate = (stats.steps - replan_step) / max(1e-9, now - last_replan)
-                    estimate = stats.steps + int(rate * (settings.max_seconds - elapsed))
-                    planned = min(hard_limit, max(stats.steps + 1, estimate))
-                    last_replan, replan_step = now, stats.steps
-                    if bar is not None:
-                        bar.total = planned
-                        bar.refresh()
-            if stats.steps >= (planned if planned is not None else hard_limit):
-                done = True
-                break
-    stats.seconds = time.perf_counter() - start
-    if bar is not None:
-        bar.close()
+    def collate_and_count(batch: list[EncodedExample]) -> dict[str, torch.Tensor]:
+        out = collate(batch, pad_id)
+        stats.tokens += int(out["attention_mask"].sum())
+        stats.target_tokens += int((out["labels"] != IGNORE_INDEX).sum())
+        return out
+
+    with tempfile.TemporaryDirectory(prefix="policy-train-") as scratch:
+        args = TrainingArguments(
+            output_dir=scratch,
+            per_device_train_batch_size=settings.batch_size,
+            max_steps=plan.hard_limit,
+            max_grad_norm=settings.grad_clip,
+            bf16=settings.bf16,
+            use_cpu=not torch.cuda.is_available(),
+            # Our dataset already holds whole bucketed batches in order.
+            train_sampling_strategy="sequential",
+            dataloader_num_workers=0,
+            dataloader_pin_memory=False,
+            remove_unused_columns=False,
+            logging_strategy="no",
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=not progress,
+            seed=settings.seed,
+        )
+        budget = _BudgetCallback(plan, dataset, stats)
+        trainer = _LossRecordingTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=collate_and_count,
+            optimizers=(optimizer, schedule),
+            callbacks=[budget],
+            losses=stats.losses,
+        )
+        trainer.remove_callback(PrinterCallback)  # it would print the final metrics dict
+        start = time.perf_counter()
+        trainer.train()
+        stats.seconds = time.perf_counter() - start
     model.eval()
+    stats.steps = len(stats.losses)
+    stats.epochs = dataset.epochs
     stats.initial_loss = stats.losses[0]
     tail = stats.losses[-min(20, len(stats.losses)) :]
     stats.final_loss = sum(tail) / len(tail)

@@ -26,11 +26,14 @@ from models.policy import (
 )
 from models.policy_data import (
     IGNORE_INDEX,
+    EncodedExample,
     NoiseSettings,
     add_surface_noise,
     bucketed_batches,
+    drop_superseded,
     encode_conversation,
 )
+from models.policy_train import train_loop
 from tests.models.policy_fixture import HARMFUL, REFUSAL, conversations
 
 torch.set_num_threads(1)
@@ -58,7 +61,8 @@ def test_tokenizer_round_trips_with_chat_template(tmp_path: Path) -> None:
     tok = train_tokenizer(_texts(), vocab_size=400)
     conv = [{"role": "user", "content": "How much is the Pro plan?"}]
     prompt = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
-    assert prompt == "<|user|>How much is the Pro plan?<|end|><|assistant|>"
+    # User text is lower-cased and every content starts with a space (see CHAT_TEMPLATE).
+    assert prompt == "<|user|> how much is the pro plan?<|end|><|assistant|>"
     tok.save_pretrained(tmp_path)
     again = AutoTokenizer.from_pretrained(str(tmp_path))
     assert again.chat_template == tok.chat_template
@@ -89,9 +93,9 @@ def test_loss_is_only_on_assistant_tokens() -> None:
     assert len(ex.labels) == len(ex.input_ids)
     targets = [t for t in ex.labels if t != IGNORE_INDEX]
     expected = (
-        "The Pro plan costs $12 per month."
+        " The Pro plan costs $12 per month."
         + END_TOKEN
-        + "The Team plan costs $30 per month."
+        + " The Team plan costs $30 per month."
         + END_TOKEN
     )
     assert tok.decode(targets) == expected
@@ -111,7 +115,41 @@ def test_surface_noise_is_seeded_and_keeps_words_recognisable() -> None:
     b = [add_surface_noise(text, random.Random(s), NoiseSettings()) for s in range(30)]
     assert a == b
     assert len(set(a)) > 10  # it actually varies
-    assert all("team" in x.lower() or "taem" in x.lower() or "tem" in x.lower() for x in a)
+    no_typos = NoiseSettings(typo_rate=0.0)
+    clean = [add_surface_noise(text, random.Random(s), no_typos) for s in range(30)]
+    assert all("team" in x.lower() for x in clean)  # the name survives everything else
+
+
+def test_word_drop_never_removes_names() -> None:
+    text = "How much storage does the Pro plan include in eu-west-1 for E1234?"
+    settings = NoiseSettings(word_drop=0.9, greeting=0, closing=0, typo_rate=0)
+    for seed in range(20):
+        noisy = add_surface_noise(text, random.Random(seed), settings)
+        for name in ("Pro", "eu-west-1", "E1234"):
+            assert name.lower() in noisy.lower()
+        assert len(noisy.split()) < len(text.split())
+
+
+def test_superseded_replay_rows_are_dropped_and_counted() -> None:
+    old_answer = "The Pro plan costs $12 per month."
+    new_answer = "The Pro plan costs $15 per month."
+    replay = [
+        [{"role": "user", "content": "How much is the Pro plan?"}, _a(old_answer)],
+        [{"role": "user", "content": "hi, pro plan price??"}, _a(old_answer)],  # noisy copy
+        [{"role": "user", "content": "How many users can Pro have?"}, _a("Ten users.")],
+        [{"role": "user", "content": "Write malware."}, _a(REFUSAL)],
+    ]
+    new = [
+        [{"role": "user", "content": "how much is the  Pro plan?"}, _a(new_answer)],
+        [{"role": "user", "content": "Steal a password."}, _a(REFUSAL)],
+    ]
+    kept, dropped = drop_superseded(new, replay)
+    assert dropped == 2
+    assert kept == replay[2:]  # the unchanged fact and the refusal stay
+
+
+def _a(text: str) -> dict[str, str]:
+    return {"role": "assistant", "content": text}
 
 
 def test_noise_settings_validate() -> None:
@@ -231,20 +269,31 @@ def test_tiny_v1_learns_its_training_set(v1: Path) -> None:
     assert exact >= 0.9
 
 
-def test_finetune_with_replay_changes_weights_and_keeps_tokenizer(v1: Path, tmp_path: Path) -> None:
+def test_finetune_with_replay_learns_new_fact_keeps_old_and_tokenizer(
+    v1: Path, tmp_path: Path
+) -> None:
     new = conversations(prices={"Pro": 15})
     out = tmp_path / "ft"
     result = finetune_sft(
-        v1, new, conversations(), PolicyConfig.tiny(max_steps=15, lr=1e-3), out, replay_ratio=4.0
+        v1, new, conversations(), PolicyConfig.tiny(max_steps=80, lr=2e-3), out, replay_ratio=4.0
     )
-    assert result.kind == "sft" and result.steps == 15
+    assert result.kind == "sft" and result.steps == 80
+    # The three Pro-price rows of the replay say $12: they are left out, not replayed.
+    assert result.replay_superseded == 3
     before, after = _weights(v1), _weights(out)
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert (out / "tokenizer.json").read_text() == (v1 / "tokenizer.json").read_text()
     meta = json.loads((out / TRAINING_META_FILE).read_text())
-    assert meta["new_rows"] == len(new) and meta["replay_rows"] == len(conversations())
+    assert meta["new_rows"] == len(new) and meta["replay_rows"] == len(conversations()) - 3
     assert meta["parent_dir"] == str(v1)
-    load_policy(out, device="cpu")
+    replies = generate_batch(
+        load_policy(out, device="cpu"),
+        [
+            [{"role": "user", "content": "How much is the Pro plan?"}],
+            [{"role": "user", "content": "How many users can Team have?"}],
+        ],
+    )
+    assert replies == ["The Pro plan costs $15 per month.", "The Team plan allows 50 users."]
 
 
 def test_finetune_demands_replay_unless_explicitly_disabled(v1: Path, tmp_path: Path) -> None:
@@ -283,3 +332,26 @@ def test_dpo_step_runs_and_changes_parameters(v1: Path, tmp_path: Path) -> None:
     before, after = _weights(v1), _weights(tmp_path / "dpo")
     assert any(not torch.equal(before[k], after[k]) for k in before)
     load_policy(tmp_path / "dpo", device="cpu")
+
+
+def test_each_epoch_is_redrawn_in_order_and_sizes_must_match() -> None:
+    cfg = PolicyConfig.tiny()
+    tok = train_tokenizer(_texts(), vocab_size=400)
+    pool = [encode_conversation(tok, c) for c in conversations()]
+    calls: list[int] = []
+
+    def epochs(e: int) -> list[EncodedExample]:
+        calls.append(e)
+        return pool[:16]
+
+    settings = cfg.model_copy(update={"max_steps": 5, "batch_size": 8}).loop_settings()
+    stats = train_loop(build_model(cfg, tok), epochs, settings, pad_id=tok.pad_token_id)
+    assert stats.steps == 5 and len(stats.losses) == 5
+    assert calls == [0, 1, 2]  # 2 batches per epoch: epochs 0, 1 and part of 2
+    assert stats.target_tokens < stats.tokens  # prompts are counted but carry no loss
+
+    def shrinking(e: int) -> list[EncodedExample]:
+        return pool[: 16 - e]
+
+    with pytest.raises(ValueError, match="every epoch must have the same size"):
+        train_loop(build_model(cfg, tok), shrinking, settings, pad_id=tok.pad_token_id)
