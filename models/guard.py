@@ -84,7 +84,9 @@ class GuardConfig(BaseModel):
         val_fraction: share of each label held back for threshold calibration.
         target_fpr: the requirement: benign false-positive rate on unseen prompts.
         calibration_fpr: the benign FPR thresholds are fitted to on the validation split;
-            below ``target_fpr`` to leave room for sampling noise on unseen prompts.
+            well below ``target_fpr`` because unseen phrasings score higher than validation
+            ones (on the example domain, 0.5% on validation became ~5% on held-out
+            templates, 2% became ~10%).
         class_weighting: weight the loss by inverse label frequency.
         label_smoothing: cross-entropy label smoothing (softer, less over-confident scores).
         group_similarity: texts whose pretrained embeddings are at least this similar
@@ -117,7 +119,7 @@ class GuardConfig(BaseModel):
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
     val_fraction: float = Field(default=0.15, gt=0, lt=0.9)
     target_fpr: float = Field(default=0.03, gt=0, lt=1)
-    calibration_fpr: float = Field(default=0.02, gt=0, lt=1)
+    calibration_fpr: float = Field(default=0.005, ge=0, lt=1)
     class_weighting: bool = True
     label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
     group_similarity: float | None = Field(default=0.8, gt=0, le=1)
@@ -458,14 +460,14 @@ class Guard:
         self.normalize = normalize
 
     @classmethod
-    def load(cls, folder: str | Path, backend: str = "onnx", threads: int | None = 1) -> Guard:
+    def load(cls, folder: str | Path, backend: str = "onnx", threads: int | None = None) -> Guard:
         """Load a guard folder written by :func:`train_guard`.
 
         Args:
             folder: the guard folder.
             backend: ``"onnx"`` (int8, the served fast path) or ``"torch"`` (fp32).
-            threads: intra-op threads (ONNX: per session; torch: process-wide, ``None``
-                leaves torch's setting alone).
+            threads: intra-op threads (ONNX: per session, ``None`` means 1; torch:
+                process-wide, ``None`` leaves torch's setting alone).
 
         Raises:
             FileNotFoundError: ``folder`` holds no guard (no ``guard_config.json``).
