@@ -110,7 +110,7 @@ def test_release_promotes_after_approval_through_the_api(bootstrapped, nightly_c
     assert ("promote", "previous", None, old_champion) in moves
 
     # One command rolls back: champion returns to the previous version, recorded.
-    from conftest import SESSION_STACK_ENV
+    from stackenv import SESSION_STACK_ENV
     from typer.testing import CliRunner
 
     from loopwright.cli import app

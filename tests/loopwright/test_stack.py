@@ -5,7 +5,7 @@ import shutil
 import socket
 
 import pytest
-from conftest import PORT_OFFSET, TEST_ROOT, _port, stack_env
+from stackenv import PORT_OFFSET, TEST_ROOT, _port, stack_env
 
 from loopwright.config import load_settings
 from loopwright.stack import PortInUse, Stack
