@@ -212,6 +212,17 @@ def test_calibration_meets_the_fpr_budget_with_the_widest_margin() -> None:
     assert all(0.1 < t < 0.9 for t in cal.thresholds.values())
 
 
+def test_calibration_never_goes_below_the_floor() -> None:
+    # Benign validation scores are tiny, so an unconstrained fit would sit far below 0.5.
+    probs = np.array([[0.99, 0.005, 0.005]] * 20 + [[0.2, 0.7, 0.1]] * 5 + [[0.2, 0.1, 0.7]] * 5)
+    labels = ["benign"] * 20 + ["harmful"] * 5 + ["injection"] * 5
+    free = calibrate_thresholds(probs, labels, max_fpr=0.0)
+    floored = calibrate_thresholds(probs, labels, max_fpr=0.0, min_threshold=0.5)
+    assert min(free.thresholds.values()) < 0.5
+    assert all(0.5 <= t <= 0.7 for t in floored.thresholds.values())
+    assert floored.recall == {"harmful": 1.0, "injection": 1.0}
+
+
 def test_calibration_reports_an_impossible_budget() -> None:
     probs = np.array([[0.0005, 0.9995, 0.0], [0.0005, 0.9995, 0.0], [0.0, 0.0, 1.0]])
     cal = calibrate_thresholds(probs, ["benign", "harmful", "injection"], max_fpr=0.0)
