@@ -43,6 +43,8 @@ def _arm_traffic(settings, stop: threading.Event) -> None:
 def _resume_when_paused(approve: bool, reviewer: str, stop: threading.Event) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
         FlowRunFilter,
         FlowRunFilterState,
         FlowRunFilterStateName,
