@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 from loopwright.evaluation.engine import EngineConfig, GenerationRequest, generate
 from loopwright.evaluation.store import GenerationStore
@@ -13,7 +14,10 @@ from loopwright.evaluation.targets import LocalModelTarget
 from loopwright.records import EvalSample, Message
 from models.generation import DecodingParams, generate_batch, load_policy
 
-pytestmark = pytest.mark.gpu
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
 
 PROMPTS = [f"how do i reset my password {i}" for i in range(20)] + [
     "the pro plan costs twelve dollars per month and the storage limit is fifty gigabytes"
@@ -31,14 +35,6 @@ def _samples() -> list[EvalSample]:
         )
         for i, p in enumerate(PROMPTS)
     ]
-
-
-@pytest.fixture(autouse=True)
-def _need_cuda() -> None:
-    import torch
-
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
 
 
 def test_local_executor_uses_the_gpu_and_matches_generate_batch(
