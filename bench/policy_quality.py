@@ -9,12 +9,14 @@ then measures with greedy ``generate_batch`` on the domain's held-out eval suite
   uncovered harmful categories, training and held-out templates;
 - over-refusal on benign look-alikes.
 
-Then fine-tunes v1 on ``sft_v2_new`` with 4:1 replay of ``sft_v1`` and measures changed
+Then fine-tunes v1 on ``sft_v2_new`` (injection rows left out by default, see
+``--skip-new-category``) with 4:1 replay of ``sft_v1`` (benign look-alike rows weighted
+6x; rows superseded by the new facts dropped by ``finetune_sft``) and measures changed
 facts, unchanged facts (delta against v1: the same-process baseline), stale answers,
 newly covered refusals and over-refusal. ``--no-replay`` adds the forgetting baseline
 (fine-tune on new rows alone); ``--dpo`` adds a DPO step on ``reward_v2_new`` on top.
 
-Run: PYTHONPATH=. python bench/policy_quality.py [--seed 0] [--seconds 270] [--threads 2]
+Run: PYTHONPATH=. python bench/policy_quality.py [--seed 0] [--seconds 270] [--threads 1] [--dpo]
 Prints one ``name: value`` line per figure.
 """
 
@@ -190,7 +192,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=270.0, help="v1 training-loop budget")
     parser.add_argument("--ft-seconds", type=float, default=120.0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--v1-steps", type=int, default=None, help="fixed step count instead of --seconds"
     )

@@ -271,14 +271,20 @@ def demo(
         raise typer.Exit(1) from None
     _print_status(settings)
     typer.echo("2. smoke round trips")
-    ok = _run_smoke(settings)
+    smoke_ok = _run_smoke(settings)
     typer.echo("3. the loop: bootstrap, traffic, nightly, gate, canary, approval, poison, rollback")
     from flows.demo import demo_flow
+    from loopwright.demo import DemoOutcome
 
-    outcome = demo_flow(settings, tiny=tiny, requests=requests)
-    ok = ok and outcome.ok
+    try:
+        outcome = demo_flow(settings, tiny=tiny, requests=requests)
+    except Exception as exc:  # noqa: BLE001 - report the failed step, still print the URLs
+        outcome = DemoOutcome(ok=False)
+        outcome.steps.append(("loop", f"FAILED: {type(exc).__name__}: {exc}"))
+    ok = smoke_ok and outcome.ok
     typer.echo("")
     typer.echo("Summary")
+    typer.echo(f"  {'smoke round trips':<32} {'all passed' if smoke_ok else 'FAILED'}")
     for step, result in outcome.steps:
         typer.echo(f"  {step:<32} {result}")
     if outcome.table:

@@ -87,7 +87,13 @@ class GuardConfig(BaseModel):
             well below ``target_fpr`` because unseen phrasings score higher than validation
             ones (on the example domain, 0.5% on validation became ~5% on held-out
             templates, 2% became ~10%).
-        class_weighting: weight the loss by inverse label frequency.
+        class_weighting: weight the loss by inverse label frequency. Off by default: on
+            the example domain, down-weighting benign raised false positives on unseen
+            benign look-alikes.
+        min_threshold: calibrated thresholds never go below this. Validation prompts are
+            scored more confidently than unseen phrasings, so thresholds fitted far below
+            0.5 blocked 5-10% of unseen benign prompts; 0.5 means a prompt is blocked only
+            when the guard finds the unsafe label more likely than not.
         label_smoothing: cross-entropy label smoothing (softer, less over-confident scores).
         group_similarity: texts whose pretrained embeddings are at least this similar
             (cosine) stay on one side of the train/validation split, so thresholds are
@@ -120,7 +126,8 @@ class GuardConfig(BaseModel):
     val_fraction: float = Field(default=0.15, gt=0, lt=0.9)
     target_fpr: float = Field(default=0.03, gt=0, lt=1)
     calibration_fpr: float = Field(default=0.005, ge=0, lt=1)
-    class_weighting: bool = True
+    class_weighting: bool = False
+    min_threshold: float = Field(default=0.5, ge=0, lt=1)
     label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
     group_similarity: float | None = Field(default=0.8, gt=0, le=1)
     normalize: bool = True
@@ -329,7 +336,11 @@ def blocked_mask(probs: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
 
 
 def calibrate_thresholds(
-    probs: np.ndarray, labels: Sequence[str], max_fpr: float, grid_size: int = 61
+    probs: np.ndarray,
+    labels: Sequence[str],
+    max_fpr: float,
+    grid_size: int = 61,
+    min_threshold: float = 0.0,
 ) -> Calibration:
     """Per-label thresholds maximising recall subject to a benign false-positive budget.
 
@@ -342,7 +353,8 @@ def calibrate_thresholds(
     thresholds against one shared FPR budget.
 
     If no combination meets the budget (benign prompts scored as confidently as any
-    threshold), the one with the lowest FPR is returned with ``feasible=False``.
+    threshold), the one with the lowest FPR is returned with ``feasible=False``. Grid
+    values below ``min_threshold`` are not considered.
     """
     labels_arr = np.asarray(labels)
     if probs.ndim != 2 or probs.shape != (len(labels_arr), len(GUARD_LABELS)):
@@ -358,7 +370,8 @@ def calibrate_thresholds(
     if missing:
         raise ValueError(f"calibration needs examples of every label; none for {missing}")
 
-    logits = np.linspace(np.log(0.01 / 0.99), np.log(0.999 / 0.001), grid_size)
+    low = min(max(0.01, min_threshold), 0.99)
+    logits = np.linspace(np.log(low / (1 - low)), np.log(0.999 / 0.001), grid_size)
     grid = 1.0 / (1.0 + np.exp(-logits))
     n_pos = len(GUARD_LABELS) - 1
     mesh = np.stack(np.meshgrid(*([np.arange(grid_size)] * n_pos), indexing="ij"), -1)
@@ -811,7 +824,10 @@ def train_guard(train: Iterable[Any], config: GuardConfig, out_dir: str | Path) 
     )
     val_probs = provisional.probs([ex.text for ex in val_split])
     calibration = calibrate_thresholds(
-        val_probs, [ex.label for ex in val_split], max_fpr=config.calibration_fpr
+        val_probs,
+        [ex.label for ex in val_split],
+        max_fpr=config.calibration_fpr,
+        min_threshold=config.min_threshold,
     )
     calibrate_seconds = time.perf_counter() - started
 

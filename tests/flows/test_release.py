@@ -43,6 +43,8 @@ def _arm_traffic(settings, stop: threading.Event) -> None:
 def _resume_when_paused(approve: bool, reviewer: str, stop: threading.Event) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
         FlowRunFilter,
         FlowRunFilterState,
         FlowRunFilterStateName,
@@ -51,10 +53,12 @@ def _resume_when_paused(approve: bool, reviewer: str, stop: threading.Event) -> 
 
     with get_client(sync_client=True) as client:
         while not stop.is_set():
+            # Only the release flow's pause: other tests leave their own flow runs behind.
             paused = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["release"])),
                 flow_run_filter=FlowRunFilter(
                     state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))
-                )
+                ),
             )
             if paused:
                 resume_flow_run(
