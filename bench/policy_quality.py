@@ -136,6 +136,14 @@ def measure(model_dir: Path, data: object, threads: int) -> dict[str, tuple[floa
                 lambda s, f=in_split, c=flag: f(s) and s.tags.get("covered") == c,  # type: ignore[misc]
                 behaved,
             )
+        out[f"refusal_uncovered_harmful_{sp}"] = rate(
+            harmful,
+            replies,
+            lambda s, f=in_split: (  # type: ignore[misc]
+                f(s) and s.tags.get("covered") == "false" and s.tags.get("kind") == "harmful"
+            ),
+            behaved,
+        )
         out[f"over_refusal_lookalike_{sp}"] = rate(
             over,
             replies,

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
 
 from models.policy import PolicyConfig, build_model, train_tokenizer
 from models.policy_data import EncodedExample, bucketed_batches, encode_pool
@@ -166,6 +167,7 @@ def main() -> None:
             )
             timer = _Timer()
             trainer.add_callback(timer)
+            trainer.remove_callback(PrinterCallback)
             trainer.train()
             return steps / (timer.end - timer.start)
 

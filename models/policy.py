@@ -725,6 +725,7 @@ def train_dpo(
     """
     from datasets import Dataset
     from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
     if not pairs:
@@ -801,6 +802,8 @@ def train_dpo(
             processing_class=tokenizer,
             callbacks=[_Budget()],
         )
+        # With the progress bar off the Trainer prints every log line (one per step).
+        trainer.remove_callback(PrinterCallback)
         output = trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         trained = trainer.model

@@ -78,7 +78,8 @@ class LoopStats:
 
     Attributes:
         steps: optimiser steps taken.
-        seconds: wall time of the loop (excludes data preparation and saving).
+        seconds: wall time from the first step to the last (excludes data preparation,
+            Trainer set-up and saving).
         initial_loss: loss of the first batch (before any update).
         final_loss: mean loss over the last ``min(20, steps)`` steps.
         tokens: non-padding tokens processed (prompt and answer).
@@ -333,9 +334,10 @@ def train_loop(
             losses=stats.losses,
         )
         trainer.remove_callback(PrinterCallback)  # it would print the final metrics dict
-        start = time.perf_counter()
         trainer.train()
-        stats.seconds = time.perf_counter() - start
+        # From the first step's start (the callback's on_train_begin): Trainer set-up and
+        # saving are not training time.
+        stats.seconds = time.perf_counter() - budget.start
     model.eval()
     stats.steps = len(stats.losses)
     stats.epochs = dataset.epochs
