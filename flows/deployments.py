@@ -14,11 +14,11 @@ from prefect import flow, serve
 from prefect.deployments.runner import RunnerDeployment
 
 from flows.bootstrap import bootstrap_flow
-from flows.nightly import nightly_flow
+from flows.nightly import nightly_flow, nightly_stage_flow
 from flows.release import release_flow
 from loopwright.client_env import apply_client_env
 from loopwright.config import Settings, load_settings
-from loopwright.nightly import NightlyConfig
+from loopwright.nightly import NightlyConfig, NightlyStage
 from loopwright.release.config import ReleaseConfig
 from models.bootstrap import BootstrapConfig
 from tasks.demo import rollback
@@ -47,6 +47,12 @@ def nightly_only(profile: str = "local") -> str | None:
     return candidate.version if candidate else None
 
 
+@flow(name="nightly-one-stage", log_prints=True)
+def nightly_one_stage(profile: str, stage: NightlyStage) -> str:
+    """One nightly stage alone (inputs from where the earlier stages left them)."""
+    return nightly_stage_flow(_settings(profile), stage, NightlyConfig())
+
+
 @flow(name="promote", log_prints=True)
 def promote_version(profile: str, version: str, auto_approve: bool = False) -> str:
     """Gate, canary and approval for one registered candidate version."""
@@ -73,6 +79,7 @@ def serve_all(profile: str, cron: str = "0 2 * * *") -> None:
     deployments = [
         nightly_loop.to_deployment(name="nightly", cron=cron, parameters=params),
         nightly_only.to_deployment(name="stages-1-5", parameters=params),
+        nightly_one_stage.to_deployment(name="stage", parameters=params),
         promote_version.to_deployment(name="promote", parameters=params),
         rollback_champion.to_deployment(name="rollback", parameters=params),
         bootstrap_default.to_deployment(name="bootstrap", parameters=params),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 import yaml
@@ -167,6 +167,44 @@ def _run_bootstrap(settings: Settings, *, force: bool, tiny: bool, seed: int) ->
     versions = bootstrap_flow(settings, settings.data_repo.resolve(), config, force)
     for kind, version in versions.items():
         typer.echo(f"  {kind:<7} models:/{version.name}/{version.version} (champion)")
+
+
+@app.command()
+def nightly(
+    ctx: typer.Context,
+    stage: Annotated[
+        str | None,
+        typer.Option(help="run one stage alone: ingest, check, curate, snapshot, reward, finetune"),
+    ] = None,
+    tiny: Annotated[bool, typer.Option(help="tiny training budgets (smoke runs)")] = False,
+    seed: int = 0,
+) -> None:
+    """Production log -> checked, versioned data -> reward refresh -> candidate (resumable)."""
+    from loopwright.client_env import apply_client_env
+    from loopwright.nightly import NIGHTLY_STAGES, BatchRejected, NightlyConfig, NightlyStage
+
+    if stage is not None and stage not in NIGHTLY_STAGES:
+        typer.secho(
+            f"unknown stage {stage!r}; valid: {', '.join(NIGHTLY_STAGES)}", fg="red", err=True
+        )
+        raise typer.Exit(2)
+    settings = _settings(ctx)
+    apply_client_env(settings)
+    from flows.nightly import nightly_flow, nightly_stage_flow
+
+    config = NightlyConfig(tiny=tiny, seed=seed)
+    if stage is not None:
+        typer.echo(f"{stage}: {nightly_stage_flow(settings, cast(NightlyStage, stage), config)}")
+        return
+    try:
+        candidate = nightly_flow(settings, config)
+    except BatchRejected as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from None
+    if candidate is None:
+        typer.echo("no new data: nothing trained")
+    else:
+        typer.echo(f"candidate models:/{candidate.name}/{candidate.version} (no alias)")
 
 
 KindOption = Annotated[str, typer.Option(help="which registered model: policy, guard or reward")]

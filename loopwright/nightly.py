@@ -17,7 +17,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -93,6 +93,42 @@ def ingest_stage(settings: Settings) -> Any:
     if not result.reconciles:
         raise RuntimeError(f"ingest counts do not reconcile: {result}")
     return result
+
+
+def open_batch(settings: Settings) -> int | None:
+    """The newest batch ingested but neither committed nor rejected (a crashed run's)."""
+    from loopwright.data.batches import load_manifest
+    from loopwright.data.tables import DataLayout
+
+    open_batches = load_manifest(DataLayout(data_dir(settings) / "production")).open_batches()
+    return open_batches[-1] if open_batches else None
+
+
+def last_committed_batch(settings: Settings) -> int | None:
+    """The newest committed batch (None before the first)."""
+    from loopwright.data.batches import load_manifest
+    from loopwright.data.tables import DataLayout
+
+    committed = load_manifest(DataLayout(data_dir(settings) / "production")).committed()
+    return max((record.batch for record in committed), default=None)
+
+
+NightlyStage = Literal["ingest", "check", "curate", "snapshot", "reward", "finetune"]
+NIGHTLY_STAGES: tuple[str, ...] = get_args(NightlyStage)
+
+
+def stage_batch(settings: Settings) -> int:
+    """The batch a stage run alone works on: the open one, else the newest committed.
+
+    Raises:
+        ValueError: nothing was ingested yet.
+    """
+    batch = open_batch(settings)
+    if batch is None:
+        batch = last_committed_batch(settings)
+    if batch is None:
+        raise ValueError(f"no batch under {data_dir(settings) / 'production'}; run ingest first")
+    return batch
 
 
 def check_stage(

@@ -81,3 +81,45 @@ def publish_model(
         version = log_and_register(folder, name, kind, tags=tags)
     logger.info("published %s version %s", name, version.version)
     return version
+
+
+def record_outcome(
+    *,
+    experiment: str,
+    run_name: str,
+    params: Mapping[str, object],
+    metrics: Mapping[str, float],
+    lineage: Mapping[str, str],
+    outcome: str,
+) -> None:
+    """Log a training run that published nothing (e.g. a refreshed model that lost).
+
+    The run carries the lineage tags and ``outcome``, so a rerun of the same work finds
+    it with :func:`find_outcome` instead of training again.
+    """
+    import math
+
+    import mlflow
+
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name):
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if math.isfinite(float(v))})
+        mlflow.set_tags({f"lineage.{k}": v for k, v in lineage.items()})
+        mlflow.set_tag("outcome", outcome)
+
+
+def find_outcome(experiment: str, lineage: Mapping[str, str]) -> str | None:
+    """The ``outcome`` tag of a finished run with exactly these lineage tags, if any."""
+    import mlflow
+
+    conditions = " and ".join(
+        [f"tags.`lineage.{key}` = '{value}'" for key, value in lineage.items()]
+        + ["tags.outcome != ''", "attributes.status = 'FINISHED'"]
+    )
+    if mlflow.get_experiment_by_name(experiment) is None:
+        return None
+    runs = mlflow.search_runs(
+        experiment_names=[experiment], filter_string=conditions, output_format="list"
+    )
+    return str(runs[0].data.tags["outcome"]) if runs else None

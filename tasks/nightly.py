@@ -11,7 +11,7 @@ from prefect import get_run_logger, task
 from loopwright import nightly
 from loopwright.config import Settings
 from loopwright.datastore import snapshot
-from loopwright.publish import find_version, publish_model
+from loopwright.publish import find_outcome, find_version, publish_model, record_outcome
 from loopwright.registry import RegisteredVersion, download_model_folder, resolve_version
 
 
@@ -45,8 +45,27 @@ def ingest_logs(settings: Settings) -> int | None:
         result.quarantined,
         result.duplicates,
     )
-    batch: int | None = result.batch
-    return batch
+    if result.batch is not None:
+        return int(result.batch)
+    resumed = nightly.open_batch(settings)  # a crashed run staged it but never finished it
+    if resumed is not None:
+        get_run_logger().info("resuming batch %d, left open by an earlier run", resumed)
+    return resumed
+
+
+@task(name="find-untrained-batch")
+def untrained_batch(settings: Settings) -> int | None:
+    """The newest committed batch no candidate was trained on yet (a run died after curate).
+
+    The registry is the record: a nightly candidate carries its batch number as a tag.
+    """
+    batch = nightly.last_committed_batch(settings)
+    if batch is None:
+        return None
+    done = find_version(
+        settings.registered_model("policy"), {"origin": "nightly", "batch": str(batch)}
+    )
+    return None if done is not None else batch
 
 
 @task(name="validate-and-screen")
@@ -86,8 +105,14 @@ def reward_refresh(settings: Settings, data_version: str, config: nightly.Nightl
         "config": config.digest(),
     }
     done = find_version(settings.registered_model("reward"), lineage)
-    if done is not None:
+    if done is not None:  # published by an earlier run; finish its promotion if it died
+        _promote_internal(settings, done, champion_version, "refreshed on this data earlier")
         return done.version
+    experiment = f"{settings.app}-nightly"
+    kept = find_outcome(experiment, lineage)
+    if kept is not None:  # an earlier run refreshed it and kept the old one: no retraining
+        log.info("reward refresh already decided for this data: %s", kept)
+        return champion_version
     root = nightly.data_dir(settings)
     out_dir = settings.run_path / "models" / "reward" / f"nightly-{data_version[:8]}"
     start = time.perf_counter()
@@ -100,40 +125,52 @@ def reward_refresh(settings: Settings, data_version: str, config: nightly.Nightl
     )
     metrics["stage_seconds"] = time.perf_counter() - start
     if not metrics["keep_new"]:
-        log.info(
-            "reward kept at version %s: refreshed model %.3f vs old %.3f on held-out pairs",
-            champion_version,
-            metrics["heldout_acc_new"],
-            metrics["heldout_acc_old"],
+        why = (
+            f"kept version {champion_version}: refreshed model {metrics['heldout_acc_new']:.3f}"
+            f" vs old {metrics['heldout_acc_old']:.3f} on held-out pairs"
+        )
+        log.info("reward %s", why)
+        record_outcome(
+            experiment=experiment,
+            run_name="reward-refresh",
+            params=config.model_dump(),
+            metrics=metrics,
+            lineage=lineage,
+            outcome=why,
         )
         return champion_version
     version = publish_model(
         settings,
         out_dir,
         "reward",
-        experiment=f"{settings.app}-nightly",
+        experiment=experiment,
         run_name="reward-refresh",
         params=config.model_dump(),
         metrics=metrics,
         lineage=lineage,
     )
-    _promote_internal(settings, version, champion_version, metrics)
+    reason = (
+        f"held-out pairwise accuracy {metrics['heldout_acc_new']:.3f} beats "
+        f"{metrics['heldout_acc_old']:.3f} of version {champion_version}"
+    )
+    _promote_internal(settings, version, champion_version, reason)
     return version.version
 
 
 def _promote_internal(
-    settings: Settings, version: RegisteredVersion, old: str, metrics: dict[str, float]
+    settings: Settings, version: RegisteredVersion, old: str, reason: str
 ) -> None:
-    """The reward model is internal: its held-out comparison is its gate (auto, recorded)."""
+    """The reward model is internal: its held-out comparison is its gate (auto, recorded).
+
+    Idempotent: a version that already is champion is left as it is.
+    """
     from mlflow import MlflowClient
 
     from loopwright.release.approval import ApprovalDecision
     from loopwright.release.registry_ops import RegistryOps
 
-    reason = (
-        f"held-out pairwise accuracy {metrics['heldout_acc_new']:.3f} beats "
-        f"{metrics['heldout_acc_old']:.3f} of version {old}"
-    )
+    if version.version == old:
+        return
     decision = ApprovalDecision(
         approved=True,
         by="loopwright:reward-gate",
@@ -152,11 +189,16 @@ def _promote_internal(
 
 @task(name="finetune")
 def finetune(
-    settings: Settings, data_version: str, reward_version: str, config: nightly.NightlyConfig
+    settings: Settings,
+    batch: int,
+    data_version: str,
+    reward_version: str,
+    config: nightly.NightlyConfig,
 ) -> RegisteredVersion:
     """A candidate from the policy champion (SFT with replay); registered without alias."""
     parent_dir, parent_version = _champion_dir(settings, "policy")
     lineage = {
+        "batch": str(batch),
         "data_version": data_version,
         "parent_version": parent_version,
         "reward_version": reward_version,
@@ -167,6 +209,10 @@ def finetune(
     if done is not None:
         get_run_logger().info("candidate already registered: version %s", done.version)
         return done
+    new_rows = nightly.data_dir(settings) / "curated" / "sft.jsonl"
+    get_run_logger().info(
+        "fine-tuning a candidate from %s v%s on %s", settings.app, parent_version, new_rows
+    )
     root = nightly.data_dir(settings)
     out_dir = settings.run_path / "models" / "policy" / f"nightly-{data_version[:8]}"
     start = time.perf_counter()
