@@ -171,6 +171,7 @@ def _pause_until_answer(
     client: MlflowClient,
 ) -> tuple[ApprovalInput | None, datetime | None]:
     """Pause the flow run with the approval form; an MLflow tag answer resumes it too."""
+    import contextvars
     import threading
 
     from prefect.flow_runs import pause_flow_run, resume_flow_run
@@ -203,7 +204,10 @@ def _pause_until_answer(
     form = RunInput.subclass_from_base_model_type(ApprovalInput).with_initial_data(
         description=evidence
     )
-    watcher = threading.Thread(target=watch_registry, daemon=True)
+    # A new thread starts with an empty context: carry this run's Prefect settings and
+    # client context over, or the watcher would talk to whatever the process default is.
+    context = contextvars.copy_context()
+    watcher = threading.Thread(target=context.run, args=(watch_registry,), daemon=True)
     watcher.start()
     try:
         answer = pause_flow_run(

@@ -1,5 +1,6 @@
 """The release flow against the real stack: gate, canary on live logs, approval, promotion."""
 
+import contextvars
 import threading
 import time
 from datetime import UTC, datetime
@@ -90,9 +91,18 @@ def test_release_promotes_after_approval_through_the_api(bootstrapped, nightly_c
         canary_policy=FIXTURES / "canary_fast.yaml",
     )
     stop = threading.Event()
+    # Threads start with an empty context; give each this test's Prefect settings (the
+    # session stack's API URL), as a reviewer's client would have them.
     helpers = [
-        threading.Thread(target=_arm_traffic, args=(settings, stop), daemon=True),
-        threading.Thread(target=_resume_when_paused, args=(True, "alice", stop), daemon=True),
+        threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(target, *args),
+            daemon=True,
+        )
+        for target, args in (
+            (_arm_traffic, (settings, stop)),
+            (_resume_when_paused, (True, "alice", stop)),
+        )
     ]
     for thread in helpers:
         thread.start()
