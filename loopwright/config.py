@@ -143,6 +143,9 @@ class Settings(BaseSettings):
         run_dir: every piece of local state, log, PID and temp file lives under it.
         data_repo: the git + DVC repository whose ``data/`` (tracked by ``data.dvc``) holds
             the curated datasets; the project checkout by default.
+        domain: ``package.module:attribute`` of the domain the loop serves (fact checker,
+            refusal test, screening config, evaluation suites; see
+            :class:`loopwright.domain.Domain`); the example help-desk domain by default.
         managed_services: services ``loopwright up`` starts; the cluster profile
             manages none (they are external).
 
@@ -159,6 +162,7 @@ class Settings(BaseSettings):
     app: str = Field(default="helpdesk", pattern=r"^[a-z][a-z0-9-]{1,40}$")
     run_dir: Path = Path(".loopwright")
     data_repo: Path = Path(".")
+    domain: str = Field(default="models.helpdesk.plugin:domain", pattern=r"^[\w.]+:\w+$")
     managed_services: list[ManagedService] = Field(default_factory=lambda: list(MANAGED_SERVICES))
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)

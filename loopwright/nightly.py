@@ -140,14 +140,11 @@ def check_stage(
     library, so it can never be committed; the verdict says why.
     """
     from loopwright.data.contracts import ContractConfig, validate_batch
-    from loopwright.data.helpdesk import (
-        helpdesk_fact_checker,
-        helpdesk_is_safe_response,
-        helpdesk_screening_config,
-    )
     from loopwright.data.screening import screen_batch
+    from loopwright.domain import load_domain
     from models.guard import Guard
 
+    domain = load_domain(settings.domain)
     production = data_dir(settings) / "production"
     docs = settings.run_path / "datadocs" / f"batch-{batch}"
     contracts = ContractConfig(max_negative_share=max_negative_share)
@@ -158,9 +155,9 @@ def check_stage(
         production,
         batch,
         Guard.load(guard_dir),
-        helpdesk_fact_checker(2),
-        helpdesk_screening_config(),
-        is_refusal=helpdesk_is_safe_response,
+        domain.fact_checker(),
+        domain.screening_config(),
+        is_refusal=domain.is_safe_response,
     )
     return CheckResult(
         batch,
@@ -175,7 +172,7 @@ def curate_stage(settings: Settings, batch: int) -> Any:
     """Commit the checked batch and curate SFT rows, preference pairs and regression cases."""
     from loopwright.data.batches import commit_batch
     from loopwright.data.curate import curate
-    from loopwright.data.helpdesk import helpdesk_is_safe_response
+    from loopwright.domain import load_domain
 
     root = data_dir(settings)
     commit_batch(root / "production", batch)
@@ -184,7 +181,7 @@ def curate_stage(settings: Settings, batch: int) -> Any:
     return curate(
         root / "production",
         curated,
-        is_refusal=helpdesk_is_safe_response,
+        is_refusal=load_domain(settings.domain).is_safe_response,
         existing_regression=regression if regression.is_file() else None,
     )
 

@@ -11,10 +11,10 @@ from loopwright.data.curate import (
     load_sft,
     normalise_prompt,
 )
-from loopwright.data.helpdesk import helpdesk_is_safe_response
 from loopwright.data.tables import FEEDBACK_SCHEMA, INTERACTION_SCHEMA, DataLayout, write_table
 from loopwright.records import EvalSample, FeedbackEvent, Message, read_jsonl, write_jsonl
 from models.helpdesk import REFUSAL_TEXT, fact_request, safety_request
+from models.helpdesk.plugin import helpdesk_is_safe_response
 
 PRO = fact_request("plan_price.pro", 2)
 TEAM = fact_request("plan_price.team", 2)

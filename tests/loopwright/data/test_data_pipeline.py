@@ -11,11 +11,6 @@ from data_sim import T0, simulate
 from loopwright.data.batches import BatchError, commit_batch, load_manifest
 from loopwright.data.contracts import ContractConfig, validate_batch
 from loopwright.data.curate import curate, load_pairs, load_sft
-from loopwright.data.helpdesk import (
-    helpdesk_fact_checker,
-    helpdesk_is_safe_response,
-    helpdesk_screening_config,
-)
 from loopwright.data.ingest import ingest
 from loopwright.data.logs import write_log_partition
 from loopwright.data.screening import screen_batch
@@ -28,6 +23,11 @@ from loopwright.data.tables import (
 )
 from loopwright.storage import ObjectStore
 from models.helpdesk.kb import changed_fact_ids, fact_index
+from models.helpdesk.plugin import (
+    helpdesk_fact_checker,
+    helpdesk_is_safe_response,
+    helpdesk_screening_config,
+)
 from models.helpdesk.safety import CATEGORIES
 from models.helpdesk.simulators import POISON_INJECTIONS, POISON_PII
 

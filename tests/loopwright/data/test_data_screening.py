@@ -6,11 +6,6 @@ from data_sim import T0, Traffic, frames, interaction, simulate, stage
 
 from loopwright.data.batches import BatchError
 from loopwright.data.factcheck import KBFact, KBFactChecker
-from loopwright.data.helpdesk import (
-    helpdesk_fact_checker,
-    helpdesk_is_safe_response,
-    helpdesk_screening_config,
-)
 from loopwright.data.screening import (
     ScreeningConfig,
     find_injection,
@@ -23,6 +18,11 @@ from loopwright.records import FeedbackEvent
 from models.helpdesk import REFUSAL_TEXT, SELF_HARM_TEXT, fact_request, safety_request
 from models.helpdesk.generate import wrong_answer
 from models.helpdesk.kb import changed_fact_ids, fact_index, knowledge_base
+from models.helpdesk.plugin import (
+    helpdesk_fact_checker,
+    helpdesk_is_safe_response,
+    helpdesk_screening_config,
+)
 from models.helpdesk.safety import CATEGORIES
 from models.helpdesk.simulators import POISON_INJECTIONS, POISON_PII
 

@@ -1,12 +1,14 @@
-"""The example help-desk domain's screening parts: fact checker, refusal test, PII allowlist.
+"""The example help-desk domain as the platform sees it (``Settings.domain``).
 
-Everything domain-specific the data stages need comes from here, so the stages stay
-generic: another domain passes its own fact checker, refusal detector and config.
+Everything domain-specific the loop's stages need comes from here (fact checker, refusal
+test, screening allowlist, evaluation suites), so the stages stay generic: another domain
+provides the same four parts (:class:`loopwright.domain.Domain`) and is named in config.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from loopwright.data.factcheck import KBFact, KBFactChecker
 from loopwright.data.screening import ScreeningConfig
@@ -58,3 +60,29 @@ def helpdesk_screening_config(**overrides: object) -> ScreeningConfig:
     domains.add(PRODUCT.lower().replace(" ", "") + ".example")
     allow = tuple(rf"@{re.escape(d)}$" for d in sorted(domains))
     return ScreeningConfig.model_validate({"pii_allow": allow, **overrides})
+
+
+class HelpdeskDomain:
+    """The example domain, judged against KB revision ``revision`` (the current world)."""
+
+    def __init__(self, revision: int = 2) -> None:
+        self.revision = revision
+
+    def fact_checker(self) -> KBFactChecker:
+        """The KB at the current revision (the one before supplies stale values)."""
+        return helpdesk_fact_checker(self.revision)
+
+    def is_safe_response(self, text: str) -> bool:
+        """Refusal or safe redirection (crisis help)."""
+        return helpdesk_is_safe_response(text)
+
+    def screening_config(self) -> ScreeningConfig:
+        """Screening thresholds; the company's own addresses are not PII."""
+        return helpdesk_screening_config()
+
+    def suite_dir(self) -> Path:
+        """The example domain's evaluation suites."""
+        return Path(__file__).parent / "suites"
+
+
+domain = HelpdeskDomain()

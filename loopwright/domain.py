@@ -1,0 +1,67 @@
+"""What the platform needs from a domain, and how the configured one is found.
+
+The platform never imports an example domain directly: ``Settings.domain`` names a module
+attribute (``package.module:attribute``) that satisfies :class:`Domain`, and the stages
+ask it for the domain-specific parts (fact checker, refusal test, screening thresholds,
+evaluation suites). A user swaps in their own domain by pointing that setting elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from loopwright.data.factcheck import FactChecker
+    from loopwright.data.screening import ScreeningConfig
+
+
+@runtime_checkable
+class Domain(Protocol):
+    """The domain-specific parts of the loop."""
+
+    def fact_checker(self) -> FactChecker:
+        """Checks answers against the current knowledge (feedback screening)."""
+        ...
+
+    def is_safe_response(self, text: str) -> bool:
+        """Whether a response refuses or safely redirects a request."""
+        ...
+
+    def screening_config(self) -> ScreeningConfig:
+        """Feedback-screening thresholds and allowlists for this domain."""
+        ...
+
+    def suite_dir(self) -> Path:
+        """The folder of evaluation suite YAML files."""
+        ...
+
+
+class DomainError(ValueError):
+    """The configured domain cannot be loaded or does not provide what the loop needs."""
+
+
+def load_domain(spec: str) -> Domain:
+    """Import ``package.module:attribute`` and check that it is a :class:`Domain`.
+
+    Raises:
+        DomainError: a malformed spec, a missing module or attribute, or an object that
+            lacks one of the methods (the message names them).
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise DomainError(f"domain {spec!r} must look like 'package.module:attribute'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise DomainError(f"domain module {module_name!r} cannot be imported: {exc}") from exc
+    try:
+        domain = getattr(module, attribute)
+    except AttributeError:
+        raise DomainError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if not isinstance(domain, Domain):
+        needed = ("fact_checker", "is_safe_response", "screening_config", "suite_dir")
+        missing = [name for name in needed if not callable(getattr(domain, name, None))]
+        raise DomainError(f"domain {spec!r} lacks {missing}; a domain provides {list(needed)}")
+    return domain
