@@ -124,7 +124,9 @@ def evaluate_for_gate(
     }
     raw = gateway = None
     if "raw" in wanted:
+        started = time.perf_counter()
         raw = evaluate(candidate_uri, suites or "all", baseline_uri, run_dir=run_dir, **common)
+        logger.info("raw view took %.1f s", time.perf_counter() - started)
     if "gateway" in wanted:
         from loopwright.release.gateway_view import parse_version, pinned_gateways
 
