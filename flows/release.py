@@ -33,7 +33,7 @@ def release_flow(settings: Settings, candidate: str, config: ReleaseConfig) -> s
     """
     champion = current_version(settings, "policy")
     summary, champion_summary = evaluate_candidate(
-        settings, candidate, champion, config.suites, config.suite_dir
+        settings, candidate, champion, config.suites, config.suite_dir, config.gate_policy
     )
     gate = gate_candidate(settings, candidate, summary, champion_summary, config.gate_policy)
     if not gate.passed:

@@ -221,6 +221,23 @@ def mlflow_loader(tracking_uri: str, cache_dir: Path, kind: str, options: object
     return load
 
 
+def pinned_table(loader: Loader, model_name: str, version: str) -> RouteTable:
+    """A route table serving exactly ``model_name`` version ``version`` on every request.
+
+    No alias is read and nothing polls, so the table never changes while the gateway runs:
+    the offline gate judges one registered version behind the controls this way without
+    touching the registry's routing state.
+
+    Raises:
+        Exception: whatever the loader raises (download or load failure); a pinned gateway
+            has nothing else to serve, so it does not start.
+
+    """
+    backend = loader(model_name, version)
+    logger.info("serving %s v%s pinned (aliases ignored)", model_name, version)
+    return RouteTable(champion=ServedModel(backend=backend, name=model_name, version=version))
+
+
 class RegistryPoller:
     """Polls the registry and swaps the router's table when aliases or the fraction move.
 

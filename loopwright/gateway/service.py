@@ -42,12 +42,14 @@ from loopwright.gateway.normalize import normalise
 from loopwright.gateway.ratelimit import TokenBuckets
 from loopwright.gateway.review import ReviewQueue
 from loopwright.gateway.routing import (
+    Loader,
     NoModelError,
     RegistryPoller,
     Router,
     RouteTable,
     ServedModel,
     mlflow_loader,
+    pinned_table,
 )
 from loopwright.gateway.schemas import ChatCompletionRequest
 from loopwright.gateway.settings import GatewaySettings
@@ -322,23 +324,27 @@ class Gateway:
             logger.warning("retrieval is on but no embedder/facts are loaded: no grounding")
         self.router = Router()
         self.poller: RegistryPoller | None = None
+        self._pinned_loader: Loader | None = None
         self.model_name = s.routing.policy_model_name
         if s.routing.source == "mlflow":
             if not s.routing.tracking_uri:
                 raise ValueError("routing.source=mlflow needs routing.tracking_uri")
-            if registry_client is None:
-                from mlflow import MlflowClient
-
-                registry_client = MlflowClient(tracking_uri=s.routing.tracking_uri)
             loader = mlflow_loader(
                 s.routing.tracking_uri,
                 self.run_dir / s.routing.model_cache_dir,
                 s.backend.kind,
                 s.backend,
             )
-            self.poller = RegistryPoller(
-                self.router, registry_client, self.model_name, loader, s.routing.poll_interval_s
-            )
+            if s.routing.pinned_version is not None:
+                self._pinned_loader = loader  # loaded in start(); no alias is ever read
+            else:
+                if registry_client is None:
+                    from mlflow import MlflowClient
+
+                    registry_client = MlflowClient(tracking_uri=s.routing.tracking_uri)
+                self.poller = RegistryPoller(
+                    self.router, registry_client, self.model_name, loader, s.routing.poll_interval_s
+                )
         else:
             backend = static_backend
             if backend is None:
@@ -372,7 +378,16 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        """Load the first models (mlflow routing) and start the background threads."""
+        """Load the first models (mlflow routing) and start the background threads.
+
+        Raises:
+            Exception: a pinned version (``routing.pinned_version``) cannot be loaded.
+
+        """
+        if self._pinned_loader is not None and self.router.table.champion is None:
+            version = self.settings.routing.pinned_version
+            assert version is not None
+            self.router.swap(pinned_table(self._pinned_loader, self.model_name, version))
         if self.poller is not None:
             self.poller.poll_once()
             self.poller.start()

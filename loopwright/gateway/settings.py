@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PiiAction = Literal["allow", "flag", "redact", "block"]
 BackendKind = Literal["stub", "hf"]
@@ -193,6 +193,10 @@ class RoutingSettings(_Strict):
         model_cache_dir: where downloaded versions live, relative to the run directory.
         static_model_dir: HF model folder for the static source with the hf backend.
         timeout_s: inference time limit; beyond it the fallback answers.
+        pinned_version: ``mlflow`` source only: serve exactly ``models:/<app>-policy/<v>``
+            as the only arm, read no alias and never poll. For judging one registered
+            version behind the controls (the offline gate) without moving any alias.
+            None (default) follows the ``champion``/``canary`` aliases.
 
     """
 
@@ -203,6 +207,16 @@ class RoutingSettings(_Strict):
     model_cache_dir: str = "gateway/models"
     static_model_dir: str | None = None
     timeout_s: float = Field(default=20.0, gt=0)
+    pinned_version: str | None = Field(default=None, pattern=r"^[1-9][0-9]*$")
+
+    @model_validator(mode="after")
+    def _pin_needs_registry(self) -> RoutingSettings:
+        if self.pinned_version is not None and self.source != "mlflow":
+            raise ValueError(
+                "pinned_version names a registered version, so it needs source=mlflow "
+                f"(got source={self.source!r})"
+            )
+        return self
 
     @property
     def policy_model_name(self) -> str:
