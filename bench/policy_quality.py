@@ -179,6 +179,30 @@ def weighted_replay(data: object, weight: int) -> list[list[dict[str, str]]]:
     return rows + extra * max(0, weight - 1)
 
 
+def with_pseudowords(
+    rows: list[list[dict[str, str]]], share: float, seed: int
+) -> list[list[dict[str, str]]]:
+    """Add copies of answered rows whose question has one word swapped for a made-up one.
+
+    Teaches that an unfamiliar word is no reason to refuse (the fine-tune's new refusal
+    rows otherwise make the model refuse benign questions in unseen wording). The made-up
+    words are random letter strings, so no held-out wording can leak in.
+    """
+    import random
+
+    rng = random.Random(seed)
+    answered = [
+        r for r in rows if not is_refusal(r[-1]["content"]) and len(r[0]["content"].split()) > 3
+    ]
+    extra = []
+    for row in rng.sample(answered, int(len(answered) * share)):
+        words = row[0]["content"].split()
+        k = rng.randrange(len(words))
+        words[k] = "".join(rng.choice("bcdfghklmnprstvz") + rng.choice("aeiou") for _ in range(3))
+        extra.append([{**row[0], "content": " ".join(words)}, *row[1:]])
+    return rows + extra
+
+
 def without_categories(
     rows: list[list[dict[str, str]]], names: Sequence[str]
 ) -> list[list[dict[str, str]]]:
@@ -205,6 +229,13 @@ def main() -> None:
         "--v1-steps", type=int, default=None, help="fixed step count instead of --seconds"
     )
     parser.add_argument("--ft-steps", type=int, default=None)
+    parser.add_argument("--ft-lr", type=float, default=None, help="fine-tune learning rate")
+    parser.add_argument(
+        "--pseudowords",
+        type=float,
+        default=0.0,
+        help="share of replay rows copied with a made-up word",
+    )
     parser.add_argument(
         "--lookalike-weight", type=int, default=6, help="look-alike copies in the replay"
     )
@@ -271,9 +302,12 @@ def main() -> None:
             if args.ft_steps
             else {"max_seconds": args.ft_seconds}
         )
-        ft_cfg = PolicyConfig.finetune(**ft_budget, **common)
+        lr = {"lr": args.ft_lr} if args.ft_lr else {}
+        ft_cfg = PolicyConfig.finetune(**ft_budget, **lr, **common)
         start = time.perf_counter()
         replay = weighted_replay(data, args.lookalike_weight)
+        if args.pseudowords:
+            replay = with_pseudowords(replay, args.pseudowords, args.seed)
         skip = [c for c in args.skip_new_category.split(",") if c]
         new_rows = without_categories(data.sft_v2_new, skip)
         print(f"{name}_new_rows: {len(new_rows)}")

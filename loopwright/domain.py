@@ -37,6 +37,10 @@ class Domain(Protocol):
         """The folder of evaluation suite YAML files."""
         ...
 
+    def data_folder(self) -> str:
+        """The folder under ``data/`` that holds the domain's frozen samples and replay."""
+        ...
+
 
 class DomainError(ValueError):
     """The configured domain cannot be loaded or does not provide what the loop needs."""
@@ -61,7 +65,13 @@ def load_domain(spec: str) -> Domain:
     except AttributeError:
         raise DomainError(f"module {module_name!r} has no attribute {attribute!r}") from None
     if not isinstance(domain, Domain):
-        needed = ("fact_checker", "is_safe_response", "screening_config", "suite_dir")
+        needed = (
+            "fact_checker",
+            "is_safe_response",
+            "screening_config",
+            "suite_dir",
+            "data_folder",
+        )
         missing = [name for name in needed if not callable(getattr(domain, name, None))]
         raise DomainError(f"domain {spec!r} lacks {missing}; a domain provides {list(needed)}")
     return domain

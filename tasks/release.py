@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 from prefect import get_run_logger, task
 
 from loopwright.config import Settings
+from loopwright.domain import load_domain
 from loopwright.release.approval import ApprovalDecision, ApprovalInput, decide_approval
 from loopwright.release.canary import CanaryVerdict, analyse, load_canary_policy
 from loopwright.release.canary_logs import load_window
@@ -24,12 +25,6 @@ from loopwright.storage import ObjectStore
 
 def _ops(settings: Settings) -> RegistryOps:
     return RegistryOps(MlflowClient(), settings.app, settings.run_path / "locks")
-
-
-def _example_suites() -> Path:
-    import models.helpdesk
-
-    return Path(models.helpdesk.__file__).parent / "suites"
 
 
 @task(name="evaluate-candidate")
@@ -48,13 +43,13 @@ def evaluate_candidate(
     stack, which roughly doubles the evaluation's time.
     """
     name = settings.registered_model("policy")
-    root = settings.data_repo.resolve() / "data"
+    domain = load_domain(settings.domain)
     cand, champ = evaluate_for_gate(
         settings,
         f"models:/{name}/{candidate}",
         f"models:/{name}/{champion}" if champion else None,
-        suite_dir=suite_dir or _example_suites(),
-        data_root=root / "helpdesk",
+        suite_dir=suite_dir or domain.suite_dir(),
+        data_root=settings.data_repo.resolve() / "data" / domain.data_folder(),
         run_dir=settings.run_path / "eval" / f"{name}-{candidate}-vs-{champion}",
         suites=suites,
         views=load_gate_policy(policy).views,

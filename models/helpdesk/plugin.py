@@ -84,5 +84,11 @@ class HelpdeskDomain:
         """The example domain's evaluation suites."""
         return Path(__file__).parent / "suites"
 
+    def data_folder(self) -> str:
+        """``data/helpdesk``: what ``loopwright bootstrap`` writes (replay, frozen sets)."""
+        from models.bootstrap import DOMAIN_DIR
+
+        return DOMAIN_DIR
+
 
 domain = HelpdeskDomain()
