@@ -8,7 +8,7 @@ from flows.bootstrap import bootstrap_flow
 from flows.nightly import nightly_flow
 from flows.release import release_flow
 from loopwright.config import Settings
-from loopwright.demo import DemoConfig, DemoOutcome, background, with_log_seal
+from loopwright.demo import DemoConfig, DemoOutcome, background, wait_for_canary, with_log_seal
 from loopwright.nightly import BatchRejected, NightlyConfig
 from loopwright.release.config import ReleaseConfig
 from models.bootstrap import BootstrapConfig
@@ -75,7 +75,13 @@ def demo_flow(
         gate_policy=config.gate_policy,
         canary_policy=config.canary_policy,
     )
-    live = background(lambda: traffic.fn(settings, key, config.canary_requests, config.rps, seed=2))
+    # Users arrive once the canary serves (the gate may also stop it before that).
+    live = background(
+        lambda: (
+            wait_for_canary(settings, v2)
+            and traffic.fn(settings, key, config.canary_requests, config.rps, seed=2)
+        )
+    )
     outcome = release_flow(settings, v2, release)
     live.join()
     tags = version_tags(settings, v2)

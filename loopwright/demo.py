@@ -30,6 +30,7 @@ POLICY_DIR = Path(__file__).resolve().parent / "release" / "policies"
 # a policy that checks only what barely-trained tiny models can meet (see the file).
 TINY_GATE_POLICY = POLICY_DIR / "demo_tiny.yaml"
 CANARY_DEMO_POLICY = POLICY_DIR / "canary_demo.yaml"
+TINY_CANARY_POLICY = POLICY_DIR / "canary_demo_tiny.yaml"
 
 
 class DemoConfig(BaseModel):
@@ -72,18 +73,27 @@ class DemoConfig(BaseModel):
 
     @classmethod
     def for_size(cls, tiny: bool, requests: int | None = None) -> DemoConfig:
-        """The demo's two sizes: full (embedded default models) or tiny (smoke/test)."""
+        """The demo's two sizes: full (embedded default models) or tiny (smoke/test).
+
+        ``requests`` sizes night 1 and the canary window; the attack before night 2 is
+        twice that. Night 2's batch holds the canary window's honest traffic too, and
+        screening judges the batch as a whole: an attack that is a third of it or less is
+        diluted below the screening thresholds (measured on the tiny demo: the positive-
+        rating rate moves from ~0.12 for honest users to ~0.84 for attackers; the shift
+        check fires at 0.35, so about half the batch must be attack traffic).
+        """
         if not tiny:
             n = requests or 1500
-            return cls(night_requests=n, canary_requests=n, poison_requests=n)
+            return cls(night_requests=n, canary_requests=n, poison_requests=2 * n)
         n = requests or 300
         return cls(
             tiny=True,
             bootstrap_scale=0.05,
             night_requests=n,
             canary_requests=n,
-            poison_requests=n,
+            poison_requests=2 * n,
             gate_policy=TINY_GATE_POLICY,
+            canary_policy=TINY_CANARY_POLICY,
             window_s=10.0,
             max_windows=6,
             max_negative_share=0.95,
@@ -271,6 +281,39 @@ def wait_shipped(settings: Settings, timeout_s: float = 60.0) -> None:
         if not any(p.stat().st_size for p in waiting):
             return
         time.sleep(1.0)
+
+
+def wait_for_canary(
+    settings: Settings, version: str, timeout_s: float = 900.0, poll_s: float = 1.0
+) -> bool:
+    """Block until ``version`` is the policy's ``canary``, or the gate has blocked it.
+
+    Live traffic is only evidence for the canary analysis once the canary serves, so the
+    demo's users arrive then, not while the release is still evaluating offline.
+
+    Returns:
+        True when the canary started; False when the gate blocked ``version`` (tag
+        ``gate.passed`` is ``false``) or after ``timeout_s`` seconds.
+    """
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    name = settings.registered_model("policy")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            mv = client.get_model_version(name, version)
+        except MlflowException:  # a transient registry error: ask again
+            mv = None
+        if mv is not None and "canary" in mv.aliases:
+            return True
+        if mv is not None and mv.tags.get("gate.passed") == "false":
+            return False
+        time.sleep(poll_s)
+    return False
 
 
 def background(target: Callable[[], Any]) -> threading.Thread:
