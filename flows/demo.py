@@ -44,7 +44,7 @@ def demo_flow(
     """
     config = config or DemoConfig.for_size(tiny, requests)
     settings = with_log_seal(settings, config.log_seal_s)
-    out = DemoOutcome(gate_policy=str(config.gate_policy or "default (packaged)"))
+    out = DemoOutcome(gate_policy=config.gate_policy_label())
     versions = bootstrap_flow(
         settings,
         settings.data_repo.resolve(),
@@ -87,7 +87,7 @@ def demo_flow(
     tags = version_tags(settings, v2)
     out.facts.update(release=outcome, v2_tags=tags)
     out.table = summary_table(settings, v2, config.gate_policy, tags)
-    out.add("gate", f"{tags.get('gate.verdict')} under policy {out.gate_policy}", print)
+    out.add("gate", f"{tags.get('gate.verdict')} under {out.gate_policy}", print)
     out.add("canary", f"{tags.get('canary.verdict', 'not started')}", print)
     if outcome == "promoted":
         out.add(

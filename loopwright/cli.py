@@ -329,8 +329,9 @@ def demo(
         typer.echo(f"  {step:<32} {result}")
     if outcome.table:
         typer.echo("")
-        typer.echo(f"  Gate (policy {outcome.gate_policy}): v1 = old champion, v2 = candidate,")
-        typer.echo("  same samples; delta = v2 - v1 with its paired bootstrap 95% CI")
+        typer.echo(f"  Gate policy {outcome.gate_policy}")
+        typer.echo("  v1 = old champion, v2 = candidate, on the same samples;")
+        typer.echo("  delta = v2 - v1 with its paired bootstrap 95% CI")
         for line in format_table(outcome.table):
             typer.echo(line)
     typer.echo("")

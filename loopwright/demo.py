@@ -100,6 +100,14 @@ class DemoConfig(BaseModel):
             log_seal_s=3.0,
         )
 
+    def gate_policy_label(self) -> str:
+        """The gate policy as the summary names it: file, version and what it checks."""
+        from loopwright.release.gate import default_policy_path, load_gate_policy
+
+        path = self.gate_policy or default_policy_path()
+        policy = load_gate_policy(path)
+        return f"{path.name} (version {policy.version}): {policy.description}"
+
 
 @dataclass(frozen=True)
 class SummaryRow:
