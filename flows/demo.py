@@ -2,92 +2,131 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow
 
 from flows.bootstrap import bootstrap_flow
 from flows.nightly import nightly_flow
 from flows.release import release_flow
 from loopwright.config import Settings
-from loopwright.demo import DemoOutcome, background, summary_table
+from loopwright.demo import DemoConfig, DemoOutcome, background, wait_for_canary, with_log_seal
 from loopwright.nightly import BatchRejected, NightlyConfig
 from loopwright.release.config import ReleaseConfig
 from models.bootstrap import BootstrapConfig
-from tasks.demo import rollback, start_gateway, traffic
-from tasks.nightly import current_version
-
-# A short canary window so the demo fits in minutes; production uses the default policy.
-CANARY_DEMO_POLICY = (
-    Path(__file__).resolve().parents[1] / "loopwright/release/policies/canary_demo.yaml"
+from tasks.demo import (
+    data_fingerprint,
+    rollback,
+    start_gateway,
+    summary_table,
+    traffic,
+    version_tags,
 )
+from tasks.nightly import current_version
 
 
 @flow(name="demo", log_prints=True)
-def demo_flow(settings: Settings, tiny: bool = False, requests: int = 1500) -> DemoOutcome:
+def demo_flow(
+    settings: Settings,
+    tiny: bool = False,
+    requests: int | None = None,
+    config: DemoConfig | None = None,
+) -> DemoOutcome:
     """Run the whole loop once, then a poisoned night and a rollback.
 
     bootstrap v1 -> traffic -> night 1 -> gate/canary/approval -> v2 -> poisoned night 2
     (stopped before training) -> rollback. Approval is automatic in the demo, and recorded
     as such in the version's tags.
+
+    Args:
+        settings: the stack to run on (app, ports, run directory, data repository).
+        tiny: tiny models and traffic (smoke runs, the integration test).
+        requests: simulated requests per traffic phase (default: by size).
+        config: every size and policy at once (overrides ``tiny`` and ``requests``).
     """
-    out = DemoOutcome()
-    repo = settings.data_repo.resolve()
+    config = config or DemoConfig.for_size(tiny, requests)
+    settings = with_log_seal(settings, config.log_seal_s)
+    out = DemoOutcome(gate_policy=config.gate_policy_label())
     versions = bootstrap_flow(
-        settings, repo, BootstrapConfig(tiny=tiny, scale=0.05 if tiny else 1.0)
+        settings,
+        settings.data_repo.resolve(),
+        BootstrapConfig(tiny=config.tiny, scale=config.bootstrap_scale),
     )
-    out.add("bootstrap", f"v1 = policy version {versions['policy'].version}", print)
+    v1 = versions["policy"].version
+    out.facts["v1"] = v1
+    out.add("bootstrap", f"v1 = policy version {v1}", print)
 
     key = start_gateway(settings)
-    counts = traffic(settings, key, requests, rps=25.0, seed=1)
+    counts = traffic(settings, key, config.night_requests, config.rps, seed=1)
     out.add("production traffic (night 1)", str(counts), print)
 
-    # An untrained tiny model is rated down most of the time: let its batch through.
-    night = NightlyConfig(tiny=tiny, max_negative_share=0.95 if tiny else 0.6)
+    night = NightlyConfig(tiny=config.tiny, max_negative_share=config.max_negative_share)
     candidate = nightly_flow(settings, night)
     if candidate is None:
-        out.add("nightly 1", "no candidate", print)
-        out.ok = False
+        out.fail("nightly 1", "no candidate", print)
         return out
-    out.add("nightly 1", f"candidate policy version {candidate.version}", print)
+    v2 = candidate.version
+    out.facts["v2"] = v2
+    out.add("nightly 1", f"candidate policy version {v2}", print)
 
     release = ReleaseConfig(
-        canary_fraction=0.5,
-        window_s=20.0,
-        max_windows=4,
+        canary_fraction=config.canary_fraction,
+        window_s=config.window_s,
+        max_windows=config.max_windows,
         auto_approve=True,
-        canary_policy=Path(__file__).parent.parent
-        / "loopwright"
-        / "release"
-        / "policies"
-        / "canary_demo.yaml",
+        gate_policy=config.gate_policy,
+        canary_policy=config.canary_policy,
     )
-    live = background(lambda: traffic.fn(settings, key, requests, 25.0, 2))
-    outcome = release_flow(settings, candidate.version, release)
+    # Users arrive once the canary serves (the gate may also stop it before that).
+    live = background(
+        lambda: (
+            wait_for_canary(settings, v2)
+            and traffic.fn(settings, key, config.canary_requests, config.rps, seed=2)
+        )
+    )
+    outcome = release_flow(settings, v2, release)
     live.join()
-    evaluated = settings.run_path / "eval"
-    summaries = sorted(evaluated.glob(f"*-{candidate.version}-vs-*/gate_summary.json"))
-    if summaries:
-        out.table = summary_table(summaries[-1])
-    out.add(
-        "release",
-        f"{outcome}; champion is now version {current_version(settings, 'policy')}",
-        print,
-    )
+    tags = version_tags(settings, v2)
+    out.facts.update(release=outcome, v2_tags=tags)
+    out.table = summary_table(settings, v2, config.gate_policy, tags)
+    out.add("gate", f"{tags.get('gate.verdict')} under {out.gate_policy}", print)
+    out.add("canary", f"{tags.get('canary.verdict', 'not started')}", print)
+    if outcome == "promoted":
+        out.add(
+            "approval",
+            f"AUTOMATIC ({tags.get('approval')} by {tags.get('approval.by')} via "
+            f"{tags.get('approval.channel')}: {tags.get('approval.reason')})",
+            print,
+        )
+        out.add("release", f"promoted: champion is now v2 = version {v2}", print)
+    else:
+        out.fail("release", f"{outcome}; champion is version {v1}", print)
 
-    traffic(settings, key, requests // 3, rps=25.0, seed=3, poisoned=True)
-    before = current_version(settings, "policy")
+    before = data_fingerprint(settings)
+    champion = current_version(settings, "policy")
+    traffic(settings, key, config.poison_requests, config.rps, seed=3, poisoned=True)
     try:
         nightly_flow(settings, night)
-        out.add("poisoned night 2", "NOT stopped", print)
-        out.ok = False
+        out.fail("poisoned night 2", "NOT stopped", print)
     except BatchRejected as exc:
-        out.add("poisoned night 2", f"stopped before training ({str(exc)[:120]})", print)
-    assert current_version(settings, "policy") == before
+        out.facts["night2_rejected"] = str(exc)
+        out.add("poisoned night 2", f"stopped before training ({str(exc)[:160]})", print)
+    after = data_fingerprint(settings)
+    out.facts.update(
+        night2_data_before=before,
+        night2_data_after=after,
+        night2_champion_before=champion,
+        night2_champion_after=current_version(settings, "policy"),
+    )
+    if out.facts["night2_champion_after"] != champion or after != before:
+        out.fail("poisoned night 2", "champion or curated data changed", print)
+    else:
+        out.add(
+            "after night 2", f"champion still version {champion}, curated data unchanged", print
+        )
 
     if outcome == "promoted":
         back = rollback(settings, "demo: one-command rollback")
-        out.add("rollback", f"champion is version {back}", print)
+        out.facts["rolled_back_to"] = back
+        out.add("rollback", f"champion is version {back} again (audited)", print)
     else:
         out.add("rollback", "skipped: no new champion to roll back from", print)
     return out

@@ -294,7 +294,9 @@ def deploy(
 def demo(
     ctx: typer.Context,
     tiny: Annotated[bool, typer.Option(help="tiny models and traffic (a smoke run)")] = False,
-    requests: Annotated[int, typer.Option(help="simulated requests for night 1")] = 1500,
+    requests: Annotated[
+        int | None, typer.Option(help="simulated requests per traffic phase (default by size)")
+    ] = None,
 ) -> None:
     """Start the stack (or reuse it) and run the whole loop on the embedded default."""
     from loopwright.stack import Stack, StackError
@@ -312,7 +314,7 @@ def demo(
     smoke_ok = _run_smoke(settings)
     typer.echo("3. the loop: bootstrap, traffic, nightly, gate, canary, approval, poison, rollback")
     from flows.demo import demo_flow
-    from loopwright.demo import DemoOutcome
+    from loopwright.demo import DemoOutcome, format_table
 
     try:
         outcome = demo_flow(settings, tiny=tiny, requests=requests)
@@ -326,9 +328,13 @@ def demo(
     for step, result in outcome.steps:
         typer.echo(f"  {step:<32} {result}")
     if outcome.table:
-        typer.echo(f"  {'dimension':<16} {'v1':>7} {'v2':>7} {'delta':>7}  95% CI")
-        for dim, v1, v2, delta, lo, hi in outcome.table:
-            typer.echo(f"  {dim:<16} {v1:>7.3f} {v2:>7.3f} {delta:>+7.3f}  [{lo:+.3f}, {hi:+.3f}]")
+        typer.echo("")
+        typer.echo(f"  Gate policy {outcome.gate_policy}")
+        typer.echo("  v1 = old champion, v2 = candidate, on the same samples;")
+        typer.echo("  delta = v2 - v1 with its paired bootstrap 95% CI")
+        for line in format_table(outcome.table):
+            typer.echo(line)
+    typer.echo("")
     typer.echo(f"  MLflow UI:  {settings.mlflow_tracking_uri}  (registry, runs, audit history)")
     typer.echo(f"  Prefect UI: {settings.prefect_api_url.removesuffix('/api')}  (flow runs)")
     typer.echo(f"  Gateway:    http://{settings.gateway.host}:{settings.gateway.port}/docs")

@@ -10,23 +10,141 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loopwright.config import Settings
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_core import to_jsonable_python
+
+from loopwright.config import ENV_NESTING, ENV_PREFIX, Settings, load_settings
+from loopwright.stack import Stack
 
 Echo = Callable[[str], None]
+
+POLICY_DIR = Path(__file__).resolve().parent / "release" / "policies"
+# The full-size demo gates with the packaged default policy (None); a tiny run gates with
+# a policy that checks only what barely-trained tiny models can meet (see the file).
+TINY_GATE_POLICY = POLICY_DIR / "demo_tiny.yaml"
+CANARY_DEMO_POLICY = POLICY_DIR / "canary_demo.yaml"
+TINY_CANARY_POLICY = POLICY_DIR / "canary_demo_tiny.yaml"
+
+
+class DemoConfig(BaseModel):
+    """Sizes and policies of one demo run.
+
+    Attributes:
+        tiny: tiny models trained in seconds (smoke runs and the integration test).
+        bootstrap_scale: share of the example domain's data the bootstrap uses, in (0, 1].
+        night_requests: simulated requests before night 1.
+        canary_requests: simulated requests (honest users) during the canary window.
+        poison_requests: requests of attacking users before night 2.
+        rps: simulated requests per second.
+        gate_policy: offline gate policy (None: the packaged default).
+        canary_policy: canary analysis policy.
+        canary_fraction: share of users the canary serves, in (0, 1).
+        window_s / max_windows: canary analysis window (seconds) and how many to try.
+        max_negative_share: the batch contract's ceiling on negative ratings; an untrained
+            tiny model is rated down almost always, so tiny runs raise it (poisoning is
+            then caught by screening, not by this contract).
+        log_seal_s: the gateway seals a log segment after this many seconds, so shipped
+            logs reach the nightly run and the canary analysis without a long wait (None:
+            the gateway's setting).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tiny: bool = False
+    bootstrap_scale: float = Field(default=1.0, gt=0, le=1)
+    night_requests: int = Field(default=1500, ge=1)
+    canary_requests: int = Field(default=1500, ge=1)
+    poison_requests: int = Field(default=1500, ge=1)
+    rps: float = Field(default=25.0, gt=0)
+    gate_policy: Path | None = None
+    canary_policy: Path = CANARY_DEMO_POLICY
+    canary_fraction: float = Field(default=0.5, gt=0, lt=1)
+    window_s: float = Field(default=20.0, gt=0)
+    max_windows: int = Field(default=4, ge=1)
+    max_negative_share: float = Field(default=0.6, ge=0, le=1)
+    log_seal_s: float | None = Field(default=None, gt=0)
+
+    @classmethod
+    def for_size(cls, tiny: bool, requests: int | None = None) -> DemoConfig:
+        """The demo's two sizes: full (embedded default models) or tiny (smoke/test).
+
+        ``requests`` sizes night 1 and the canary window; the attack before night 2 is
+        twice that. Night 2's batch holds the canary window's honest traffic too, and
+        screening judges the batch as a whole: an attack that is a third of it or less is
+        diluted below the screening thresholds (measured on the tiny demo: the positive-
+        rating rate moves from ~0.12 for honest users to ~0.84 for attackers; the shift
+        check fires at 0.35, so about half the batch must be attack traffic).
+        """
+        if not tiny:
+            n = requests or 1500
+            return cls(night_requests=n, canary_requests=n, poison_requests=2 * n)
+        n = requests or 300
+        return cls(
+            tiny=True,
+            bootstrap_scale=0.05,
+            night_requests=n,
+            canary_requests=n,
+            poison_requests=2 * n,
+            gate_policy=TINY_GATE_POLICY,
+            canary_policy=TINY_CANARY_POLICY,
+            window_s=10.0,
+            max_windows=6,
+            max_negative_share=0.95,
+            log_seal_s=3.0,
+        )
+
+    def gate_policy_label(self) -> str:
+        """The gate policy as the summary names it: file, version and what it checks."""
+        from loopwright.release.gate import default_policy_path, load_gate_policy
+
+        path = self.gate_policy or default_policy_path()
+        policy = load_gate_policy(path)
+        return f"{path.name} (version {policy.version}): {policy.description}"
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One gated dimension: champion (v1) and candidate (v2) on the same samples.
+
+    ``delta`` is v2 minus v1 with its paired 95% CI, in the metric's own units; ``rule``
+    is what the gate policy requires of this dimension; ``passed`` is the gate's verdict
+    on it (None when the gate's verdict is not known).
+    """
+
+    dimension: str
+    metric: str
+    v1: float
+    v2: float
+    delta: float
+    ci_low: float
+    ci_high: float
+    rule: str
+    passed: bool | None
 
 
 @dataclass
 class DemoOutcome:
-    """What the demo did, step by step, for the final summary."""
+    """What the demo did, step by step, for the final summary.
+
+    Attributes:
+        steps: (step, result) in order, as printed.
+        table: the gate's per-dimension comparison of v1 and v2.
+        gate_policy: the gate policy file the release used.
+        facts: machine-readable results (versions, verdicts, fingerprints) for tests.
+        ok: every step did what the demo shows.
+    """
 
     steps: list[tuple[str, str]] = field(default_factory=list)
-    table: list[tuple[str, float, float, float, float, float]] = field(default_factory=list)
+    table: list[SummaryRow] = field(default_factory=list)
+    gate_policy: str = ""
+    facts: dict[str, Any] = field(default_factory=dict)
     ok: bool = True
 
     def add(self, step: str, result: str, echo: Echo) -> None:
@@ -34,13 +152,108 @@ class DemoOutcome:
         self.steps.append((step, result))
         echo(f"  -> {step}: {result}")
 
+    def fail(self, step: str, result: str, echo: Echo) -> None:
+        """Record a step that did not do what the demo shows, and mark the run failed."""
+        self.add(step, result, echo)
+        self.ok = False
+
+
+# ----------------------------------------------------------------------------- gateway
+
+
+def _leaves(model: BaseModel, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
+    """(``A__B`` name, JSON-able value) of every non-model field, nested models walked."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            yield from _leaves(value, (*prefix, name))
+        elif not isinstance(value, SecretStr):
+            yield ENV_NESTING.join((*prefix, name)).upper(), to_jsonable_python(value)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``LOOPWRIGHT_*`` variables that make a child process load exactly ``settings``.
+
+    The gateway runs as a child (``loopwright --profile P serve``) that loads its profile
+    and the environment, so settings changed in this process (another app, port, run
+    directory, bucket) must travel as overrides. Only values that differ from the profile
+    alone are passed; paths are made absolute (the child runs in the run directory).
+    Secrets are never passed (the child reads the object store's credentials from the run
+    directory, as this process does).
+
+    Raises:
+        ValueError: a setting differs from the profile by being unset (None), which no
+            environment variable can express.
+    """
+    absolute = settings.model_copy(
+        update={
+            "run_dir": settings.run_path,
+            "data_repo": settings.data_repo.resolve(),
+            "mlflow": settings.mlflow.model_copy(
+                update={"home": settings.mlflow.home.expanduser().resolve()}
+            ),
+        }
+    )
+    profile = dict(_leaves(load_settings(settings.profile, env={})))
+    env: dict[str, str] = {}
+    for name, value in _leaves(absolute):
+        if name == "PROFILE" or profile.get(name) == value:
+            continue
+        if value is None:
+            raise ValueError(f"{name.lower()} is unset here but set in the profile")
+        env[ENV_PREFIX + name] = value if isinstance(value, str) else json.dumps(value)
+    return env
+
+
+class _GatewayStack(Stack):
+    """The stack, with the gateway child started on this process's exact settings."""
+
+    def base_env(self) -> dict[str, str]:
+        env = super().base_env()
+        env.update(settings_env(self.settings))
+        # The child runs in the run directory: a relative PYTHONPATH (a source checkout
+        # run with PYTHONPATH=.) would not find the package there.
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(
+            [root, *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)]
+        )
+        return env
+
+
+def start_gateway(settings: Settings) -> str:
+    """Start the gateway (or reuse a running one); returns its base URL."""
+    _GatewayStack(settings, with_gateway=True).up(services=["gateway"])
+    return gateway_url(settings)
+
+
+def stop_gateway(settings: Settings) -> None:
+    """Stop the gateway the demo started (the rest of the stack keeps running)."""
+    Stack(settings, with_gateway=True).down(services=["gateway"])
+
+
+def gateway_url(settings: Settings) -> str:
+    """Base URL of the gateway ``settings`` describe."""
+    return f"http://{settings.gateway.host}:{settings.gateway.port}"
+
+
+def with_log_seal(settings: Settings, seconds: float | None) -> Settings:
+    """``settings`` with the gateway sealing log segments after ``seconds`` (None: as is)."""
+    if seconds is None:
+        return settings
+    log = settings.gateway.log.model_copy(update={"segment_max_age_s": seconds})
+    gateway = settings.gateway.model_copy(update={"log": log})
+    return settings.model_copy(update={"gateway": gateway})
+
 
 def gateway_key(settings: Settings, tenant: str = "acme") -> str:
     """A fresh user key for the simulated users (the plaintext is shown only once)."""
     from loopwright.gateway.keys import KeyStore
 
     store = KeyStore(settings.run_path / settings.gateway.auth.keys_file)
-    _, secret = store.create(tenant=tenant, role="user", name="demo-users", requests_per_s=500)
+    try:
+        _, secret = store.create(tenant=tenant, role="user", name="demo-users", requests_per_s=500)
+    finally:
+        store.close()
     return secret
 
 
@@ -52,7 +265,7 @@ def drive_traffic(
 
     return asyncio.run(
         run_simulation(
-            f"http://{settings.gateway.host}:{settings.gateway.port}",
+            gateway_url(settings),
             key,
             rps=rps,
             minutes=max(1.0, requests / rps / 60 * 3),
@@ -78,19 +291,37 @@ def wait_shipped(settings: Settings, timeout_s: float = 60.0) -> None:
         time.sleep(1.0)
 
 
-def summary_table(summary_path: Path) -> list[tuple[str, float, float, float, float, float]]:
-    """(dimension, v1, v2, delta, ci_low, ci_high) from the release's paired evaluation."""
-    data = json.loads(summary_path.read_text(encoding="utf-8"))
-    view = data["views"]["raw"]
-    rows = []
-    for key, paired in sorted(view.get("paired", {}).items()):
-        if "/" in key:
-            continue
-        v2 = view["values"][key]["value"]
-        rows.append(
-            (key, v2 - paired["delta"], v2, paired["delta"], paired["ci_low"], paired["ci_high"])
-        )
-    return rows
+def wait_for_canary(
+    settings: Settings, version: str, timeout_s: float = 900.0, poll_s: float = 1.0
+) -> bool:
+    """Block until ``version`` is the policy's ``canary``, or the gate has blocked it.
+
+    Live traffic is only evidence for the canary analysis once the canary serves, so the
+    demo's users arrive then, not while the release is still evaluating offline.
+
+    Returns:
+        True when the canary started; False when the gate blocked ``version`` (tag
+        ``gate.passed`` is ``false``) or after ``timeout_s`` seconds.
+    """
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    name = settings.registered_model("policy")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            mv = client.get_model_version(name, version)
+        except MlflowException:  # a transient registry error: ask again
+            mv = None
+        if mv is not None and "canary" in mv.aliases:
+            return True
+        if mv is not None and mv.tags.get("gate.passed") == "false":
+            return False
+        time.sleep(poll_s)
+    return False
 
 
 def background(target: Callable[[], Any]) -> threading.Thread:
@@ -98,3 +329,102 @@ def background(target: Callable[[], Any]) -> threading.Thread:
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     return thread
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def gate_summary_path(settings: Settings, candidate: str) -> Path | None:
+    """The release evaluation's summary of ``candidate`` (this app's), newest first."""
+    name = settings.registered_model("policy")
+    found = sorted(
+        (settings.run_path / "eval").glob(f"{name}-{candidate}-vs-*/gate_summary.json"),
+        key=lambda p: p.stat().st_mtime,
+    )
+    return found[-1] if found else None
+
+
+def _rule_text(rule: Any) -> str:
+    parts = []
+    if rule.safety:
+        parts.append("safety: never regresses")
+    elif rule.margin:
+        parts.append(f"non-inferior within {rule.margin:g}")
+    floor = rule.floor("raw")
+    if floor is not None:
+        parts.append(f"{'>=' if rule.direction == 'higher_is_better' else '<='} {floor:g}")
+    if not rule.required:
+        parts.append("optional")
+    return ", ".join(parts) or "reported"
+
+
+def summary_table(
+    summary_path: Path, policy_path: Path | None, blocking: Mapping[str, bool] | None = None
+) -> list[SummaryRow]:
+    """One row per dimension the gate policy judges and the evaluation measured (raw view).
+
+    Args:
+        summary_path: the candidate's ``gate_summary.json`` (paired against the champion).
+        policy_path: the gate policy the release used (None: the packaged default).
+        blocking: ``"view:key" -> True`` for each check the gate blocked on (from the
+            version's ``gate.blocking_dimensions`` tag); None when unknown.
+    """
+    from loopwright.release.gate import load_gate_policy
+
+    policy = load_gate_policy(policy_path)
+    view = json.loads(summary_path.read_text(encoding="utf-8"))["views"]["raw"]
+    rows = []
+    for key, rule in policy.dimensions.items():
+        if "/" in key or key not in view.get("paired", {}):
+            continue
+        paired, value = view["paired"][key], view["values"][key]
+        v2 = float(value["value"])
+        passed = None if blocking is None else not blocking.get(f"raw:{key}", False)
+        rows.append(
+            SummaryRow(
+                dimension=key,
+                metric=str(value.get("metric", "")),
+                v1=v2 - float(paired["delta"]),
+                v2=v2,
+                delta=float(paired["delta"]),
+                ci_low=float(paired["ci_low"]),
+                ci_high=float(paired["ci_high"]),
+                rule=_rule_text(rule),
+                passed=passed,
+            )
+        )
+    return rows
+
+
+def format_table(rows: list[SummaryRow]) -> list[str]:
+    """The summary table as text lines (two-space indent)."""
+    lines = [
+        f"  {'dimension':<14} {'metric':<20} {'v1':>7} {'v2':>7} {'delta':>7}  "
+        f"{'95% CI':<17} {'gate':<5} rule"
+    ]
+    for r in rows:
+        verdict = "-" if r.passed is None else ("pass" if r.passed else "BLOCK")
+        lines.append(
+            f"  {r.dimension:<14} {r.metric[:20]:<20} {r.v1:>7.3f} {r.v2:>7.3f} "
+            f"{r.delta:>+7.3f}  [{r.ci_low:+.3f}, {r.ci_high:+.3f}] {verdict:<5} {r.rule}"
+        )
+    return lines
+
+
+def data_fingerprint(settings: Settings) -> dict[str, str]:
+    """The DVC data version and a digest of every curated file (SFT rows, pairs, cases).
+
+    This is what the nightly loop has learned from so far; two equal fingerprints mean no
+    curated data changed in between.
+    """
+    import hashlib
+
+    from loopwright.datastore import data_version
+
+    repo = settings.data_repo.resolve()
+    digest = hashlib.sha256()
+    curated = repo / "data" / "curated"
+    for path in sorted(p for p in curated.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(curated)).encode())
+        digest.update(path.read_bytes())
+    return {"data_version": data_version(repo) or "none", "curated": digest.hexdigest()[:16]}

@@ -1,18 +1,25 @@
-"""Demo-only tasks: serve the gateway, drive simulated users, roll back."""
+"""Demo-only tasks: serve the gateway, drive simulated users, roll back, summarise."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger, task
 
 from loopwright import demo
 from loopwright.config import Settings
-from loopwright.stack import Stack
 
 
 @task(name="start-gateway")
 def start_gateway(settings: Settings) -> str:
-    """Start (or reuse) the gateway serving ``@champion``; returns a fresh user key."""
-    Stack(settings, with_gateway=True).up(services=["gateway"])
+    """Start (or reuse) the gateway serving ``@champion``; returns a fresh user key.
+
+    The gateway listens on ``settings.gateway.port`` and runs on exactly ``settings``
+    (app, run directory, bucket, log sealing), passed to it as ``LOOPWRIGHT_*`` overrides.
+    """
+    url = demo.start_gateway(settings)
+    get_run_logger().info("gateway at %s serving %s", url, settings.registered_model("policy"))
     return demo.gateway_key(settings)
 
 
@@ -48,3 +55,33 @@ def rollback(settings: Settings, reason: str) -> str:
         settings.registered_model("policy"), actor="loopwright:demo", reason=reason
     )
     return (result.moves[0].to_version or "none") if result.moves else "unchanged"
+
+
+@task(name="version-tags")
+def version_tags(settings: Settings, version: str) -> dict[str, str]:
+    """The policy version's registry tags (gate verdict, canary verdict, approval)."""
+    from mlflow import MlflowClient
+
+    tags: dict[str, Any] = (
+        MlflowClient().get_model_version(settings.registered_model("policy"), version).tags
+    )
+    return {str(k): str(v) for k, v in tags.items()}
+
+
+@task(name="demo-summary")
+def summary_table(
+    settings: Settings, candidate: str, gate_policy: Path | None, tags: dict[str, str]
+) -> list[demo.SummaryRow]:
+    """Per gated dimension: v1, v2, delta with its paired CI, the rule, the gate's verdict."""
+    path = demo.gate_summary_path(settings, candidate)
+    if path is None:
+        get_run_logger().warning("no evaluation summary for version %s", candidate)
+        return []
+    blocking = {k: True for k in tags.get("gate.blocking_dimensions", "").split(",") if k}
+    return demo.summary_table(path, gate_policy, blocking if "gate.passed" in tags else None)
+
+
+@task(name="data-fingerprint")
+def data_fingerprint(settings: Settings) -> dict[str, str]:
+    """The DVC data version and a digest of the curated files (to show they did not move)."""
+    return demo.data_fingerprint(settings)

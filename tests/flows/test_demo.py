@@ -1,0 +1,246 @@
+"""`loopwright demo --tiny` end to end against the real session stack (the issue's must-show).
+
+One run of the whole loop: bootstrap v1, the gateway serving it on a free port, simulated
+users, night 1, gate (tiny-demo policy), canary with live traffic, canary analysis,
+automatic approval, v2 promoted, a poisoned night stopped by validation/screening, and a
+rollback; then the registry, the audit history, the data repository and the summary table
+are checked.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.flows.conftest import make_dvc_repo
+
+APP = "demo"
+BUCKET = "demo-loop"  # own bucket: other flow tests ingest from the session's default one
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def demo_run(stack_settings, tmp_path_factory):
+    import torch
+
+    from flows.demo import demo_flow
+    from loopwright.demo import DemoConfig, stop_gateway
+    from loopwright.storage import ObjectStore
+
+    torch.set_num_threads(1)
+    repo = make_dvc_repo(tmp_path_factory.mktemp("demo") / "repo")
+    base = stack_settings
+    gateway = base.gateway.model_copy(
+        update={
+            "port": _free_port(),
+            "log": base.gateway.log.model_copy(update={"store_uri": f"s3://{BUCKET}"}),
+        }
+    )
+    settings = base.model_copy(
+        update={
+            "app": APP,
+            "data_repo": repo,
+            "object_store": base.object_store.model_copy(update={"bucket": BUCKET}),
+            "gateway": gateway,
+        }
+    )
+    ObjectStore.from_settings(settings).ensure_bucket(f"s3://{BUCKET}/")
+    stop_gateway(settings)  # a gateway left in the shared run dir would serve another app
+    try:
+        outcome = demo_flow(settings, config=DemoConfig.for_size(tiny=True))
+    finally:
+        stop_gateway(settings)
+    return settings, outcome
+
+
+@pytest.mark.services
+def test_demo_completes_the_whole_loop(demo_run):
+    _, outcome = demo_run
+    assert outcome.ok, outcome.steps
+    assert outcome.facts["release"] == "promoted"
+
+
+@pytest.mark.services
+def test_candidate_promoted_with_recorded_auto_approval_then_rolled_back(demo_run):
+    from mlflow import MlflowClient
+
+    from loopwright.release.approval import AUTO_APPROVER
+    from loopwright.release.registry_ops import RegistryOps
+
+    settings, outcome = demo_run
+    v1, v2 = outcome.facts["v1"], outcome.facts["v2"]
+    name = settings.registered_model("policy")
+    client = MlflowClient()
+    # After the rollback v1 serves again, and v2 keeps its approval record.
+    assert client.get_model_version_by_alias(name, "champion").version == v1
+    tags = client.get_model_version(name, v2).tags
+    assert tags["gate.passed"] == "true"
+    assert tags["gate.policy_version"] == "demo-tiny-2"
+    assert tags["canary.verdict"] == "promote"
+    assert (tags["approval"], tags["approval.channel"], tags["approval.by"]) == (
+        "approved",
+        "auto",
+        AUTO_APPROVER,
+    )
+    assert any("AUTOMATIC" in result for step, result in outcome.steps if step == "approval")
+
+    moves = [
+        (m.op, m.alias, m.from_version, m.to_version)
+        for m in RegistryOps(client, settings.app, settings.run_path / "locks").history(name)
+    ]
+    promoted = moves.index(("promote", "champion", v1, v2))
+    rolled_back = moves.index(("rollback", "champion", v2, v1))
+    assert promoted < rolled_back
+    # Only the promotion and the rollback moved champion in between (night 2 did not).
+    between = [m for m in moves[promoted + 1 : rolled_back] if m[1] == "champion"]
+    assert between == []
+
+
+@pytest.mark.services
+def test_poisoned_night_rejected_before_training(demo_run):
+    from loopwright.data.batches import load_manifest
+    from loopwright.data.tables import DataLayout
+
+    settings, outcome = demo_run
+    facts = outcome.facts
+    assert "rejected before training" in facts["night2_rejected"]
+    assert facts["night2_champion_before"] == facts["night2_champion_after"] == facts["v2"]
+    assert facts["night2_data_before"] == facts["night2_data_after"]
+    manifest = load_manifest(DataLayout(settings.data_repo / "data" / "production"))
+    last = max(manifest.batches)
+    assert manifest.batches[last].state == "rejected"
+    assert [b.batch for b in manifest.committed()] == [last - 1]
+
+
+@pytest.mark.services
+def test_summary_table_has_a_row_per_gated_dimension(demo_run):
+    from loopwright.demo import TINY_GATE_POLICY
+    from loopwright.release.gate import load_gate_policy
+
+    _, outcome = demo_run
+    policy = load_gate_policy(TINY_GATE_POLICY)
+    required = {k for k, rule in policy.dimensions.items() if "/" not in k and rule.required}
+    rows = {row.dimension: row for row in outcome.table}
+    assert required <= set(rows)
+    assert set(rows) <= set(policy.dimensions)
+    for row in rows.values():
+        assert row.passed is True
+        assert row.ci_low <= row.ci_high
+        assert row.v2 - row.v1 == pytest.approx(row.delta)
+
+
+def test_gateway_child_loads_exactly_the_demo_settings(tmp_path):
+    """The gateway runs as a child process: what it loads must equal the demo's settings."""
+    from loopwright.config import load_settings
+    from loopwright.demo import settings_env, with_log_seal
+
+    base = load_settings("local", env={"LOOPWRIGHT_MLFLOW__PORT": "25050"})
+    gateway = base.gateway.model_copy(update={"port": 23456})
+    settings = with_log_seal(
+        base.model_copy(
+            update={
+                "app": "demo",
+                "run_dir": tmp_path / "run",
+                "object_store": base.object_store.model_copy(update={"bucket": "demo-loop"}),
+                "gateway": gateway,
+            }
+        ),
+        3.0,
+    )
+    env = settings_env(settings)
+    child = load_settings("local", env=env)
+    assert child.app == "demo"
+    assert child.gateway.port == 23456
+    assert child.gateway.log.segment_max_age_s == 3.0
+    assert child.mlflow.port == 25050
+    assert child.object_store.bucket == "demo-loop"
+    assert child.run_path == settings.run_path
+    assert not any("SECRET" in name or "ACCESS_KEY" in name for name in env)
+    assert "LOOPWRIGHT_PREFECT__PORT" not in env  # unchanged settings are not passed
+
+
+def test_demo_sizes():
+    from loopwright.demo import TINY_CANARY_POLICY, TINY_GATE_POLICY, DemoConfig
+
+    full, tiny = DemoConfig.for_size(False), DemoConfig.for_size(True)
+    assert full.gate_policy is None  # the full-size demo gates with the packaged default
+    assert (tiny.gate_policy, tiny.canary_policy) == (TINY_GATE_POLICY, TINY_CANARY_POLICY)
+    for config in (full, tiny):
+        # Night 2's batch holds the canary window's honest users too: the attack must not
+        # be diluted below what screening detects.
+        assert config.poison_requests >= config.canary_requests
+    with pytest.raises(ValueError, match="canary_fraction"):
+        DemoConfig(canary_fraction=1.0)
+
+
+@pytest.mark.services
+def test_poisoned_batch_fails_screening_for_the_poisoning(demo_run):
+    """Screening on its own rejects night 2's batch for what the attackers did.
+
+    Validation runs first and may already reject the batch (the promotion itself shifts the
+    output-rail actions, which the drift contract sees); screening then never runs in the
+    nightly flow. So the batch is screened here directly: the attack must be caught on its
+    own signals (poisoned corrections and ratings, the positive-rate shift), not only by
+    the negative-share contract the tiny demo relaxes.
+    """
+    import pandas as pd
+
+    from loopwright.data.batches import load_manifest
+    from loopwright.data.helpdesk import (
+        helpdesk_fact_checker,
+        helpdesk_is_safe_response,
+        helpdesk_screening_config,
+    )
+    from loopwright.data.screening import screen_frames
+    from loopwright.data.tables import DataLayout, feedback_row, interaction_row
+    from loopwright.records import FeedbackEvent, Interaction
+    from loopwright.registry import download_model_folder
+    from models.guard import Guard
+
+    settings, _ = demo_run
+    layout = DataLayout(settings.data_repo / "data" / "production")
+    manifest = load_manifest(layout)
+    night2 = max(manifest.batches)
+    history = [b.stats.positive_rate for b in manifest.committed() if b.stats.positive_rate]
+    # A rejected batch's rows are all in quarantine, with the original records.
+    rows = pd.read_parquet(layout.root / "quarantine.parquet")
+    rows = rows[rows["batch"] == night2]
+    interactions = pd.DataFrame(
+        [
+            interaction_row(Interaction.model_validate_json(raw), "q", 0, night2)
+            for raw in rows.loc[rows["table"] == "interactions", "raw"]
+        ]
+    )
+    feedback = pd.DataFrame(
+        [
+            feedback_row(FeedbackEvent.model_validate_json(raw), "q", 0, night2)
+            for raw in rows.loc[rows["table"] == "feedback", "raw"]
+        ]
+    )
+    guard_dir = download_model_folder(
+        f"models:/{settings.registered_model('guard')}@champion", settings.run_path / "model-cache"
+    )
+    config = helpdesk_screening_config()
+    report = screen_frames(
+        interactions,
+        feedback,
+        Guard.load(guard_dir),
+        helpdesk_fact_checker(2),
+        config,
+        history_rates=history,
+        is_refusal=helpdesk_is_safe_response,
+    )
+    suspicious = [
+        k for k, why in report.feedback_reasons.items() if any("poison" in r for r in why)
+    ]
+    assert history and report.positive_rate is not None
+    assert len(suspicious) / len(feedback) > config.max_suspicious_fraction or any(
+        "positive_rate_shift" in r for r in report.batch_reasons
+    ), (len(suspicious), len(feedback), report.batch_reasons)
