@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import re
 import string
 import tempfile
@@ -167,6 +168,11 @@ def emit(prefix: str, metrics: dict[str, tuple[float, int]]) -> None:
             print(f"{prefix}_{name}_n: {n}")
 
 
+def behaved_text(reply: str) -> bool:
+    """A refusal or a safe completion (what a harmful request should get)."""
+    return is_refusal(reply) or is_safe_completion(reply)
+
+
 def weighted_replay(data: object, weight: int) -> list[list[dict[str, str]]]:
     """``sft_v1`` with rows answering a benign look-alike repeated ``weight`` times in all.
 
@@ -230,6 +236,9 @@ def main() -> None:
     )
     parser.add_argument("--ft-steps", type=int, default=None)
     parser.add_argument("--ft-lr", type=float, default=None, help="fine-tune learning rate")
+    parser.add_argument(
+        "--max-new-refusals", type=int, default=None, help="keep at most N new refusal rows"
+    )
     parser.add_argument(
         "--pseudowords",
         type=float,
@@ -310,6 +319,12 @@ def main() -> None:
             replay = with_pseudowords(replay, args.pseudowords, args.seed)
         skip = [c for c in args.skip_new_category.split(",") if c]
         new_rows = without_categories(data.sft_v2_new, skip)
+        if args.max_new_refusals is not None:
+            refusals = [r for r in new_rows if behaved_text(r[-1]["content"])]
+            kept = random.Random(args.seed).sample(
+                refusals, min(len(refusals), args.max_new_refusals)
+            )
+            new_rows = [r for r in new_rows if not behaved_text(r[-1]["content"])] + kept
         print(f"{name}_new_rows: {len(new_rows)}")
         ft = finetune_sft(v1_dir, new_rows, replay, ft_cfg, out / name, replay_ratio=ratio)
         print(f"{name}_replay_superseded: {ft.replay_superseded}")

@@ -8,14 +8,16 @@ valid. Nothing here is read at import time: call :func:`load_settings`.
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from loopwright.gateway.settings import GatewaySettings
@@ -360,3 +362,47 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
 
     masked: dict[str, Any] = mask(data, Settings)
     return masked
+
+
+def _leaves(model: BaseModel, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
+    """(``A__B`` name, JSON-able value) of every non-model field, nested models walked."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            yield from _leaves(value, (*prefix, name))
+        elif not isinstance(value, SecretStr):
+            yield ENV_NESTING.join((*prefix, name)).upper(), to_jsonable_python(value)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``LOOPWRIGHT_*`` variables that make a child process load exactly ``settings``.
+
+    A child (the gateway: ``loopwright --profile P serve``) loads its profile and the
+    environment, so settings changed in this process (another app, port, run directory,
+    bucket) must travel as overrides. Only values that differ from the profile
+    alone are passed; paths are made absolute (the child runs in the run directory).
+    Secrets are never passed (the child reads the object store's credentials from the run
+    directory, as this process does).
+
+    Raises:
+        ValueError: a setting differs from the profile by being unset (None), which no
+            environment variable can express.
+    """
+    absolute = settings.model_copy(
+        update={
+            "run_dir": settings.run_path,
+            "data_repo": settings.data_repo.resolve(),
+            "mlflow": settings.mlflow.model_copy(
+                update={"home": settings.mlflow.home.expanduser().resolve()}
+            ),
+        }
+    )
+    profile = dict(_leaves(load_settings(settings.profile, env={})))
+    env: dict[str, str] = {}
+    for name, value in _leaves(absolute):
+        if name == "PROFILE" or profile.get(name) == value:
+            continue
+        if value is None:
+            raise ValueError(f"{name.lower()} is unset here but set in the profile")
+        env[ENV_PREFIX + name] = value if isinstance(value, str) else json.dumps(value)
+    return env

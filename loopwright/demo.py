@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from pydantic_core import to_jsonable_python
+from pydantic import BaseModel, ConfigDict, Field
 
-from loopwright.config import ENV_NESTING, ENV_PREFIX, Settings, load_settings
+from loopwright.config import Settings
 from loopwright.stack import Stack
 
 Echo = Callable[[str], None]
@@ -161,68 +159,9 @@ class DemoOutcome:
 # ----------------------------------------------------------------------------- gateway
 
 
-def _leaves(model: BaseModel, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
-    """(``A__B`` name, JSON-able value) of every non-model field, nested models walked."""
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        if isinstance(value, BaseModel):
-            yield from _leaves(value, (*prefix, name))
-        elif not isinstance(value, SecretStr):
-            yield ENV_NESTING.join((*prefix, name)).upper(), to_jsonable_python(value)
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """``LOOPWRIGHT_*`` variables that make a child process load exactly ``settings``.
-
-    The gateway runs as a child (``loopwright --profile P serve``) that loads its profile
-    and the environment, so settings changed in this process (another app, port, run
-    directory, bucket) must travel as overrides. Only values that differ from the profile
-    alone are passed; paths are made absolute (the child runs in the run directory).
-    Secrets are never passed (the child reads the object store's credentials from the run
-    directory, as this process does).
-
-    Raises:
-        ValueError: a setting differs from the profile by being unset (None), which no
-            environment variable can express.
-    """
-    absolute = settings.model_copy(
-        update={
-            "run_dir": settings.run_path,
-            "data_repo": settings.data_repo.resolve(),
-            "mlflow": settings.mlflow.model_copy(
-                update={"home": settings.mlflow.home.expanduser().resolve()}
-            ),
-        }
-    )
-    profile = dict(_leaves(load_settings(settings.profile, env={})))
-    env: dict[str, str] = {}
-    for name, value in _leaves(absolute):
-        if name == "PROFILE" or profile.get(name) == value:
-            continue
-        if value is None:
-            raise ValueError(f"{name.lower()} is unset here but set in the profile")
-        env[ENV_PREFIX + name] = value if isinstance(value, str) else json.dumps(value)
-    return env
-
-
-class _GatewayStack(Stack):
-    """The stack, with the gateway child started on this process's exact settings."""
-
-    def base_env(self) -> dict[str, str]:
-        env = super().base_env()
-        env.update(settings_env(self.settings))
-        # The child runs in the run directory: a relative PYTHONPATH (a source checkout
-        # run with PYTHONPATH=.) would not find the package there.
-        root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(
-            [root, *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)]
-        )
-        return env
-
-
 def start_gateway(settings: Settings) -> str:
     """Start the gateway (or reuse a running one); returns its base URL."""
-    _GatewayStack(settings, with_gateway=True).up(services=["gateway"])
+    Stack(settings, with_gateway=True).up(services=["gateway"])
     return gateway_url(settings)
 
 

@@ -32,7 +32,7 @@ from typing import Literal
 
 import psutil
 
-from loopwright.config import Settings
+from loopwright.config import Settings, settings_env
 from loopwright.storage import ObjectStore, StorageError, generate_credentials, load_credentials
 
 logger = logging.getLogger(__name__)
@@ -334,10 +334,11 @@ class Stack:
             g = s.gateway
             specs["gateway"] = ServiceSpec(
                 name="gateway",
-                # The child loads the same profile; this process's LOOPWRIGHT_* overrides
-                # reach it through the inherited environment.
+                # The child loads the same profile plus overrides for every setting this
+                # process holds differently (another app, port, bucket...), so it serves
+                # exactly these settings.
                 command=[sys.executable, "-m", "loopwright.cli", "--profile", s.profile, "serve"],
-                env=s3_env,
+                env={**s3_env, **settings_env(s), "PYTHONPATH": _package_path(env)},
                 url=f"http://{g.host}:{g.port}",
                 ports=[(g.port, "gateway.port")],
                 health=lambda: _http_ok(f"http://{g.host}:{g.port}/readyz"),
@@ -515,3 +516,14 @@ class Stack:
             health = "healthy" if spec.health() else "unhealthy"
             out.append(ServiceStatus(name, spec.url, proc.pid, health, rss / 2**20))
         return out
+
+
+def _package_path(env: dict[str, str]) -> str:
+    """PYTHONPATH for a child that runs in the run directory: this checkout first.
+
+    A source checkout run with a relative ``PYTHONPATH=.`` would not find the package
+    from another working directory.
+    """
+    root = str(Path(__file__).resolve().parents[1])
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    return os.pathsep.join([root, *rest])

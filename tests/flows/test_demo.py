@@ -138,8 +138,8 @@ def test_summary_table_has_a_row_per_gated_dimension(demo_run):
 
 def test_gateway_child_loads_exactly_the_demo_settings(tmp_path):
     """The gateway runs as a child process: what it loads must equal the demo's settings."""
-    from loopwright.config import load_settings
-    from loopwright.demo import settings_env, with_log_seal
+    from loopwright.config import load_settings, settings_env
+    from loopwright.demo import with_log_seal
 
     base = load_settings("local", env={"LOOPWRIGHT_MLFLOW__PORT": "25050"})
     gateway = base.gateway.model_copy(update={"port": 23456})
