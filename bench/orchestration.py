@@ -195,7 +195,19 @@ def nightly_direct(
         )
 
 
-def run_flow(settings: Settings, config: NightlyConfig) -> tuple[RegisteredVersion | None, float]:
+TASK_STAGES = {  # Prefect task name -> stage
+    "ingest": "ingest",
+    "validate-and-screen": "check",
+    "curate": "curate",
+    "snapshot-data": "snapshot",
+    "reward-refresh": "reward",
+    "finetune": "finetune",
+}
+
+
+def run_flow(
+    settings: Settings, config: NightlyConfig, seconds: dict[str, float]
+) -> tuple[RegisteredVersion | None, float]:
     """``nightly_flow`` as in production; also its task runs' time in Running, seconds.
 
     Wall time minus that is Prefect's own time (flow and task run creation, state
@@ -215,6 +227,10 @@ def run_flow(settings: Settings, config: NightlyConfig) -> tuple[RegisteredVersi
         task_runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
+    for run in task_runs:  # run names are "<task name>-<suffix>"
+        stage = TASK_STAGES.get(run.name.rsplit("-", 1)[0])
+        if stage is not None:
+            seconds[stage] = run.total_run_time.total_seconds()
     return candidate, sum(run.total_run_time.total_seconds() for run in task_runs)
 
 
@@ -370,6 +386,7 @@ def _bench(settings: Settings, root: Path, args: argparse.Namespace) -> None:
     direct_times: list[float] = []
     prefect_own: list[float] = []
     stage_times: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    flow_stage_times: dict[str, list[float]] = {stage: [] for stage in STAGES}
     index = 0
     for pair in range(-args.warmup_pairs, args.pairs):
         order = ("flow", "direct") if pair % 2 == 0 else ("direct", "flow")
@@ -380,7 +397,7 @@ def _bench(settings: Settings, root: Path, args: argparse.Namespace) -> None:
             in_tasks = 0.0
             start = time.perf_counter()
             if arm == "flow":  # as in production: run loggers on, shipping to the API
-                candidate, in_tasks = run_flow(run_settings, config)
+                candidate, in_tasks = run_flow(run_settings, config, seconds)
             else:
                 candidate = nightly_direct(run_settings, config, seconds)
             elapsed = time.perf_counter() - start
@@ -393,6 +410,8 @@ def _bench(settings: Settings, root: Path, args: argparse.Namespace) -> None:
             if arm == "flow":
                 flow_times.append(elapsed)
                 prefect_own.append(elapsed - in_tasks)
+                for stage, value in seconds.items():
+                    flow_stage_times[stage].append(value)
             else:
                 direct_times.append(elapsed)
                 for stage, value in seconds.items():
@@ -402,6 +421,8 @@ def _bench(settings: Settings, root: Path, args: argparse.Namespace) -> None:
     ratio = statistics.median(ratios)
     for stage in STAGES:
         print(f"direct_{stage}_seconds: {statistics.median(stage_times[stage]):.2f}")
+        if flow_stage_times[stage]:  # the task run's time in Running, from the server
+            print(f"flow_{stage}_task_seconds: {statistics.median(flow_stage_times[stage]):.2f}")
     print(f"direct_seconds: {statistics.median(direct_times):.2f}")
     print(f"flow_seconds: {statistics.median(flow_times):.2f}")
     print(f"pair_ratios: {' '.join(f'{r:.3f}' for r in ratios)}")
