@@ -186,7 +186,7 @@ def weighted_replay(data: object, weight: int) -> list[list[dict[str, str]]]:
 
 
 def with_pseudowords(
-    rows: list[list[dict[str, str]]], share: float, seed: int
+    rows: list[list[dict[str, str]]], share: float, seed: int, answered_only: bool = True
 ) -> list[list[dict[str, str]]]:
     """Add copies of answered rows whose question has one word swapped for a made-up one.
 
@@ -198,7 +198,9 @@ def with_pseudowords(
 
     rng = random.Random(seed)
     answered = [
-        r for r in rows if not is_refusal(r[-1]["content"]) and len(r[0]["content"].split()) > 3
+        r
+        for r in rows
+        if len(r[0]["content"].split()) > 3 and not (answered_only and is_refusal(r[-1]["content"]))
     ]
     extra = []
     for row in rng.sample(answered, int(len(answered) * share)):
@@ -236,6 +238,9 @@ def main() -> None:
     )
     parser.add_argument("--ft-steps", type=int, default=None)
     parser.add_argument("--ft-lr", type=float, default=None, help="fine-tune learning rate")
+    parser.add_argument(
+        "--pseudowords-all", action="store_true", help="made-up words in refusal rows too"
+    )
     parser.add_argument(
         "--max-new-refusals", type=int, default=None, help="keep at most N new refusal rows"
     )
@@ -316,7 +321,9 @@ def main() -> None:
         start = time.perf_counter()
         replay = weighted_replay(data, args.lookalike_weight)
         if args.pseudowords:
-            replay = with_pseudowords(replay, args.pseudowords, args.seed)
+            replay = with_pseudowords(
+                replay, args.pseudowords, args.seed, answered_only=not args.pseudowords_all
+            )
         skip = [c for c in args.skip_new_category.split(",") if c]
         new_rows = without_categories(data.sft_v2_new, skip)
         if args.max_new_refusals is not None:

@@ -80,6 +80,8 @@ DEFAULT_REVIEW_LABELS: tuple[str, ...] = (
 )
 DRIFT_COLUMNS: tuple[str, ...] = ("prompt_chars", "response_chars", "input_action", "output_action")
 _NUMERIC_DRIFT = {"prompt_chars": "prompt", "response_chars": "response"}
+# Columns that describe the model's output: compared only within the same served versions.
+OUTPUT_SIDE_DRIFT: frozenset[str] = frozenset({"response_chars", "output_action"})
 
 
 class ContractConfig(BaseModel):
@@ -282,17 +284,34 @@ def drift_report(
         )
     psi: dict[str, float] = {}
     reasons: list[str] = []
+    notes: list[str] = []
     for column in config.drift_columns:
+        ref, cur = reference, current
+        if column in OUTPUT_SIDE_DRIFT:
+            # What the model says changes, legitimately, when a new version serves: compare
+            # output-side columns only on rows served by the same versions on both sides, so
+            # the first night after a promotion is not rejected for having a new model.
+            shared = set(reference["model_version"].dropna()) & set(
+                current["model_version"].dropna()
+            )
+            ref = reference[reference["model_version"].isin(shared)]
+            cur = current[current["model_version"].isin(shared)]
+            if len(ref) < config.drift_min_rows or len(cur) < config.drift_min_rows:
+                notes.append(
+                    f"drift:{column} skipped: too few rows served by the same model versions "
+                    f"on both sides (reference {len(ref)}, batch {len(cur)})"
+                )
+                continue
         value = population_stability_index(
-            _drift_values(reference, column),
-            _drift_values(current, column),
+            _drift_values(ref, column),
+            _drift_values(cur, column),
             bins=config.drift_bins,
             categorical=column not in _NUMERIC_DRIFT,
         )
         psi[column] = round(value, 4)
         if value > config.psi_threshold:
             reasons.append(f"drift:{column} (PSI {value:.3f} > {config.psi_threshold})")
-    return psi, reasons, []
+    return psi, reasons, notes
 
 
 # ----------------------------------------------------------------------------- suites

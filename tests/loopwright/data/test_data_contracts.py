@@ -140,6 +140,27 @@ def test_drift_against_the_previous_snapshot(clean):
     assert drifted.drift["prompt_chars"] > 0.25
 
 
+def test_output_drift_is_only_judged_within_the_same_model_versions(clean):
+    inter, _ = clean
+    reference, _ = frames(simulate(200, seed=22))
+    config = ContractConfig()
+    # A new champion answers differently (longer, more flags): not drift in the traffic.
+    promoted = inter.copy()
+    promoted["model_version"] = promoted["model_version"].where(
+        promoted["model_version"].isna(), "2"
+    )
+    promoted["response"] = promoted["response"] + " " + "and some more detail" * 10
+    promoted["output_action"] = "flag"
+    psi, reasons, notes = drift_report(reference, promoted, config)
+    assert reasons == []
+    assert set(psi) == {"prompt_chars", "input_action"}
+    assert any(n.startswith("drift:output_action skipped") for n in notes)
+    # The same change under the same version is drift.
+    same = promoted.assign(model_version=inter["model_version"])
+    _, reasons, _ = drift_report(reference, same, config)
+    assert {r.split(" ")[0] for r in reasons} == {"drift:response_chars", "drift:output_action"}
+
+
 def test_population_stability_index():
     rng = np.random.default_rng(0)
     a = rng.normal(0, 1, 5000)
