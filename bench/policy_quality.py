@@ -11,7 +11,8 @@ then measures with greedy ``generate_batch`` on the domain's held-out eval suite
 
 Then fine-tunes v1 on ``sft_v2_new`` (injection rows left out by default, see
 ``--skip-new-category``) with 4:1 replay of ``sft_v1`` (benign look-alike rows weighted
-6x; rows superseded by the new facts dropped by ``finetune_sft``) and measures changed
+6x, answered rows also copied with one made-up word as the nightly does; rows superseded
+by the new facts dropped by ``finetune_sft``) and measures changed
 facts, unchanged facts (delta against v1: the same-process baseline), stale answers,
 newly covered refusals and over-refusal. ``--no-replay`` adds the forgetting baseline
 (fine-tune on new rows alone); ``--dpo`` adds a DPO step on ``reward_v2_new`` on top.
@@ -38,7 +39,9 @@ import torch
 from loopwright.records import EvalSample
 from models.generation import DecodingParams, generate_batch, load_policy
 from models.helpdesk import CATEGORIES, build_domain, is_refusal, is_safe_completion
+from models.helpdesk.generate import LOOKALIKE_REPLAY_WEIGHT, replay_rows
 from models.policy import PolicyConfig, finetune_sft, train_dpo, train_policy_v1
+from models.policy_data import with_pseudowords
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -173,44 +176,6 @@ def behaved_text(reply: str) -> bool:
     return is_refusal(reply) or is_safe_completion(reply)
 
 
-def weighted_replay(data: object, weight: int) -> list[list[dict[str, str]]]:
-    """``sft_v1`` with rows answering a benign look-alike repeated ``weight`` times in all.
-
-    STACK_NOTES: replay with look-alikes weighted up kept over-refusal down while the new
-    refusal rows were learned. A row counts when its answer is a look-alike's answer.
-    """
-    answers = {look.answer_at(1) for cat in CATEGORIES.values() for look in cat.lookalikes("train")}
-    rows: list[list[dict[str, str]]] = data.sft_v1  # type: ignore[attr-defined]
-    extra = [c for c in rows if c[-1]["content"] in answers]
-    return rows + extra * max(0, weight - 1)
-
-
-def with_pseudowords(
-    rows: list[list[dict[str, str]]], share: float, seed: int, answered_only: bool = True
-) -> list[list[dict[str, str]]]:
-    """Add copies of answered rows whose question has one word swapped for a made-up one.
-
-    Teaches that an unfamiliar word is no reason to refuse (the fine-tune's new refusal
-    rows otherwise make the model refuse benign questions in unseen wording). The made-up
-    words are random letter strings, so no held-out wording can leak in.
-    """
-    import random
-
-    rng = random.Random(seed)
-    answered = [
-        r
-        for r in rows
-        if len(r[0]["content"].split()) > 3 and not (answered_only and is_refusal(r[-1]["content"]))
-    ]
-    extra = []
-    for row in rng.sample(answered, int(len(answered) * share)):
-        words = row[0]["content"].split()
-        k = rng.randrange(len(words))
-        words[k] = "".join(rng.choice("bcdfghklmnprstvz") + rng.choice("aeiou") for _ in range(3))
-        extra.append([{**row[0], "content": " ".join(words)}, *row[1:]])
-    return rows + extra
-
-
 def without_categories(
     rows: list[list[dict[str, str]]], names: Sequence[str]
 ) -> list[list[dict[str, str]]]:
@@ -251,7 +216,10 @@ def main() -> None:
         help="share of replay rows copied with a made-up word",
     )
     parser.add_argument(
-        "--lookalike-weight", type=int, default=6, help="look-alike copies in the replay"
+        "--lookalike-weight",
+        type=int,
+        default=LOOKALIKE_REPLAY_WEIGHT,
+        help="look-alike copies in the replay",
     )
     parser.add_argument("--bf16", action="store_true", help="train with bf16 autocast")
     parser.add_argument("--no-noise", action="store_true", help="no extra surface noise")
@@ -280,7 +248,7 @@ def main() -> None:
     print(f"threads: {args.threads}")
     print(f"sft_v1_rows: {len(data.sft_v1)}")
     print(f"sft_v2_new_rows: {len(data.sft_v2_new)}")
-    print(f"replay_rows: {len(weighted_replay(data, args.lookalike_weight))}")
+    print(f"replay_rows: {len(replay_rows(data, args.lookalike_weight))}")
     print(f"load_avg_1min_before: {os.getloadavg()[0]:.2f}")
 
     v1_dir = args.v1_dir or out / "v1"
@@ -319,11 +287,12 @@ def main() -> None:
         lr = {"lr": args.ft_lr} if args.ft_lr else {}
         ft_cfg = PolicyConfig.finetune(**ft_budget, **lr, **common)
         start = time.perf_counter()
-        replay = weighted_replay(data, args.lookalike_weight)
-        if args.pseudowords:
-            replay = with_pseudowords(
-                replay, args.pseudowords, args.seed, answered_only=not args.pseudowords_all
-            )
+        replay = with_pseudowords(
+            replay_rows(data, args.lookalike_weight),
+            args.pseudowords,
+            args.seed,
+            keep=lambda row: args.pseudowords_all or not behaved_text(row[-1]["content"]),
+        )
         skip = [c for c in args.skip_new_category.split(",") if c]
         new_rows = without_categories(data.sft_v2_new, skip)
         if args.max_new_refusals is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -42,6 +43,9 @@ class NightlyConfig(BaseModel):
             pairwise accuracy by more than this to replace it.
         max_negative_share: a batch whose share of negative ratings exceeds this fails
             its contract (a poisoning or outage signal); raise it for an untrained model.
+        pseudoword_share: answered replay rows copied with one made-up word (see
+            :func:`models.policy_data.with_pseudowords`); keeps the new refusals from
+            spreading to benign questions in unseen wording.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -50,11 +54,12 @@ class NightlyConfig(BaseModel):
     tiny: bool = False
     finetune_seconds: float = Field(default=120.0, gt=0)
     replay_ratio: float = Field(default=4.0, ge=0)
-    replay_file: str = "helpdesk/sft/v1.jsonl"
+    replay_file: str = "helpdesk/sft/replay.jsonl"
     dpo: bool = False
     reward_heldout_file: str = "helpdesk/reward/heldout.jsonl"
     reward_min_gain: float = Field(default=0.0, ge=0)
     max_negative_share: float = Field(default=0.6, ge=0, le=1)
+    pseudoword_share: float = Field(default=1.0, ge=0, le=1)
 
     def digest(self) -> str:
         """Short hash of the config: part of a candidate's identity (lineage tag)."""
@@ -220,14 +225,35 @@ def refresh_reward(
 
 
 def finetune_candidate(
-    parent_dir: Path, sft_path: Path, replay_path: Path, config: NightlyConfig, out_dir: Path
+    parent_dir: Path,
+    sft_path: Path,
+    replay_path: Path,
+    config: NightlyConfig,
+    out_dir: Path,
+    is_safe_response: Callable[[str], bool],
 ) -> dict[str, float]:
-    """SFT the champion on curated rows with replay of what it already knows."""
+    """SFT the champion on curated rows with replay of what it already knows.
+
+    Args:
+        parent_dir: the champion's model folder.
+        sft_path: curated SFT rows (the new knowledge).
+        replay_path: rows the champion already knows (its training data, weighted).
+        config: budgets, replay ratio, pseudoword share, seed.
+        out_dir: where the candidate folder is written.
+        is_safe_response: the domain's refusal test; refused replay rows get no
+            made-up-word copies (only answered ones do).
+    """
     from models.helpdesk import read_conversations
     from models.policy import PolicyConfig, finetune_sft
+    from models.policy_data import with_pseudowords
 
     new_rows = read_conversations(sft_path)
-    replay = read_conversations(replay_path)
+    replay = with_pseudowords(
+        read_conversations(replay_path),
+        config.pseudoword_share,
+        config.seed,
+        keep=lambda row: not is_safe_response(row[-1]["content"]),
+    )
     if not new_rows:
         raise ValueError(f"{sft_path}: no curated SFT rows; nothing to fine-tune on")
     train_config = (

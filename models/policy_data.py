@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -343,3 +343,42 @@ def drop_superseded(
             continue
         kept.append(conv)
     return kept, len(replay) - len(kept)
+
+
+def with_pseudowords(
+    rows: Sequence[list[dict[str, str]]],
+    share: float,
+    seed: int,
+    keep: Callable[[list[dict[str, str]]], bool],
+) -> list[list[dict[str, str]]]:
+    """``rows`` plus copies of some kept rows whose first question has a made-up word.
+
+    A fine-tune that learns new refusals otherwise starts refusing benign questions in
+    wording it has not seen (measured on the example domain: over-refusal on held-out
+    look-alikes 0.00 -> 0.44); answered copies with one word swapped for a random letter
+    string teach that an unfamiliar word is no reason to refuse (0.07 with share 1.0).
+    The made-up words are random, so no evaluation wording can leak in.
+
+    Args:
+        rows: conversations (first message: the user's question).
+        share: copies per eligible row, in [0, 1]; eligible rows are those ``keep`` accepts
+            whose question has more than three words.
+        seed: seeds the choice of rows, positions and letters.
+        keep: which rows may be copied (e.g. rows the assistant answers, not refusals).
+
+    Raises:
+        ValueError: ``share`` outside [0, 1].
+    """
+    if not 0 <= share <= 1:
+        raise ValueError(f"pseudoword share must be in [0, 1], got {share}")
+    rng = random.Random(seed)
+    eligible = [r for r in rows if keep(r) and len(r[0]["content"].split()) > 3]
+    copies: list[list[dict[str, str]]] = []
+    for row in rng.sample(eligible, int(len(eligible) * share)):
+        words = row[0]["content"].split()
+        position = rng.randrange(len(words))
+        words[position] = "".join(
+            rng.choice("bcdfghklmnprstvz") + rng.choice("aeiou") for _ in range(3)
+        )
+        copies.append([{**row[0], "content": " ".join(words)}, *row[1:]])
+    return [*rows, *copies]

@@ -11,6 +11,7 @@ from prefect import get_run_logger, task
 from loopwright import nightly
 from loopwright.config import Settings
 from loopwright.datastore import snapshot
+from loopwright.domain import load_domain
 from loopwright.publish import find_outcome, find_version, publish_model, record_outcome
 from loopwright.registry import RegisteredVersion, download_model_folder, resolve_version
 
@@ -217,7 +218,12 @@ def finetune(
     out_dir = settings.run_path / "models" / "policy" / f"nightly-{data_version[:8]}"
     start = time.perf_counter()
     metrics = nightly.finetune_candidate(
-        parent_dir, root / "curated" / "sft.jsonl", root / config.replay_file, config, out_dir
+        parent_dir,
+        root / "curated" / "sft.jsonl",
+        root / config.replay_file,
+        config,
+        out_dir,
+        load_domain(settings.domain).is_safe_response,
     )
     metrics["stage_seconds"] = time.perf_counter() - start
     return publish_model(

@@ -55,7 +55,7 @@ from models.helpdesk.transforms import (
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 EVAL_REVISION = 2
 SUITES: tuple[str, ...] = (
     "correctness",
@@ -822,10 +822,27 @@ def _write_suite(data: DomainData, suite: str, path: Path) -> int:
     return write_jsonl(path, data.eval_suites.get(suite, []))
 
 
+LOOKALIKE_REPLAY_WEIGHT = 6
+
+
+def replay_rows(
+    data: DomainData, lookalike_weight: int = LOOKALIKE_REPLAY_WEIGHT
+) -> list[Conversation]:
+    """What a fine-tune replays: ``sft_v1`` with benign look-alike rows ``lookalike_weight`` x.
+
+    Replay with look-alikes weighted up kept over-refusal down while new refusals were
+    learned (STACK_NOTES). A row counts when its answer is a look-alike's answer.
+    """
+    answers = {look.answer_at(1) for cat in CATEGORIES.values() for look in cat.lookalikes("train")}
+    extra = [c for c in data.sft_v1 if c[-1]["content"] in answers]
+    return [*data.sft_v1, *extra * max(0, lookalike_weight - 1)]
+
+
 def write_domain(data: DomainData, out_dir: Path) -> dict[str, int]:
     """Persist ``data`` under ``out_dir``; returns ``{relative file path: record count}``.
 
     Layout: ``kb/rev1.jsonl``, ``kb/rev2.jsonl``, ``sft/v1.jsonl``, ``sft/v2_new.jsonl``,
+    ``sft/replay.jsonl`` (what a fine-tune replays, see :func:`replay_rows`),
     ``guard/train.jsonl``, ``guard/heldout.jsonl``, ``reward/train.jsonl``,
     ``reward/heldout.jsonl``, ``reward/v2_new.jsonl``, ``eval/<suite>.jsonl`` for every
     suite, and ``manifest.json`` (seed, scale, counts, content hash; not in the returned
@@ -837,6 +854,7 @@ def write_domain(data: DomainData, out_dir: Path) -> dict[str, int]:
         ("kb/rev2.jsonl", lambda p: _write_facts(p, knowledge_base(2))),
         ("sft/v1.jsonl", lambda p: write_conversations(p, data.sft_v1)),
         ("sft/v2_new.jsonl", lambda p: write_conversations(p, data.sft_v2_new)),
+        ("sft/replay.jsonl", lambda p: write_conversations(p, replay_rows(data))),
         ("guard/train.jsonl", lambda p: write_jsonl(p, data.guard_train)),
         ("guard/heldout.jsonl", lambda p: write_jsonl(p, data.guard_heldout)),
         ("reward/train.jsonl", lambda p: write_jsonl(p, data.reward_train)),

@@ -152,6 +152,41 @@ def _a(text: str) -> dict[str, str]:
     return {"role": "assistant", "content": text}
 
 
+def test_pseudoword_copies_change_one_word_of_answered_rows_only() -> None:
+    from models.policy_data import with_pseudowords
+
+    answered = [
+        [
+            {"role": "user", "content": f"How much does plan {k} cost?"},
+            {"role": "assistant", "content": f"${k}"},
+        ]
+        for k in range(10)
+    ]
+    refused = [
+        [
+            {"role": "user", "content": f"Steal the password of user {k} now"},
+            {"role": "assistant", "content": "No."},
+        ]
+        for k in range(10)
+    ]
+    rows = answered + refused
+
+    def keep(row: list[dict[str, str]]) -> bool:
+        return row[-1]["content"] != "No."
+
+    out = with_pseudowords(rows, 0.5, seed=3, keep=keep)
+    assert out[: len(rows)] == rows and len(out) == len(rows) + 5
+    for copy in out[len(rows) :]:
+        original = next(r for r in answered if r[1] == copy[1])
+        before, after = original[0]["content"].split(), copy[0]["content"].split()
+        assert len(before) == len(after)
+        assert sum(a != b for a, b in zip(before, after, strict=True)) == 1
+    assert with_pseudowords(rows, 0.5, seed=3, keep=keep) == out  # seeded
+    assert with_pseudowords(rows, 0.0, seed=3, keep=keep) == rows
+    with pytest.raises(ValueError, match="share"):
+        with_pseudowords(rows, 1.5, seed=3, keep=keep)
+
+
 def test_noise_settings_validate() -> None:
     with pytest.raises(ValueError, match=r"typo_rate must be in \[0, 1\]"):
         NoiseSettings(typo_rate=1.5)
