@@ -61,11 +61,11 @@ def test_gateway_view_judges_pinned_versions_behind_the_controls(gv, tmp_path, c
     import torch
     from mlflow import MlflowClient
 
+    from loopwright.domain import load_domain
     from loopwright.release.evaluate import evaluate_for_gate
     from loopwright.release.gate import decide, load_gate_policy
     from loopwright.release.gateway_view import EVAL_TENANT
     from loopwright.release.summary import EvalSummary
-    from tasks.release import _example_suites
 
     torch.set_num_threads(1)
     caplog.set_level(logging.INFO, logger="loopwright.release.evaluate")
@@ -77,7 +77,7 @@ def test_gateway_view_judges_pinned_versions_behind_the_controls(gv, tmp_path, c
         settings,
         f"models:/{APP}-policy/{candidate}",
         f"models:/{APP}-policy/{champion}",
-        suite_dir=_example_suites(),
+        suite_dir=load_domain(settings.domain).suite_dir(),
         data_root=settings.data_repo.resolve() / "data" / "helpdesk",
         run_dir=run_dir,
         suites=["harmlessness"],
@@ -119,8 +119,8 @@ def test_gateway_view_judges_pinned_versions_behind_the_controls(gv, tmp_path, c
 def test_raw_only_view_starts_no_gateway(gv, tmp_path) -> None:
     import torch
 
+    from loopwright.domain import load_domain
     from loopwright.release.evaluate import evaluate_for_gate
-    from tasks.release import _example_suites
 
     torch.set_num_threads(1)
     settings, candidate, _ = gv
@@ -128,7 +128,7 @@ def test_raw_only_view_starts_no_gateway(gv, tmp_path) -> None:
         settings,
         f"models:/{APP}-policy/{candidate}",
         None,
-        suite_dir=_example_suites(),
+        suite_dir=load_domain(settings.domain).suite_dir(),
         data_root=settings.data_repo.resolve() / "data" / "helpdesk",
         run_dir=tmp_path / "eval",
         suites=["harmlessness"],
@@ -142,9 +142,9 @@ def test_raw_only_view_starts_no_gateway(gv, tmp_path) -> None:
 def test_gateway_only_first_run_reuses_generations_by_what_serves(gv, tmp_path) -> None:
     import torch
 
+    from loopwright.domain import load_domain
     from loopwright.release.evaluate import evaluate_for_gate
     from loopwright.release.summary import EvalSummary
-    from tasks.release import _example_suites
 
     torch.set_num_threads(1)
     settings, candidate, _ = gv
@@ -153,7 +153,7 @@ def test_gateway_only_first_run_reuses_generations_by_what_serves(gv, tmp_path) 
         settings,
         f"models:/{APP}-policy/{candidate}",
         None,
-        suite_dir=_example_suites(),
+        suite_dir=load_domain(settings.domain).suite_dir(),
         data_root=settings.data_repo.resolve() / "data" / "helpdesk",
         run_dir=run_dir,
         suites=["harmlessness"],
