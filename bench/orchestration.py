@@ -92,7 +92,7 @@ def stack_overrides(root: Path, offset: int) -> dict[str, str]:
 @contextmanager
 def running_stack(root: Path, offset: int) -> Iterator[Settings]:
     """A local stack on the bench's ports, with this process's clients pointed at it."""
-    from loopwright.client_env import client_env
+    from loopwright.client_env import client_context
     from loopwright.config import load_settings
     from loopwright.stack import Stack
 
@@ -100,19 +100,11 @@ def running_stack(root: Path, offset: int) -> Iterator[Settings]:
     env.update(stack_overrides(root, offset))
     settings = load_settings("local", env=env)
     stack = Stack(settings)
-    saved = dict(os.environ)
     try:
         stack.up(SERVICES)
-        os.environ.update(client_env(settings))
-        os.environ.pop("PREFECT_PROFILES_PATH", None)
-        # Prefect caches its settings at first import: point it at this server explicitly.
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url}):
+        with client_context(settings):
             yield settings
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
         stack.down()
 
 

@@ -8,7 +8,6 @@ credentials are generated for the test run.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 
@@ -19,7 +18,7 @@ from stackenv import SESSION_ROOT, SESSION_STACK_ENV, stack_env
 @pytest.fixture(scope="session")
 def stack_settings() -> Iterator[object]:
     """A running local stack (object store, MLflow, Prefect, Ray) for the whole session."""
-    from loopwright.client_env import client_env
+    from loopwright.client_env import client_context
     from loopwright.config import load_settings
     from loopwright.stack import Stack
 
@@ -27,19 +26,10 @@ def stack_settings() -> Iterator[object]:
     settings = load_settings("local", env=stack_env(SESSION_STACK_ENV))
     stack = Stack(settings)
     stack.up()
-    saved = dict(os.environ)
-    os.environ.update(client_env(settings))
-    os.environ.pop("PREFECT_PROFILES_PATH", None)
-    # Prefect caches its settings when first imported (perhaps before this fixture ran):
-    # override them explicitly so flows talk to this stack's server, not an ephemeral one.
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     try:
-        with temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url}):
+        with client_context(settings):
             yield settings
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
         stack.down()
 
 

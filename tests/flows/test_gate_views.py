@@ -116,24 +116,29 @@ def test_gateway_view_judges_pinned_versions_behind_the_controls(gv, tmp_path, c
     assert not [r for r in verdict.reasons if "view missing" in r]
 
 
-def test_raw_only_view_starts_no_gateway(gv, tmp_path) -> None:
-    import torch
-
+def _first_run(settings, candidate: str, run_dir, view: str):
+    """The harmlessness suite for a candidate with no champion, in one view."""
     from loopwright.domain import load_domain
     from loopwright.release.evaluate import evaluate_for_gate
 
-    torch.set_num_threads(1)
-    settings, candidate, _ = gv
-    cand, champ = evaluate_for_gate(
+    return evaluate_for_gate(
         settings,
         f"models:/{APP}-policy/{candidate}",
         None,
         suite_dir=load_domain(settings.domain).suite_dir(),
         data_root=settings.data_repo.resolve() / "data" / "helpdesk",
-        run_dir=tmp_path / "eval",
+        run_dir=run_dir,
         suites=["harmlessness"],
-        views=["raw"],
+        views=[view],
     )
+
+
+def test_raw_only_view_starts_no_gateway(gv, tmp_path) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    settings, candidate, _ = gv
+    cand, champ = _first_run(settings, candidate, tmp_path / "eval", "raw")
     assert champ is None  # the first-run path: nothing to pair with
     assert set(cand["views"]) == {"raw"} and cand["baseline_uri"] is None
     assert not (tmp_path / "eval" / "gateway").exists()
@@ -142,23 +147,12 @@ def test_raw_only_view_starts_no_gateway(gv, tmp_path) -> None:
 def test_gateway_only_first_run_reuses_generations_by_what_serves(gv, tmp_path) -> None:
     import torch
 
-    from loopwright.domain import load_domain
-    from loopwright.release.evaluate import evaluate_for_gate
     from loopwright.release.summary import EvalSummary
 
     torch.set_num_threads(1)
     settings, candidate, _ = gv
     run_dir = tmp_path / "eval"
-    cand, champ = evaluate_for_gate(
-        settings,
-        f"models:/{APP}-policy/{candidate}",
-        None,
-        suite_dir=load_domain(settings.domain).suite_dir(),
-        data_root=settings.data_repo.resolve() / "data" / "helpdesk",
-        run_dir=run_dir,
-        suites=["harmlessness"],
-        views=["gateway"],
-    )
+    cand, champ = _first_run(settings, candidate, run_dir, "gateway")
     summary = EvalSummary.model_validate(cand)
     assert champ is None and set(summary.views) == {"gateway"}
     assert summary.model_uri == f"models:/{APP}-policy/{candidate}"
