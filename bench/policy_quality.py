@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from loopwright.nightly import NightlyConfig
 from loopwright.records import EvalSample
 from models.generation import DecodingParams, generate_batch, load_policy
 from models.helpdesk import CATEGORIES, build_domain, is_refusal, is_safe_completion
@@ -212,8 +213,8 @@ def main() -> None:
     parser.add_argument(
         "--pseudowords",
         type=float,
-        default=0.0,
-        help="share of replay rows copied with a made-up word",
+        default=NightlyConfig().pseudoword_share,
+        help="share of answered replay rows copied with a made-up word (0 turns it off)",
     )
     parser.add_argument(
         "--lookalike-weight",
