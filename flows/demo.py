@@ -14,6 +14,7 @@ from loopwright.release.config import ReleaseConfig
 from models.bootstrap import BootstrapConfig
 from tasks.demo import (
     data_fingerprint,
+    gateway_follows,
     rollback,
     start_gateway,
     summary_table,
@@ -127,6 +128,12 @@ def demo_flow(
         back = rollback(settings, "demo: one-command rollback")
         out.facts["rolled_back_to"] = back
         out.add("rollback", f"champion is version {back} again (audited)", print)
+        seconds = gateway_follows(settings, key, back)
+        if seconds is None:
+            out.fail("gateway after rollback", f"still not serving version {back}", print)
+        else:
+            out.facts["gateway_followed_s"] = f"{seconds:.1f}"
+            out.add("gateway after rollback", f"serves version {back} ({seconds:.1f} s)", print)
     else:
         out.add("rollback", "skipped: no new champion to roll back from", print)
     return out

@@ -230,6 +230,38 @@ def wait_shipped(settings: Settings, timeout_s: float = 60.0) -> None:
         time.sleep(1.0)
 
 
+def seconds_until_served(
+    settings: Settings, key: str, version: str, timeout_s: float = 120.0, poll_s: float = 0.5
+) -> float | None:
+    """Ask the running gateway until ``version`` answers as champion; seconds it took.
+
+    Each answer's ``system_fingerprint`` names what served it (``<name>@<version>/<arm>``),
+    so this sees the switch the way a client would. Returns None after ``timeout_s``.
+    """
+    import time
+
+    import httpx
+
+    wanted = f"@{version}/champion"
+    start = time.monotonic()
+    with httpx.Client(base_url=gateway_url(settings), timeout=30.0) as client:
+        while time.monotonic() - start < timeout_s:
+            reply = client.post(
+                "/v1/chat/completions",
+                headers={"Authorization": f"Bearer {key}"},
+                json={
+                    "model": settings.registered_model("policy"),
+                    "messages": [{"role": "user", "content": "What does the Pro plan cost?"}],
+                    "user": "rollback-check",
+                    "max_tokens": 8,
+                },
+            )
+            if reply.status_code == 200 and wanted in reply.json().get("system_fingerprint", ""):
+                return time.monotonic() - start
+            time.sleep(poll_s)
+    return None
+
+
 def wait_for_canary(
     settings: Settings, version: str, timeout_s: float = 900.0, poll_s: float = 1.0
 ) -> bool:

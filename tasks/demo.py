@@ -57,6 +57,12 @@ def rollback(settings: Settings, reason: str) -> str:
     return (result.moves[0].to_version or "none") if result.moves else "unchanged"
 
 
+@task(name="gateway-follows")
+def gateway_follows(settings: Settings, key: str, version: str) -> float | None:
+    """Seconds until the running gateway answers with ``version`` as champion (None: never)."""
+    return demo.seconds_until_served(settings, key, version)
+
+
 @task(name="version-tags")
 def version_tags(settings: Settings, version: str) -> dict[str, str]:
     """The policy version's registry tags (gate verdict, canary verdict, approval)."""

@@ -98,6 +98,8 @@ def test_candidate_promoted_with_recorded_auto_approval_then_rolled_back(demo_ru
     promoted = moves.index(("promote", "champion", v1, v2))
     rolled_back = moves.index(("rollback", "champion", v2, v1))
     assert promoted < rolled_back
+    # The running gateway followed the rollback (its answers name what served them).
+    assert "gateway_followed_s" in outcome.facts, outcome.steps
     # Only the promotion and the rollback moved champion in between (night 2 did not).
     between = [m for m in moves[promoted + 1 : rolled_back] if m[1] == "champion"]
     assert between == []
