@@ -268,6 +268,9 @@ def pinned_gateways(
                 api_key=key,
                 timeout_s=_EVAL_TIMEOUT_S,
                 identity=served_identity(gw, folder, guard_dir),
+                # Enough requests in flight to fill the gateway's micro-batches twice over:
+                # with fewer, each generate call runs half empty and the view takes minutes.
+                concurrency=2 * gw.backend.max_batch,
             )
             logger.info("evaluation serves %s v%s pinned on port %d", name, version, server.port)
         yield targets
