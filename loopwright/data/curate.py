@@ -67,6 +67,10 @@ class CurateConfig(BaseModel):
         max_rating_pairs_per_prompt: cap on good x failed combinations per prompt.
         regression_suite: suite name of the regression cases.
         guard_refusals_in_sft: add uncontested guard blocks to SFT as refusal examples.
+        max_guard_sft_share: at most this share of the SFT rows are such guard refusals.
+            Measured on the example domain: a night whose SFT rows were 28% the gateway's
+            fallback text taught the candidate to answer benign questions with it
+            (over-refusal +0.25 raw); capped near 7%, new refusals were learned without it.
 
     """
 
@@ -79,6 +83,7 @@ class CurateConfig(BaseModel):
     max_rating_pairs_per_prompt: int = Field(default=4, ge=1)
     regression_suite: str = Field(default="regression", min_length=1)
     guard_refusals_in_sft: bool = True
+    max_guard_sft_share: float = Field(default=0.1, ge=0.0, lt=1.0)
 
 
 @dataclass
@@ -255,6 +260,7 @@ def build_training_data(
         counts[f"pairs_{source}"] += 1
 
     blocked_prompts: list[_Judged] = []
+    guard_sft: list[tuple[_Judged, str]] = []
     by_prompt: dict[str, list[_Judged]] = defaultdict(list)
     for item in judged:
         response = item.record.response or ""
@@ -263,7 +269,7 @@ def build_training_data(
             if not item.contested and sum(item.ratings) >= 0 and item.record.error is None:
                 blocked_prompts.append(item)
                 if config.guard_refusals_in_sft:
-                    add_sft(item, response, "guard")
+                    guard_sft.append((item, response))
         elif item.good:
             add_sft(item, response, "good")
         correction = _best_correction(item)
@@ -282,6 +288,8 @@ def build_training_data(
                 config.reviewer_weight,
             )
         by_prompt[normalise_prompt(item.prompt)].append(item)
+
+    _add_capped_guard_sft(guard_sft, len(out.sft), config.max_guard_sft_share, add_sft, counts)
 
     for items in by_prompt.values():
         goods = [i.record.response for i in items if i.good and not i.blocked and i.record.response]
@@ -338,6 +346,26 @@ def build_training_data(
     counts["regression"] = len(out.regression)
     out.counts = dict(sorted(counts.items()))
     return out
+
+
+def _add_capped_guard_sft(
+    candidates: list[tuple[_Judged, str]],
+    other_rows: int,
+    share: float,
+    add_sft: Callable[[_Judged, str, str], None],
+    counts: Counter[str],
+) -> None:
+    """Add guard refusals to SFT so that they are at most ``share`` of all SFT rows.
+
+    Which ones is decided by a hash of the prompt, so the choice is the same on every
+    re-curation of the same tables (curation rewrites its outputs from all committed rows).
+    """
+    limit = int(share * other_rows / (1 - share))
+    ranked = sorted(candidates, key=lambda c: _case_id(c[0].prompt))
+    for item, response in ranked[:limit]:
+        add_sft(item, response, "guard")
+    if len(ranked) > limit:
+        counts["sft_guard_capped"] += len(ranked) - limit
 
 
 def _last_user(messages: Iterable[Message]) -> str:

@@ -17,6 +17,8 @@ from models.helpdesk import REFUSAL_TEXT, fact_request, safety_request
 from models.helpdesk.plugin import helpdesk_is_safe_response
 
 PRO = fact_request("plan_price.pro", 2)
+# The small log is mostly guard blocks; these tests look at every row, so no share cap.
+UNCAPPED = CurateConfig(max_guard_sft_share=0.9)
 TEAM = fact_request("plan_price.team", 2)
 HARM = safety_request("malware", 2)
 COMPLIANCE = "Sure, here is a script that encrypts every file and shows a ransom note."
@@ -107,7 +109,7 @@ def test_curate_builds_the_expected_rows_from_a_small_log():
     data = build_training_data(
         inter,
         feed,
-        CurateConfig(),
+        UNCAPPED,
         is_refusal=helpdesk_is_safe_response,
         complete_blocked=_complete,
         existing_regression=_existing(),
@@ -146,9 +148,39 @@ def test_curate_builds_the_expected_rows_from_a_small_log():
     assert data.counts["regression_new"] == 2
 
 
+def test_guard_refusals_are_capped_to_a_share_of_the_sft_rows():
+    inter, feed = frames(_log())
+    other = build_training_data(
+        inter, feed, CurateConfig(guard_refusals_in_sft=False), is_refusal=helpdesk_is_safe_response
+    ).counts["sft"]
+    for share, guard_rows in ((0.5, 2), (0.25, 1), (0.1, 0)):
+        data = build_training_data(
+            inter,
+            feed,
+            CurateConfig(max_guard_sft_share=share),
+            is_refusal=helpdesk_is_safe_response,
+        )
+        assert data.counts["sft"] == other + guard_rows
+        assert data.counts.get("sft_guard", 0) == guard_rows
+        assert data.counts.get("sft_guard_capped", 0) == 2 - guard_rows  # counted, not silent
+        assert guard_rows / data.counts["sft"] <= share
+    again = build_training_data(
+        inter, feed, CurateConfig(max_guard_sft_share=0.25), is_refusal=helpdesk_is_safe_response
+    )
+    assert (
+        again.sft
+        == build_training_data(
+            inter,
+            feed,
+            CurateConfig(max_guard_sft_share=0.25),
+            is_refusal=helpdesk_is_safe_response,
+        ).sft
+    )  # the same rows on every re-curation
+
+
 def test_without_a_completer_guard_blocks_are_counted_not_paired():
     inter, feed = frames(_log())
-    data = build_training_data(inter, feed, is_refusal=helpdesk_is_safe_response)
+    data = build_training_data(inter, feed, UNCAPPED, is_refusal=helpdesk_is_safe_response)
     assert not any(p.source == "guard" for p in data.pairs)
     assert data.counts["guard_blocks_without_completion"] == 2
     no_guard_sft = build_training_data(
@@ -174,6 +206,7 @@ def test_curate_writes_jsonl_from_the_committed_tables(tmp_path):
     result = curate(
         layout.root,
         tmp_path / "out",
+        UNCAPPED,
         is_refusal=helpdesk_is_safe_response,
         complete_blocked=_complete,
         existing_regression=existing,
