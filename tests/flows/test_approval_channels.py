@@ -1,11 +1,12 @@
 """Approval inside a real flow run: an MLflow tag answers the paused run; silence times out."""
 
-import contextvars
 import threading
 import time
 
 import pytest
 from prefect import flow
+
+from tests.flows.reviewer import answer_when_paused, in_thread
 
 pytestmark = pytest.mark.services
 
@@ -72,41 +73,16 @@ def test_silence_times_out_and_never_approves(stack_settings, tmp_path):
 
 def test_reject_through_the_api_resumes_the_run_and_never_approves(stack_settings, tmp_path):
     from mlflow import MlflowClient
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowFilter,
-        FlowFilterName,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateName,
-    )
-    from prefect.flow_runs import resume_flow_run
 
     settings = stack_settings.model_copy(update={"app": "rejectapp"})
     version = _register(settings, tmp_path, "rejectapp-policy")
-
-    def reject_in_the_prefect_ui():
-        with get_client(sync_client=True) as client:
-            for _ in range(240):
-                paused = client.read_flow_runs(
-                    flow_filter=FlowFilter(name=FlowFilterName(any_=["approval-probe"])),
-                    flow_run_filter=FlowRunFilter(
-                        state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))
-                    ),
-                )
-                if paused:
-                    resume_flow_run(
-                        paused[0].id,
-                        run_input={"approve": False, "reviewer": "dave", "reason": "too risky"},
-                    )
-                    return
-                time.sleep(0.5)
-
-    # The reviewer's client has this session's Prefect settings (threads start empty).
-    threading.Thread(
-        target=contextvars.copy_context().run, args=(reject_in_the_prefect_ui,), daemon=True
-    ).start()
-    decision = _probe(settings, version, 120)
+    stop = threading.Event()
+    answer = {"approve": False, "reviewer": "dave", "reason": "too risky"}
+    in_thread(answer_when_paused, "approval-probe", answer, stop)
+    try:
+        decision = _probe(settings, version, 120)
+    finally:
+        stop.set()
     assert not decision.approved
     assert "dave" in decision.by and decision.reason == "too risky"
     tags = MlflowClient().get_model_version("rejectapp-policy", version).tags

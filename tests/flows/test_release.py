@@ -1,12 +1,13 @@
 """The release flow against the real stack: gate, canary on live logs, approval, promotion."""
 
-import contextvars
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+
+from tests.flows.reviewer import answer_when_paused, in_thread
 
 pytestmark = pytest.mark.services
 
@@ -41,35 +42,6 @@ def _arm_traffic(settings, stop: threading.Event) -> None:
     )
 
 
-def _resume_when_paused(approve: bool, reviewer: str, stop: threading.Event) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowFilter,
-        FlowFilterName,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateName,
-    )
-    from prefect.flow_runs import resume_flow_run
-
-    with get_client(sync_client=True) as client:
-        while not stop.is_set():
-            # Only the release flow's pause: other tests leave their own flow runs behind.
-            paused = client.read_flow_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=["release"])),
-                flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))
-                ),
-            )
-            if paused:
-                resume_flow_run(
-                    paused[0].id,
-                    run_input={"approve": approve, "reviewer": reviewer, "reason": "looks good"},
-                )
-                return
-            time.sleep(0.5)
-
-
 def test_release_promotes_after_approval_through_the_api(bootstrapped, nightly_candidate):
     from mlflow import MlflowClient
 
@@ -91,21 +63,9 @@ def test_release_promotes_after_approval_through_the_api(bootstrapped, nightly_c
         canary_policy=FIXTURES / "canary_fast.yaml",
     )
     stop = threading.Event()
-    # Threads start with an empty context; give each this test's Prefect settings (the
-    # session stack's API URL), as a reviewer's client would have them.
-    helpers = [
-        threading.Thread(
-            target=contextvars.copy_context().run,
-            args=(target, *args),
-            daemon=True,
-        )
-        for target, args in (
-            (_arm_traffic, (settings, stop)),
-            (_resume_when_paused, (True, "alice", stop)),
-        )
-    ]
-    for thread in helpers:
-        thread.start()
+    in_thread(_arm_traffic, settings, stop)
+    answer = {"approve": True, "reviewer": "alice", "reason": "looks good"}
+    in_thread(answer_when_paused, "release", answer, stop)
     try:
         outcome = release_flow(settings, candidate, config)
     finally:
