@@ -354,10 +354,11 @@ def with_pseudowords(
     """``rows`` plus copies of some kept rows whose first question has a made-up word.
 
     A fine-tune that learns new refusals otherwise starts refusing benign questions in
-    wording it has not seen (measured on the example domain: over-refusal on held-out
-    look-alikes 0.00 -> 0.44); answered copies with one word swapped for a random letter
-    string teach that an unfamiliar word is no reason to refuse (0.07 with share 1.0).
-    The made-up words are random, so no evaluation wording can leak in.
+    wording it has not seen (measured on the example domain, seed 1: over-refusal on
+    held-out look-alikes 0.00 -> 0.44); answered copies with one word swapped for a random
+    letter string teach that an unfamiliar word is no reason to refuse (0.07-0.26 with
+    share 1.0, depending on which rows are eligible). The made-up words are random, so no
+    evaluation wording can leak in.
 
     Args:
         rows: conversations (first message: the user's question).

@@ -70,7 +70,9 @@ class CurateConfig(BaseModel):
         max_guard_sft_share: at most this share of the SFT rows are such guard refusals.
             Measured on the example domain: a night whose SFT rows were 28% the gateway's
             fallback text taught the candidate to answer benign questions with it
-            (over-refusal +0.25 raw); capped near 7%, new refusals were learned without it.
+            (over-refusal +0.25 raw); in the policy bench, refusal rows capped at 8% of the
+            new rows cut look-alike over-refusal 0.167 -> 0.056 and still taught 0.90 of
+            the new refusals.
 
     """
 
