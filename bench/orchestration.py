@@ -92,9 +92,9 @@ def stack_overrides(root: Path, offset: int) -> dict[str, str]:
 @contextmanager
 def running_stack(root: Path, offset: int) -> Iterator[Settings]:
     """A local stack on the bench's ports, with this process's clients pointed at it."""
-    from loopwright.client_env import client_context
     from loopwright.config import load_settings
     from loopwright.stack import Stack
+    from tasks.client import client_context
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOPWRIGHT_")}
     env.update(stack_overrides(root, offset))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from loopwright.config import Settings
 from loopwright.storage import load_credentials
@@ -50,24 +48,3 @@ def client_env(settings: Settings) -> dict[str, str]:
 def apply_client_env(settings: Settings) -> None:
     """Export :func:`client_env` into ``os.environ`` (call once, before using the clients)."""
     os.environ.update(client_env(settings))
-
-
-@contextmanager
-def client_context(settings: Settings) -> Iterator[None]:
-    """Inside the block this process's clients use ``settings``' stack; restored after.
-
-    Prefect caches its settings when first imported (perhaps before this call), so its API
-    URL is also overridden explicitly: flows then talk to this stack's server, never to an
-    ephemeral one. Threads started inside must copy the context (``contextvars``) to see it.
-    """
-    saved = dict(os.environ)
-    os.environ.update(client_env(settings))
-    os.environ.pop("PREFECT_PROFILES_PATH", None)
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: settings.prefect_api_url}):
-            yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)

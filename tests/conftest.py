@@ -18,9 +18,9 @@ from stackenv import SESSION_ROOT, SESSION_STACK_ENV, stack_env
 @pytest.fixture(scope="session")
 def stack_settings() -> Iterator[object]:
     """A running local stack (object store, MLflow, Prefect, Ray) for the whole session."""
-    from loopwright.client_env import client_context
     from loopwright.config import load_settings
     from loopwright.stack import Stack
+    from tasks.client import client_context
 
     shutil.rmtree(SESSION_ROOT, ignore_errors=True)
     settings = load_settings("local", env=stack_env(SESSION_STACK_ENV))
