@@ -211,8 +211,12 @@ def parse_record(cls: type[R], data: dict[str, Any], source: str = "<record>") -
         raise RecordError(f"{source}: invalid {cls.__name__}: {problems}") from exc
 
 
-def read_jsonl(path: str | Path, cls: type[R]) -> Iterator[R]:
-    """Yield records from a JSONL file; a bad line raises naming the file and line number."""
+def jsonl_objects(path: str | Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """Yield ``(line number, "path:line", object)`` for each non-blank line of a JSONL file.
+
+    Raises:
+        RecordError: a line is not JSON or not a JSON object (names the file and line).
+    """
     path = Path(path)
     with path.open(encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
@@ -225,7 +229,13 @@ def read_jsonl(path: str | Path, cls: type[R]) -> Iterator[R]:
                 raise RecordError(f"{where}: not valid JSON ({exc.msg})") from exc
             if not isinstance(data, dict):
                 raise RecordError(f"{where}: expected a JSON object, got {type(data).__name__}")
-            yield parse_record(cls, data, where)
+            yield lineno, where, data
+
+
+def read_jsonl(path: str | Path, cls: type[R]) -> Iterator[R]:
+    """Yield records from a JSONL file; a bad line raises naming the file and line number."""
+    for _, where, data in jsonl_objects(path):
+        yield parse_record(cls, data, where)
 
 
 def to_json_line(record: BaseModel) -> str:

@@ -23,7 +23,6 @@ a sample of another dimension, a duplicated id, or a missing reference.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -40,7 +39,7 @@ from loopwright.evaluation.scorers import (
     build_scorer,
     get_scorer_info,
 )
-from loopwright.records import DIMENSIONS, EvalSample, RecordError, parse_record
+from loopwright.records import DIMENSIONS, EvalSample, RecordError, jsonl_objects, parse_record
 from models.generation import DecodingParams
 
 logger = logging.getLogger(__name__)
@@ -277,38 +276,32 @@ def load_samples(suite: Suite) -> list[EvalSample]:
     needs_refs = [s.metric for s in suite.scorers if s.info.requires_references]
     samples: list[EvalSample] = []
     first_line: dict[str, int] = {}
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SuiteError(f"{where}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(data, dict):
-                raise SuiteError(f"{where}: expected a JSON object, got {type(data).__name__}")
-            try:
-                sample = parse_record(EvalSample, data, where)
-            except RecordError as exc:
-                raise SuiteError(str(exc)) from exc
-            if sample.dimension != suite.dimension:
-                raise SuiteError(
-                    f"{where}: sample {sample.id!r} has dimension {sample.dimension!r}, "
-                    f"suite {suite.name!r} ({suite.path}) measures {suite.dimension!r}"
-                )
-            if sample.id in first_line:
-                raise SuiteError(
-                    f"{where}: duplicate sample id {sample.id!r} (first at line "
-                    f"{first_line[sample.id]})"
-                )
-            if needs_refs and sample.expected_behaviour == "answer" and not sample.references:
-                raise SuiteError(
-                    f"{where}: sample {sample.id!r} has no references but suite "
-                    f"{suite.name!r} scores it with reference-based {needs_refs}"
-                )
-            first_line[sample.id] = lineno
-            samples.append(sample)
+    try:
+        lines = list(jsonl_objects(path))
+    except RecordError as exc:
+        raise SuiteError(str(exc)) from exc
+    for lineno, where, data in lines:
+        try:
+            sample = parse_record(EvalSample, data, where)
+        except RecordError as exc:
+            raise SuiteError(str(exc)) from exc
+        if sample.dimension != suite.dimension:
+            raise SuiteError(
+                f"{where}: sample {sample.id!r} has dimension {sample.dimension!r}, "
+                f"suite {suite.name!r} ({suite.path}) measures {suite.dimension!r}"
+            )
+        if sample.id in first_line:
+            raise SuiteError(
+                f"{where}: duplicate sample id {sample.id!r} (first at line "
+                f"{first_line[sample.id]})"
+            )
+        if needs_refs and sample.expected_behaviour == "answer" and not sample.references:
+            raise SuiteError(
+                f"{where}: sample {sample.id!r} has no references but suite "
+                f"{suite.name!r} scores it with reference-based {needs_refs}"
+            )
+        first_line[sample.id] = lineno
+        samples.append(sample)
     if not samples and not suite.spec.allow_empty:
         raise SuiteError(f"{path}: no samples (set allow_empty: true in {suite.path} to allow)")
     return samples

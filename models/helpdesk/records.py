@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from loopwright.records import Message, Record, RecordError, read_jsonl
+from loopwright.records import Message, Record, RecordError, jsonl_objects, read_jsonl
 
 Conversation = list[dict[str, str]]
 
@@ -62,25 +62,16 @@ def read_conversations(path: str | Path) -> list[Conversation]:
             the message names the file and line.
 
     """
-    path = Path(path)
     out: list[Conversation] = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
+    for _, where, data in jsonl_objects(path):
+        if not isinstance(data.get("messages"), list):
+            raise RecordError(f"{where}: expected an object with a 'messages' list")
+        conv: Conversation = []
+        for i, raw in enumerate(data["messages"]):
             try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RecordError(f"{where}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
-                raise RecordError(f"{where}: expected an object with a 'messages' list")
-            conv: Conversation = []
-            for i, raw in enumerate(data["messages"]):
-                try:
-                    msg = Message.model_validate(raw)
-                except Exception as exc:
-                    raise RecordError(f"{where}: message {i} invalid: {exc}") from exc
-                conv.append({"role": msg.role, "content": msg.content})
-            out.append(conv)
+                msg = Message.model_validate(raw)
+            except Exception as exc:
+                raise RecordError(f"{where}: message {i} invalid: {exc}") from exc
+            conv.append({"role": msg.role, "content": msg.content})
+        out.append(conv)
     return out
