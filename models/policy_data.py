@@ -101,6 +101,11 @@ def _typo(word: str, rng: random.Random) -> str:
     return word[:i] + rng.choice(near) + word[i + 1 :] if near else word
 
 
+def made_up_word(rng: random.Random, syllables: int = 3) -> str:
+    """A random pronounceable letter string (consonant-vowel syllables): a word no corpus has."""
+    return "".join(rng.choice("bcdfghklmnprstvz") + rng.choice("aeiou") for _ in range(syllables))
+
+
 def _looks_like_name(word: str, position: int) -> bool:
     core = word.strip(".,;:!?\"'()")
     if not core:
@@ -361,7 +366,7 @@ def with_pseudowords(
     evaluation wording can leak in.
 
     Args:
-        rows: conversations (first message: the user's question).
+        rows: conversations (an optional system prompt, then the user's question).
         share: copies per eligible row, in [0, 1]; eligible rows are those ``keep`` accepts
             whose question has more than three words.
         seed: seeds the choice of rows, positions and letters.
@@ -373,13 +378,17 @@ def with_pseudowords(
     if not 0 <= share <= 1:
         raise ValueError(f"pseudoword share must be in [0, 1], got {share}")
     rng = random.Random(seed)
-    eligible = [r for r in rows if keep(r) and len(r[0]["content"].split()) > 3]
+
+    def question_at(row: list[dict[str, str]]) -> int:
+        # A system prompt may come first; the made-up word goes into the user's question.
+        return next(i for i, m in enumerate(row) if m["role"] == "user")
+
+    eligible = [r for r in rows if keep(r) and len(r[question_at(r)]["content"].split()) > 3]
     copies: list[list[dict[str, str]]] = []
     for row in rng.sample(eligible, int(len(eligible) * share)):
-        words = row[0]["content"].split()
+        at = question_at(row)
+        words = row[at]["content"].split()
         position = rng.randrange(len(words))
-        words[position] = "".join(
-            rng.choice("bcdfghklmnprstvz") + rng.choice("aeiou") for _ in range(3)
-        )
-        copies.append([{**row[0], "content": " ".join(words)}, *row[1:]])
+        words[position] = made_up_word(rng)
+        copies.append([*row[:at], {**row[at], "content": " ".join(words)}, *row[at + 1 :]])
     return [*rows, *copies]

@@ -55,7 +55,12 @@ from models.helpdesk.transforms import (
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
+SYSTEM_PROMPT = "You are the help-desk assistant. Answer briefly and only from known facts."
+"""The system prompt the example domain's gateway serves with (the gateway's default text;
+``tests/models/test_helpdesk_domain.py`` keeps the two equal). Part of the SFT text carries
+it, so the policy answers the same with and without it."""
+SYSTEM_PROMPT_SHARE = 0.5
 EVAL_REVISION = 2
 SUITES: tuple[str, ...] = (
     "correctness",
@@ -82,7 +87,8 @@ class DomainData:
     """Everything the example domain generates for one ``(seed, scale)``.
 
     Attributes:
-        sft_v1: revision-1 SFT conversations (``[user, assistant]``): KB facts asked with
+        sft_v1: revision-1 SFT conversations (``[user, assistant]``, half of them with
+            :data:`SYSTEM_PROMPT` first): KB facts asked with
             training templates (part with surface noise), refusals / safe completions for
             the covered harmful categories, answered benign look-alikes, and "I don't know"
             for out-of-KB questions. Nothing for uncovered categories.
@@ -147,6 +153,23 @@ def _subset(items: Sequence[T], k: int, rng: random.Random) -> list[T]:
 
 def _conv(user: str, assistant: str) -> Conversation:
     return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+
+
+def _with_system_prompt(convs: list[Conversation], rng: random.Random) -> list[Conversation]:
+    """Put :data:`SYSTEM_PROMPT` first in a :data:`SYSTEM_PROMPT_SHARE` of ``convs``.
+
+    The gateway puts its system prompt first in every conversation it serves, while the
+    raw evaluation view (and any user calling the model folder directly) sends none; a
+    model trained only without it answered 0.33 instead of 1.00 of the training-paraphrase
+    facts once the gateway's prompt was in front (measured on seed 1's full-size v1). Half
+    and half teaches both.
+    """
+    return [
+        [{"role": "system", "content": SYSTEM_PROMPT}, *conv]
+        if rng.random() < SYSTEM_PROMPT_SHARE
+        else conv
+        for conv in convs
+    ]
 
 
 def _typo(text: str, rng: random.Random) -> str:
@@ -305,7 +328,7 @@ def build_sft_v1(seed: int, scale: float) -> list[Conversation]:
             for _ in range(3 if scale >= 0.5 else 1):
                 convs.append(_conv(surface_noise(look.text, rng), answer))
     rng.shuffle(convs)
-    return convs
+    return _with_system_prompt(convs, rng)
 
 
 def _safety_convs(
@@ -334,7 +357,7 @@ def build_sft_v2_new(seed: int, scale: float) -> list[Conversation]:
     for cat in uncovered_categories():
         convs.extend(_safety_convs(cat, "train", _n(40, scale), rng, pool))
     rng.shuffle(convs)
-    return convs
+    return _with_system_prompt(convs, rng)
 
 
 # ----------------------------------------------------------------------------- guard

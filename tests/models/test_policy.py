@@ -187,6 +187,26 @@ def test_pseudoword_copies_change_one_word_of_answered_rows_only() -> None:
         with_pseudowords(rows, 1.5, seed=3, keep=keep)
 
 
+def test_pseudoword_goes_into_the_question_when_a_system_prompt_comes_first() -> None:
+    from models.policy_data import with_pseudowords
+
+    system = {"role": "system", "content": "You are the help-desk assistant of Acme Cloud."}
+    rows = [
+        [system, {"role": "user", "content": f"How much does plan {k} cost?"}, _a(f"${k}")]
+        for k in range(6)
+    ]
+    copies = with_pseudowords(rows, 1.0, seed=0, keep=lambda row: True)[len(rows) :]
+    assert len(copies) == 6
+    for copy in copies:
+        assert copy[0] == system and copy[2]["role"] == "assistant"
+        original = next(r for r in rows if r[2] == copy[2])
+        changed = [
+            a != b
+            for a, b in zip(original[1]["content"].split(), copy[1]["content"].split(), strict=True)
+        ]
+        assert sum(changed) == 1
+
+
 def test_noise_settings_validate() -> None:
     with pytest.raises(ValueError, match=r"typo_rate must be in \[0, 1\]"):
         NoiseSettings(typo_rate=1.5)

@@ -192,9 +192,10 @@ def test_harmlessness_hallucination_and_over_refusal_slices(full):
 
 
 def test_sft_v1_teaches_rev1_covered_refusals_and_nothing_uncovered(full):
-    pairs = [(c[0]["content"], c[1]["content"]) for c in full.sft_v1]
+    pairs = [(c[-2]["content"], c[-1]["content"]) for c in full.sft_v1]
     assert all(
-        len(c) == 2 and c[0]["role"] == "user" and c[1]["role"] == "assistant" for c in full.sft_v1
+        [m["role"] for m in c] in (["user", "assistant"], ["system", "user", "assistant"])
+        for c in full.sft_v1
     )
     answers = {a for _, a in pairs}
     rev1, rev2 = fact_index(1), fact_index(2)
@@ -220,12 +221,25 @@ def test_sft_v1_teaches_rev1_covered_refusals_and_nothing_uncovered(full):
 
 
 def test_sft_v2_new_teaches_rev2_changed_facts_and_uncovered_refusals(full):
-    answers = {c[1]["content"] for c in full.sft_v2_new}
+    answers = {c[-1]["content"] for c in full.sft_v2_new}
     rev2 = fact_index(2)
     for fid in changed_fact_ids():
         assert rev2[fid].answer in answers
     for cat in uncovered_categories():
-        assert sum(1 for c in full.sft_v2_new if c[1]["content"] == cat.response) > 0
+        assert sum(1 for c in full.sft_v2_new if c[-1]["content"] == cat.response) > 0
+
+
+def test_about_half_the_sft_text_carries_the_gateways_system_prompt(full):
+    from loopwright.gateway.settings import SystemPromptSettings
+    from models.helpdesk.generate import SYSTEM_PROMPT
+
+    # The gateway serves with its system prompt first; the raw view and direct callers send
+    # none. The policy must have seen both, with the very text the gateway sends.
+    assert SystemPromptSettings().text == SYSTEM_PROMPT
+    for rows in (full.sft_v1, full.sft_v2_new):
+        with_prompt = [c for c in rows if c[0]["role"] == "system"]
+        assert {c[0]["content"] for c in with_prompt} == {SYSTEM_PROMPT}
+        assert 0.4 < len(with_prompt) / len(rows) < 0.6
 
 
 def test_guard_sets_are_labelled_and_carry_transforms(full):
