@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from models.policy_data import IGNORE_INDEX, EncodedExample, bucketed_batches
 
@@ -244,6 +244,45 @@ class _BudgetCallback(TrainerCallback):
             control.should_training_stop = True
 
 
+class _TimeBudgetProgress(TrainerCallback):
+    """Progress bar over a wall-clock budget (seconds), with the step count and recent loss.
+
+    The Trainer's own bar counts steps against ``max_steps``, which a time-budgeted run does
+    not know in advance (it showed "12/1000000000").
+    """
+
+    def __init__(self, budget_s: float, losses: list[float]) -> None:
+        self.budget_s = budget_s
+        self.losses = losses
+        self.bar: Any = None
+        self.start = 0.0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        from tqdm.auto import tqdm
+
+        self.start = time.perf_counter()
+        self.bar = tqdm(
+            total=round(self.budget_s),
+            desc="training (time budget)",
+            bar_format="{l_bar}{bar}| {n}/{total} s{postfix}",
+        )
+
+    def _advance(self) -> None:
+        elapsed = min(round(time.perf_counter() - self.start), self.bar.total)
+        self.bar.update(elapsed - self.bar.n)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._advance()
+        if self.losses:
+            self.bar.set_postfix(
+                step=state.global_step, loss=f"{self.losses[-1]:.3f}", refresh=False
+            )
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._advance()
+        self.bar.close()
+
+
 class _LossRecordingTrainer(Trainer):
     """A Trainer that keeps every step's loss (its own logging averages over intervals)."""
 
@@ -334,6 +373,9 @@ def train_loop(
             losses=stats.losses,
         )
         trainer.remove_callback(PrinterCallback)  # it would print the final metrics dict
+        if progress and settings.max_seconds is not None:
+            trainer.remove_callback(ProgressCallback)
+            trainer.add_callback(_TimeBudgetProgress(settings.max_seconds, stats.losses))
         trainer.train()
         # From the first step's start (the callback's on_train_begin): Trainer set-up and
         # saving are not training time.

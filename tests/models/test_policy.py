@@ -286,11 +286,17 @@ def test_same_seed_gives_identical_weights_and_other_seed_does_not(tmp_path: Pat
     assert ta == (tmp_path / "b" / "tokenizer.json").read_text()
 
 
-def test_time_budget_stops_the_run(tmp_path: Path) -> None:
+def test_time_budget_stops_the_run_and_its_progress_bar_counts_seconds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = PolicyConfig.tiny(max_steps=None, max_seconds=1.5, warmup_steps=12)
-    result = train_policy_v1(conversations(), cfg, tmp_path / "t")
+    result = train_policy_v1(conversations(), cfg, tmp_path / "t", progress=True)
     assert result.steps > 12
     assert result.final_loss < result.initial_loss
+    bar = capsys.readouterr().err
+    # The budget is known, the step count is not: the bar counts seconds to the deadline.
+    assert "training (time budget)" in bar and "/2 s" in bar
+    assert "1000000000" not in bar
 
 
 def test_bad_rows_are_named_and_long_rows_counted(tmp_path: Path) -> None:
