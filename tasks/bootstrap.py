@@ -39,7 +39,10 @@ def prepare_data(
     return snapshot(repo, settings, "data"), str(manifest["content_hash"])
 
 
-@task(name="bootstrap-train")
+# log_prints=False: Prefect's print capture also swallows what dill prints to its own
+# captured stdout to find a function's globals (datasets/trl hash their map functions that
+# way), so under log_prints the hashes went wrong and the log filled with bytecode listings.
+@task(name="bootstrap-train", log_prints=False)
 def train_and_publish(
     settings: Settings,
     repo: Path,

@@ -94,7 +94,10 @@ def snapshot_data(settings: Settings) -> str:
     return snapshot(settings.data_repo.resolve(), settings, "data")
 
 
-@task(name="reward-refresh")
+# log_prints=False: Prefect's print capture also swallows what dill prints to its own
+# captured stdout to find a function's globals (datasets/trl hash their map functions that
+# way), so under log_prints the hashes went wrong and the log filled with bytecode listings.
+@task(name="reward-refresh", log_prints=False)
 def reward_refresh(settings: Settings, data_version: str, config: nightly.NightlyConfig) -> str:
     """Continue the reward champion on new pairs; keep it only if it beats the old one."""
     log = get_run_logger()
@@ -188,7 +191,8 @@ def _promote_internal(
     )
 
 
-@task(name="finetune")
+# log_prints=False: see reward-refresh.
+@task(name="finetune", log_prints=False)
 def finetune(
     settings: Settings,
     batch: int,
