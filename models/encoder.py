@@ -135,9 +135,11 @@ def normalize_text(text: str) -> str:
     script is folded too (this domain is English); ``1`` reads as ``i`` (``l`` is the
     other guess: a tokenizer copes with either).
     """
-    text = unicodedata.normalize("NFKC", text)
-    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
-    return _WORD.sub(_deleet_word, text.translate(_CONFUSABLES))
+    if not text.isascii():  # ASCII is NFKC-stable, has no Cf characters and no look-alikes
+        text = unicodedata.normalize("NFKC", text)
+        text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+        text = text.translate(_CONFUSABLES)
+    return _WORD.sub(_deleet_word, text)
 
 
 class EncoderMissingError(RuntimeError):
@@ -407,6 +409,55 @@ class EncoderBackend(Protocol):
         ...
 
 
+def run_backend(
+    backend: EncoderBackend,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    outputs: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Run ``backend``, asking for only ``outputs`` when it can skip the others.
+
+    A backend without ``run_outputs`` computes everything; the extra outputs are dropped.
+
+    Raises:
+        KeyError: an output name the backend does not produce (the message lists them).
+
+    """
+    if outputs is None:
+        return backend.run(input_ids, attention_mask)
+    unknown = [o for o in outputs if o not in backend.output_names]
+    if unknown:
+        raise KeyError(f"unknown outputs {unknown}; the backend gives {list(backend.output_names)}")
+    run_outputs = getattr(backend, "run_outputs", None)
+    if run_outputs is not None:
+        result: dict[str, np.ndarray] = run_outputs(input_ids, attention_mask, outputs)
+        return result
+    full = backend.run(input_ids, attention_mask)
+    return {name: full[name] for name in outputs}
+
+
+class OutputView:
+    """``backend`` restricted to some of its outputs (e.g. an embedder on a guard graph).
+
+    Args:
+        backend: the shared backend (one session, no extra memory).
+        outputs: the outputs this view computes and reports.
+
+    """
+
+    def __init__(self, backend: EncoderBackend, outputs: Sequence[str]) -> None:
+        missing = [o for o in outputs if o not in backend.output_names]
+        if missing:
+            raise KeyError(f"unknown outputs {missing}; the backend gives {backend.output_names}")
+        self.backend = backend
+        self.name = backend.name
+        self.output_names: tuple[str, ...] = tuple(outputs)
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """Only this view's outputs, computed by the shared backend."""
+        return run_backend(self.backend, input_ids, attention_mask, self.output_names)
+
+
 class TorchBackend:
     """Inference with a torch module (fp32) in ``inference_mode``.
 
@@ -429,37 +480,121 @@ class TorchBackend:
         return {n: o.float().numpy() for n, o in zip(self.output_names, outs, strict=True)}
 
 
+# ORT's SkipLayerNormalization fusion (residual add + LayerNorm in one kernel) made the
+# int8 guard ~11% slower on one thread here (ORT 1.32, AVX-512 VNNI CPU: 13.6 -> 12.1 ms
+# CPU for a 96-token input; the fused kernel alone cost 1.9 ms against 0.3 ms for the
+# separate Add + LayerNormalization). Outputs are the same up to float rounding.
+ORT_DISABLED_OPTIMIZERS: tuple[str, ...] = ("SkipLayerNormFusion",)
+
+
 class OnnxBackend:
     """Inference with ONNX Runtime on CPU (the int8 fast path).
+
+    Every row of a batch runs on its own, cut to its real length: with dynamic int8
+    quantisation the activation scale is computed over the whole input tensor, so in a
+    padded batch a text's scores depended on its batch-mates (up to 0.2 in probability on
+    the example guard, flipping ~0.7% of verdicts) and padding cost up to 30% more CPU per
+    text; one row at a time is deterministic and, on CPU, no slower per text.
+
+    With ``prune=True`` and more than one output, a session per single output is also
+    built (the graph cut down to what that output needs; ONNX Runtime computes every node
+    whatever is fetched), so asking for only the guard probabilities skips the embedding
+    branch (~25% of a guard pass). That needs the ``onnx`` package; without it every call
+    runs the full graph.
 
     Args:
         path: the ``.onnx`` file (inputs ``input_ids``, ``attention_mask``, int64).
         threads: intra-op threads for this session; 1 keeps a request on one core so the
             gateway's other work (and other requests) get the rest.
+        prune: build the per-output sessions.
 
     """
 
     name = "onnx"
 
-    def __init__(self, path: str | Path, threads: int = 1) -> None:
-        import onnxruntime as ort
-
+    def __init__(self, path: str | Path, threads: int = 1, prune: bool = True) -> None:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no ONNX model here; export one first")
+        self.path = path
+        self.threads = threads
+        self.session = self._session(str(path))
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+        self._pruned: dict[str, Any] = {}
+        if prune and len(self.output_names) > 1:
+            self._pruned = self._prune()
+
+    def _session(self, model: str | bytes) -> Any:
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.path = path
-        self.output_names = tuple(o.name for o in self.session.get_outputs())
+        return ort.InferenceSession(
+            model,
+            options,
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS),
+        )
+
+    def _prune(self) -> dict[str, Any]:
+        try:
+            import onnx
+            from onnx.utils import Extractor
+        except ImportError:
+            logger.info("onnx is not installed: %s runs its full graph for every output", self.path)
+            return {}
+        extractor = Extractor(onnx.load(str(self.path)))
+        inputs = [i.name for i in self.session.get_inputs()]
+        return {
+            name: self._session(extractor.extract_model(inputs, [name]).SerializeToString())
+            for name in self.output_names
+        }
+
+    @property
+    def pruned_outputs(self) -> tuple[str, ...]:
+        """Outputs that have a session of their own (computed without the rest)."""
+        return tuple(self._pruned)
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
         """Run the session; outputs as numpy float32."""
-        outs = self.session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
+        return self._rows(self.session, self.output_names, input_ids, attention_mask)
+
+    def run_outputs(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """Only ``outputs``; a single pruned output skips the other branches' work."""
+        wanted = tuple(outputs)
+        if len(wanted) == 1 and wanted[0] in self._pruned:
+            return self._rows(self._pruned[wanted[0]], wanted, input_ids, attention_mask)
+        full = self.run(input_ids, attention_mask)
+        return {name: full[name] for name in wanted}
+
+    @staticmethod
+    def _rows(
+        session: Any, names: tuple[str, ...], input_ids: np.ndarray, attention_mask: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        rows: list[list[np.ndarray]] = []
+        for row in range(input_ids.shape[0]):
+            real = np.flatnonzero(attention_mask[row])
+            width = int(real[-1]) + 1 if len(real) else 1  # trailing padding cut off
+            outs = session.run(
+                list(names),
+                {
+                    "input_ids": input_ids[row : row + 1, :width],
+                    "attention_mask": attention_mask[row : row + 1, :width],
+                },
+            )
+            rows.append(outs)
+        if not rows:  # an empty batch: let the graph give the right empty shapes
+            outs = session.run(
+                list(names), {"input_ids": input_ids, "attention_mask": attention_mask}
+            )
+            rows.append(outs)
         return {
-            n: np.asarray(o, dtype=np.float32) for n, o in zip(self.output_names, outs, strict=True)
+            name: np.concatenate([np.asarray(r[i], dtype=np.float32) for r in rows])
+            for i, name in enumerate(names)
         }
 
 
@@ -529,28 +664,30 @@ def run_windows(
     max_length: int,
     stride: int,
     batch_size: int = 64,
+    outputs: Sequence[str] | None = None,
 ) -> WindowOutputs:
     """Tokenise into windows, run ``backend`` in length-sorted batches, keep input order.
 
     Sorting by length keeps padding (wasted compute) small; outputs are scattered back so
-    row ``i`` belongs to window ``i`` whatever the batching.
+    row ``i`` belongs to window ``i`` whatever the batching. ``outputs`` names the outputs
+    wanted (None: all); a backend that can skip the others does (:func:`run_backend`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     windows, owner = tokenize_windows(tokenizer, texts, max_length, stride)
     n_tokens = np.asarray([len(w) for w in windows], dtype=np.int64)
-    outputs: dict[str, np.ndarray] = {}
+    collected: dict[str, np.ndarray] = {}
     order = np.argsort(n_tokens, kind="stable")
     pad_id = int(tokenizer.pad_token_id or 0)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         input_ids, mask = pad_batch([windows[r] for r in rows], pad_id)
-        result = backend.run(input_ids, mask)
+        result = run_backend(backend, input_ids, mask, outputs)
         for name, value in result.items():
-            if name not in outputs:
-                outputs[name] = np.zeros((len(windows), *value.shape[1:]), dtype=np.float32)
-            outputs[name][rows] = value
-    return WindowOutputs(outputs=outputs, owner=owner, n_tokens=n_tokens, n_texts=len(texts))
+            if name not in collected:
+                collected[name] = np.zeros((len(windows), *value.shape[1:]), dtype=np.float32)
+            collected[name][rows] = value
+    return WindowOutputs(outputs=collected, owner=owner, n_tokens=n_tokens, n_texts=len(texts))
 
 
 def pool_embeddings(windows: WindowOutputs, name: str = "embedding") -> np.ndarray:

@@ -43,6 +43,7 @@ from models.encoder import (
     GuardEncoder,
     GuardHeadSpec,
     OnnxBackend,
+    OutputView,
     TorchBackend,
     WindowOutputs,
     bert_from_config,
@@ -502,7 +503,7 @@ class Guard:
             normalize=bool(meta["normalize"]),
         )
 
-    def _run(self, texts: Sequence[str]) -> WindowOutputs:
+    def _run(self, texts: Sequence[str], outputs: Sequence[str] | None = None) -> WindowOutputs:
         return run_windows(
             self.backend,
             self.tokenizer,
@@ -510,13 +511,17 @@ class Guard:
             max_length=self.max_length,
             stride=self.window_stride,
             batch_size=self.batch_size,
+            outputs=outputs,
         )
 
     def probs(self, texts: Sequence[str]) -> np.ndarray:
-        """(n, 3) probabilities in :data:`GUARD_LABELS` order (benign, harmful, injection)."""
+        """(n, 3) probabilities in :data:`GUARD_LABELS` order (benign, harmful, injection).
+
+        Only the guard branch runs where the backend can skip the embedding branch.
+        """
         if len(texts) == 0:
             return np.zeros((0, len(GUARD_LABELS)), dtype=np.float32)
-        return _window_probs(self._run(texts))
+        return _window_probs(self._run(texts, outputs=("probs",)))
 
     def scores(self, texts: Sequence[str]) -> list[dict[str, float]]:
         """Probability per label for each text (each dict sums to 1)."""
@@ -552,10 +557,12 @@ class Guard:
     def embedder(self) -> Embedder:
         """Return an :class:`Embedder` sharing this guard's session.
 
-        Documents embedded with it match the embeddings :meth:`analyse` returns for requests.
+        Documents embedded with it match the embeddings :meth:`analyse` returns for requests;
+        it asks the backend for the embedding only (the guard branch is skipped where the
+        backend can).
         """
         return Embedder(
-            self.backend,
+            OutputView(self.backend, ("embedding",)),
             self.tokenizer,
             self.max_length,
             self.window_stride,

@@ -52,35 +52,60 @@ class _Job(Generic[T, R]):
 
 
 class MicroBatcher(Generic[T, R]):
-    """Opportunistic batching of a blocking batch function onto one worker thread.
+    """Opportunistic batching of a blocking batch function onto worker threads.
+
+    Up to ``workers`` batches run at once (the function must be thread-safe; ONNX Runtime
+    sessions are, and release the GIL while they run). A drain takes at most a
+    ``1/workers`` share of what is queued, so concurrent requests spread over the workers
+    instead of piling into one batch while the others idle; a lone request is sent at once.
 
     Args:
-        fn: maps a list of items to a list of results of the same length (runs in the
-            worker thread; it may release the GIL, as ONNX Runtime and torch do).
+        fn: maps a list of items to a list of results of the same length (runs in a worker
+            thread; it may release the GIL, as ONNX Runtime and torch do).
         max_batch: most items per call.
-        executor: the worker (one thread: calls never overlap).
+        executor: runs the calls (give it ``workers`` threads).
+        workers: most calls in flight at once.
 
     """
 
     def __init__(
-        self, fn: Callable[[list[T]], list[R]], max_batch: int, executor: ThreadPoolExecutor
+        self,
+        fn: Callable[[list[T]], list[R]],
+        max_batch: int,
+        executor: ThreadPoolExecutor,
+        workers: int = 1,
     ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.fn = fn
         self.max_batch = max_batch
         self.executor = executor
+        self.workers = workers
         self._lock = threading.Lock()
         self._queue: list[_Job[T, R]] = []
-        self._busy = False
+        self._active = 0
         self.calls = 0
         self.items = 0
+        self.peak_active = 0
+
+    def _take(self) -> list[_Job[T, R]]:
+        """The next batch (called under the lock): at most a ``1/workers`` share of the queue.
+
+        A batch runs on one thread, so a drain that took everything would leave the other
+        workers idle until it finished (on CPU the encoders gain nothing from batching).
+        """
+        share = -(-len(self._queue) // self.workers)  # ceil
+        size = min(self.max_batch, max(1, share))
+        batch, self._queue = self._queue[:size], self._queue[size:]
+        return batch
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             with self._lock:
-                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+                batch = self._take()
                 if not batch:
-                    self._busy = False
+                    self._active -= 1
                     return
             self.calls += 1
             self.items += len(batch)
@@ -107,8 +132,10 @@ class MicroBatcher(Generic[T, R]):
         future: asyncio.Future[R] = loop.create_future()
         with self._lock:
             self._queue.append(_Job(item, future, loop))
-            start = not self._busy
-            self._busy = True
+            start = self._active < self.workers
+            if start:
+                self._active += 1
+                self.peak_active = max(self.peak_active, self._active)
         if start:
             loop.create_task(self._drain())
         return await future
@@ -128,6 +155,10 @@ class EncoderService:
         guard: the guard classifier, or None (guard rails then cannot run).
         embedder: the embedder, or None (retrieval then cannot run).
         max_batch: most texts per encoder call.
+        workers: encoder calls that may run at once, each in its own thread (the guard and
+            embedder must be thread-safe, as ONNX Runtime sessions are). With one
+            single-threaded session, one worker caps the gateway at one core's worth of
+            encoder passes; a second lets concurrent requests use a second core.
 
     """
 
@@ -136,12 +167,13 @@ class EncoderService:
         guard: GuardLike | None,
         embedder: EmbedderLike | None,
         max_batch: int = 32,
+        workers: int = 1,
     ) -> None:
         self.guard = guard
         self.embedder = embedder
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoders")
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="encoders")
         self._batcher: MicroBatcher[_Request, tuple[dict[str, float] | None, Any]] = MicroBatcher(
-            self._run, max_batch, self._executor
+            self._run, max_batch, self._executor, workers
         )
         # A guard that embeds in the same forward pass (``models.guard.Guard.analyse``: one
         # encoder, two outputs) saves a whole pass per request; use it when offered.

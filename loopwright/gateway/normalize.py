@@ -182,6 +182,8 @@ def _is_invisible(char: str) -> bool:
 
 def strip_invisible(text: str) -> str:
     """Remove zero-width, bidi-control, tag and variation-selector characters."""
+    if text.isascii():  # none of them is ASCII; skips a per-character Python loop
+        return text
     return "".join(c for c in text if not _is_invisible(c))
 
 
@@ -195,6 +197,8 @@ def fold_homoglyphs(text: str) -> str:
     script (a genuine Russian or Greek message) only words that mix in Latin letters are,
     so real non-Latin words are left alone.
     """
+    if text.isascii():  # ASCII is NFKC-stable and holds no look-alikes
+        return text
     text = unicodedata.normalize("NFKC", text)
     letters = [c for c in text if c.isalpha()]
     if not letters:

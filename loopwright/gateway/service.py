@@ -316,7 +316,9 @@ class Gateway:
         }
         if needs_guard and guard is None:
             logger.warning("guard rails are on but no guard is loaded: rules only")
-        self.encoders = EncoderService(guard, embedder, max_batch=s.encoders.max_batch)
+        self.encoders = EncoderService(
+            guard, embedder, max_batch=s.encoders.max_batch, workers=s.encoders.workers
+        )
         self.index: KnowledgeIndex | None = None
         if facts and embedder is not None:
             self.index = KnowledgeIndex.build(list(facts), embedder)

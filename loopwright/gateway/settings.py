@@ -118,6 +118,9 @@ class EncoderSettings(_Strict):
         max_batch: most texts per encoder call when batching concurrent requests.
         threads: intra-op threads of the guard/embedder session (1 keeps latency steady
             on a shared machine; more helps throughput when cores are free).
+        workers: encoder calls that run at once, one thread each. A lone request uses one;
+            under concurrent load each worker keeps a core busy, so 2 lets the encoder use
+            both cores of a 2-core machine (1 capped the gateway near one core).
 
     """
 
@@ -128,6 +131,7 @@ class EncoderSettings(_Strict):
     kb_revision: int = Field(default=1, ge=1)
     max_batch: int = Field(default=32, ge=1)
     threads: int = Field(default=1, ge=1, le=64)
+    workers: int = Field(default=2, ge=1, le=64)
 
 
 class SystemPromptSettings(_Strict):

@@ -160,3 +160,107 @@ def test_normalize_text_folds_disguises_and_keeps_plain_text() -> None:
     plain = "How do I reset my password? E4001 on us-east-1."
     assert normalize_text(plain) == plain
     assert normalize_text(normalize_text("\u0405\u0435\u0441ret")) == "Secret"
+
+
+# -- ONNX Runtime serving path ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_guard_onnx(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, GuardEncoder]:
+    """A small random-weight guard graph (two outputs) exported to int8 ONNX."""
+    pytest.importorskip("onnx")
+    from transformers import BertConfig
+
+    from models.onnx_export import export_int8
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=8_000,  # the export traces with real MiniLM token ids
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    module = GuardEncoder(
+        enc.bert_from_config(config),
+        GuardHeadSpec(num_labels=3, trainable_layers=1, head_hidden=8),
+    ).eval()
+    path = export_int8(module, tmp_path_factory.mktemp("onnx") / "guard.int8.onnx")
+    return path, module
+
+
+def _batch(rng: np.random.Generator, lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    ids = [[101, *rng.integers(200, 7_999, size=n - 2).tolist(), 102] for n in lengths]
+    return enc.pad_batch(ids, 0)
+
+
+def test_onnx_rows_do_not_depend_on_their_batch_mates(
+    tiny_guard_onnx: tuple[Path, GuardEncoder],
+) -> None:
+    # Dynamic int8 quantisation scales activations over the whole input tensor: in one
+    # padded batch a text's scores would move with whatever else is in the batch.
+    backend = enc.OnnxBackend(tiny_guard_onnx[0])
+    rng = np.random.default_rng(0)
+    ids, mask = _batch(rng, [7, 40, 19])
+    together = backend.run(ids, mask)
+    assert together["probs"].shape == (3, 3)
+    assert together["embedding"].shape == (3, 32)
+    for row in range(3):
+        width = int(mask[row].sum())
+        alone = backend.run(ids[row : row + 1, :width], mask[row : row + 1, :width])
+        for name in backend.output_names:
+            np.testing.assert_array_equal(together[name][row], alone[name][0])
+
+
+def test_onnx_single_output_skips_the_other_branch_with_the_same_numbers(
+    tiny_guard_onnx: tuple[Path, GuardEncoder],
+) -> None:
+    backend = enc.OnnxBackend(tiny_guard_onnx[0])
+    assert backend.pruned_outputs == ("embedding", "probs")
+    assert enc.OnnxBackend(tiny_guard_onnx[0], prune=False).pruned_outputs == ()
+    ids, mask = _batch(np.random.default_rng(1), [12, 30])
+    full = backend.run(ids, mask)
+    for name in ("probs", "embedding"):
+        only = enc.run_backend(backend, ids, mask, [name])
+        assert list(only) == [name]
+        np.testing.assert_array_equal(only[name], full[name])
+    with pytest.raises(KeyError, match="'embedding', 'probs'"):
+        enc.run_backend(backend, ids, mask, ["logits"])
+
+
+def test_output_view_and_run_backend_work_for_backends_without_pruning(
+    tiny_guard_onnx: tuple[Path, GuardEncoder],
+) -> None:
+    module = tiny_guard_onnx[1]
+    torch_backend = TorchBackend(module)
+    ids, mask = _batch(np.random.default_rng(2), [9, 14])
+    full = torch_backend.run(ids, mask)
+    view = enc.OutputView(torch_backend, ["embedding"])
+    assert view.output_names == ("embedding",)
+    got = view.run(ids, mask)
+    assert list(got) == ["embedding"]
+    np.testing.assert_array_equal(got["embedding"], full["embedding"])
+    with pytest.raises(KeyError, match="unknown outputs"):
+        enc.OutputView(torch_backend, ["nope"])
+
+
+def test_onnx_int8_stays_close_to_torch_after_the_serving_options(
+    tiny_guard_onnx: tuple[Path, GuardEncoder],
+) -> None:
+    path, module = tiny_guard_onnx
+    ids, mask = _batch(np.random.default_rng(3), [10, 25, 33])
+    onnx_out = enc.OnnxBackend(path).run(ids, mask)
+    torch_out = TorchBackend(module).run(ids, mask)
+    cos = (onnx_out["embedding"] * torch_out["embedding"]).sum(axis=1)
+    assert cos.min() > 0.98
+    assert np.abs(onnx_out["probs"] - torch_out["probs"]).max() < 0.05
+
+
+@pytest.mark.parametrize(
+    "text", ["plain ascii h0w t0 reset", "E4001 on S3 with 5GB", "", "tabs\tand\nlines 1337"]
+)
+def test_normalize_text_ascii_fast_path_matches_the_full_path(text: str) -> None:
+    # "é" is NFKC-stable, not invisible and no look-alike, and ends a word: appending it
+    # sends the text down the full path without changing what happens to the rest.
+    assert normalize_text(text + "é") == normalize_text(text) + "é"
