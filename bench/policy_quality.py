@@ -302,6 +302,12 @@ def main() -> None:
                 refusals, min(len(refusals), args.max_new_refusals)
             )
             new_rows = [r for r in new_rows if not behaved_text(r[-1]["content"])] + kept
+        new_rows = with_pseudowords(  # as the nightly's finetune_candidate does
+            new_rows,
+            args.pseudowords,
+            args.seed + 1,
+            keep=lambda row: not behaved_text(row[-1]["content"]),
+        )
         print(f"{name}_new_rows: {len(new_rows)}")
         ft = finetune_sft(v1_dir, new_rows, replay, ft_cfg, out / name, replay_ratio=ratio)
         print(f"{name}_replay_superseded: {ft.replay_superseded}")

@@ -43,8 +43,8 @@ class NightlyConfig(BaseModel):
             pairwise accuracy by more than this to replace it.
         max_negative_share: a batch whose share of negative ratings exceeds this fails
             its contract (a poisoning or outage signal); raise it for an untrained model.
-        pseudoword_share: answered replay rows copied with one made-up word (see
-            :func:`models.policy_data.with_pseudowords`); keeps the new refusals from
+        pseudoword_share: answered rows (new and replayed) copied with one made-up word
+            (see :func:`models.policy_data.with_pseudowords`); keeps the new refusals from
             spreading to benign questions in unseen wording.
     """
 
@@ -247,15 +247,21 @@ def finetune_candidate(
     from models.policy import PolicyConfig, finetune_sft
     from models.policy_data import with_pseudowords
 
-    new_rows = read_conversations(sft_path)
-    replay = with_pseudowords(
-        read_conversations(replay_path),
-        config.pseudoword_share,
-        config.seed,
-        keep=lambda row: not is_safe_response(row[-1]["content"]),
-    )
-    if not new_rows:
+    def answered(row: list[dict[str, str]]) -> bool:
+        return not is_safe_response(row[-1]["content"])
+
+    curated = read_conversations(sft_path)
+    if not curated:
         raise ValueError(f"{sft_path}: no curated SFT rows; nothing to fine-tune on")
+    # The new rows get copies too: the night's guard refusals (odd-looking prompts: encodings,
+    # role-play, homoglyphs) otherwise teach "unfamiliar wording -> refuse". On the full-size
+    # demo's night (587 rows, 37 guard refusals, same steps): over-refusal on look-alikes
+    # 0.181 with replay copies only, 0.028 with copies of the new rows too (v1: 0.028), while
+    # uncovered-category refusals stayed above v1 (0.70 vs 0.50 with training templates).
+    new_rows = with_pseudowords(curated, config.pseudoword_share, config.seed + 1, answered)
+    replay = with_pseudowords(
+        read_conversations(replay_path), config.pseudoword_share, config.seed, answered
+    )
     train_config = (
         PolicyConfig.tiny(seed=config.seed, max_steps=20)
         if config.tiny
@@ -265,6 +271,7 @@ def finetune_candidate(
         parent_dir, new_rows, replay, train_config, out_dir, replay_ratio=config.replay_ratio
     )
     metrics: dict[str, float] = result.metrics()
-    metrics["new_rows"] = float(len(new_rows))
+    metrics["new_rows"] = float(len(curated))
+    metrics["new_rows_with_copies"] = float(len(new_rows))
     metrics["replay_rows"] = float(len(replay))
     return metrics

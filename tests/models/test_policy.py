@@ -416,3 +416,28 @@ def test_each_epoch_is_redrawn_in_order_and_sizes_must_match() -> None:
 
     with pytest.raises(ValueError, match="every epoch must have the same size"):
         train_loop(build_model(cfg, tok), shrinking, settings, pad_id=tok.pad_token_id)
+
+
+def test_nightly_finetune_copies_answered_new_rows_with_a_made_up_word(
+    v1: Path, tmp_path: Path
+) -> None:
+    from loopwright.nightly import NightlyConfig, finetune_candidate
+    from models.helpdesk.records import write_conversations
+
+    new = conversations(prices={"Pro": 15})
+    answered = [r for r in new if r[-1]["content"] != REFUSAL and len(r[0]["content"].split()) > 3]
+    assert 0 < len(answered) < len(new)  # the fixture has refusals too
+    write_conversations(tmp_path / "sft.jsonl", new)
+    write_conversations(tmp_path / "replay.jsonl", conversations())
+    metrics = finetune_candidate(
+        v1,
+        tmp_path / "sft.jsonl",
+        tmp_path / "replay.jsonl",
+        NightlyConfig(tiny=True),
+        tmp_path / "candidate",
+        is_safe_response=lambda text: text == REFUSAL,
+    )
+    # Refusals among the night's rows otherwise teach "unfamiliar wording -> refuse": every
+    # answered new row also trains with one word made up; refusals are never copied.
+    assert metrics["new_rows"] == len(new)
+    assert metrics["new_rows_with_copies"] == len(new) + len(answered)
