@@ -101,7 +101,7 @@ def _typo(word: str, rng: random.Random) -> str:
     return word[:i] + rng.choice(near) + word[i + 1 :] if near else word
 
 
-def made_up_word(rng: random.Random, syllables: int = 3) -> str:
+def _made_up_word(rng: random.Random, syllables: int = 3) -> str:
     """A random pronounceable letter string (consonant-vowel syllables): a word no corpus has."""
     return "".join(rng.choice("bcdfghklmnprstvz") + rng.choice("aeiou") for _ in range(syllables))
 
@@ -381,14 +381,18 @@ def with_pseudowords(
 
     def question_at(row: list[dict[str, str]]) -> int:
         # A system prompt may come first; the made-up word goes into the user's question.
-        return next(i for i, m in enumerate(row) if m["role"] == "user")
+        return next((i for i, m in enumerate(row) if m["role"] == "user"), -1)
 
-    eligible = [r for r in rows if keep(r) and len(r[question_at(r)]["content"].split()) > 3]
+    eligible = [
+        r
+        for r in rows
+        if keep(r) and question_at(r) >= 0 and len(r[question_at(r)]["content"].split()) > 3
+    ]
     copies: list[list[dict[str, str]]] = []
     for row in rng.sample(eligible, int(len(eligible) * share)):
         at = question_at(row)
         words = row[at]["content"].split()
         position = rng.randrange(len(words))
-        words[position] = made_up_word(rng)
+        words[position] = _made_up_word(rng)
         copies.append([*row[:at], {**row[at], "content": " ".join(words)}, *row[at + 1 :]])
     return [*rows, *copies]
