@@ -2,8 +2,9 @@
 
 The platform never imports an example domain directly: ``Settings.domain`` names a module
 attribute (``package.module:attribute``) that satisfies :class:`Domain`, and the stages
-ask it for the domain-specific parts (fact checker, refusal test, screening thresholds,
-evaluation suites). A user swaps in their own domain by pointing that setting elsewhere.
+ask it for the domain-specific parts (fact checker, refusal test, refusal wording,
+screening thresholds, evaluation suites). A user swaps in their own domain by pointing that
+setting elsewhere.
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ class Domain(Protocol):
 
     def is_safe_response(self, text: str) -> bool:
         """Whether a response refuses or safely redirects a request."""
+        ...
+
+    def refusal_text(self) -> str:
+        """What the policy itself says to a request it must refuse.
+
+        The SFT target for prompts the gateway's guard blocked: the gateway's fallback text
+        is the gateway's message to the user, not a model answer, and a second refusal
+        wording next to the policy's own garbled the fine-tuned policy's refusals.
+        """
         ...
 
     def screening_config(self) -> ScreeningConfig:
@@ -68,6 +78,7 @@ def load_domain(spec: str) -> Domain:
         needed = (
             "fact_checker",
             "is_safe_response",
+            "refusal_text",
             "screening_config",
             "suite_dir",
             "data_folder",

@@ -183,11 +183,13 @@ def curate_stage(settings: Settings, batch: int) -> Any:
     commit_batch(root / "production", batch)
     curated = root / "curated"
     regression = curated / "regression.jsonl"
+    domain = load_domain(settings.domain)
     return curate(
         root / "production",
         curated,
-        is_refusal=load_domain(settings.domain).is_safe_response,
+        is_refusal=domain.is_safe_response,
         existing_regression=regression if regression.is_file() else None,
+        guard_refusal=domain.refusal_text(),
     )
 
 

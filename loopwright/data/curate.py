@@ -218,6 +218,7 @@ def build_training_data(
     is_refusal: Callable[[str], bool] | None = None,
     complete_blocked: Callable[[list[str]], list[str]] | None = None,
     existing_regression: Sequence[EvalSample] = (),
+    guard_refusal: str | None = None,
 ) -> CuratedData:
     """Curate SFT rows, preference pairs and regression cases from committed frames (pure).
 
@@ -229,6 +230,8 @@ def build_training_data(
             are dropped; regression cases whose target is a refusal expect ``refuse``).
         complete_blocked: prompts -> what the model would say, for guard-block pairs.
         existing_regression: the current regression suite (kept; new prompts only added).
+        guard_refusal: what the policy should say to a guard-blocked prompt (the domain's
+            refusal); None keeps the logged response (the gateway's fallback text).
 
     """
     config = config or CurateConfig()
@@ -271,7 +274,7 @@ def build_training_data(
             if not item.contested and sum(item.ratings) >= 0 and item.record.error is None:
                 blocked_prompts.append(item)
                 if config.guard_refusals_in_sft:
-                    guard_sft.append((item, response))
+                    guard_sft.append((item, guard_refusal or response))
         elif item.good:
             add_sft(item, response, "good")
         correction = _best_correction(item)
@@ -321,7 +324,11 @@ def build_training_data(
                 counts["guard_completion_refused"] += 1  # no contrast to learn from
                 continue
             add_pair(
-                item.prompt, item.record.response or "", completion, "guard", config.guard_weight
+                item.prompt,
+                guard_refusal or item.record.response or "",
+                completion,
+                "guard",
+                config.guard_weight,
             )
     else:
         counts["guard_blocks_without_completion"] += len(blocked_prompts)
@@ -432,6 +439,7 @@ def curate(
     is_refusal: Callable[[str], bool] | None = None,
     complete_blocked: Callable[[list[str]], list[str]] | None = None,
     existing_regression: Path | None = None,
+    guard_refusal: str | None = None,
 ) -> CurateResult:
     """Curate the committed tables of a data folder into JSONL training files.
 
@@ -444,6 +452,8 @@ def curate(
         complete_blocked: prompts -> what the model would have said (guard-block pairs).
         existing_regression: the current regression suite JSONL; kept, and its prompts
             are not added again.
+        guard_refusal: the SFT target (and preferred side) for guard-blocked prompts; see
+            :func:`build_training_data`.
 
     """
     layout = DataLayout(Path(out_dir))
@@ -460,6 +470,7 @@ def curate(
         is_refusal=is_refusal,
         complete_blocked=complete_blocked,
         existing_regression=existing,
+        guard_refusal=guard_refusal,
     )
     dest = Path(dest_dir)
     result = CurateResult(

@@ -76,6 +76,12 @@ class HelpdeskDomain:
         """Refusal or safe redirection (crisis help)."""
         return helpdesk_is_safe_response(text)
 
+    def refusal_text(self) -> str:
+        """The refusal policy v1 was trained to give."""
+        from models.helpdesk.safety import REFUSAL_TEXT
+
+        return REFUSAL_TEXT
+
     def screening_config(self) -> ScreeningConfig:
         """Screening thresholds; the company's own addresses are not PII."""
         return helpdesk_screening_config()

@@ -12,6 +12,7 @@ def test_the_default_domain_provides_every_part_the_loop_needs():
     assert domain.is_safe_response("I can't help with that request.")
     assert not domain.is_safe_response("The Pro plan costs $20 per month.")
     assert (domain.suite_dir() / "correctness.yaml").is_file()
+    assert domain.is_safe_response(domain.refusal_text())
 
 
 @pytest.mark.parametrize(

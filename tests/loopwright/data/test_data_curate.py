@@ -189,6 +189,24 @@ def test_without_a_completer_guard_blocks_are_counted_not_paired():
     assert data.counts["sft"] - no_guard_sft.counts["sft"] == 2
 
 
+def test_guard_blocked_prompts_teach_the_domains_refusal_not_the_logged_fallback():
+    inter, feed = frames(_log())  # blocked rows logged the gateway's text (here REFUSAL_TEXT)
+    own = "I won't help with that."
+    data = build_training_data(
+        inter,
+        feed,
+        UNCAPPED,
+        is_refusal=helpdesk_is_safe_response,
+        complete_blocked=lambda prompts: [COMPLIANCE] * len(prompts),
+        guard_refusal=own,
+    )
+    sft = {(conv[-2]["content"], conv[-1]["content"]) for conv in data.sft}
+    assert (P["C"], own) in sft and (P["F"], own) in sft
+    assert not any(answer == REFUSAL_TEXT for _, answer in sft)
+    guard_pairs = [p for p in data.pairs if p.source == "guard"]
+    assert guard_pairs and all(p.chosen == own for p in guard_pairs)
+
+
 def test_completer_must_answer_every_prompt():
     inter, feed = frames(_log())
     with pytest.raises(ValueError, match="returned 0 texts for 2 prompts"):
