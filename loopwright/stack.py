@@ -397,24 +397,24 @@ class Stack:
         wanted = [n for n in specs if services is None or n in set(services)]
         for sub in ("pids", "logs", "tmp", "home", "sock"):
             (self.run / sub).mkdir(parents=True, exist_ok=True)
-        started: list[ServiceName] = []
-        for name in wanted:
-            if self._process(name) is not None:
-                logger.info("%s already running", name)
-                continue
-            if self._is_stale(name):
-                logger.warning("%s: stale PID file removed (process is gone)", name)
-                self._pid_file(name).unlink()
-            spec = specs[name]
-            for port, setting in spec.ports:
+        to_start = [name for name in wanted if self._process(name) is None]
+        for name in set(wanted) - set(to_start):
+            logger.info("%s already running", name)
+        # Every port is checked before anything starts: a busy port found half-way used to
+        # leave the services before it running.
+        for name in to_start:
+            for port, setting in specs[name].ports:
                 if not port_free("127.0.0.1", port):
                     raise PortInUse(
                         f"{name}: port {port} is already in use by another process; change "
                         f"{setting} in the profile or set LOOPWRIGHT_"
                         f"{setting.upper().replace('.', '__')}"
                     )
-            self._spawn(spec)
-            started.append(name)
+        for name in to_start:
+            if self._is_stale(name):
+                logger.warning("%s: stale PID file removed (process is gone)", name)
+                self._pid_file(name).unlink()
+            self._spawn(specs[name])
         for name in wanted:
             self._wait_healthy(specs[name])
             if name == "objectstore":

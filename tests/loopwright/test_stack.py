@@ -70,8 +70,8 @@ def test_stale_pid_file_is_detected_and_replaced():
         stack.down()
 
 
-def test_port_in_use_names_port_and_setting():
-    env = dict(LIFECYCLE_ENV, LOOPWRIGHT_MANAGED_SERVICES='["mlflow"]')
+def test_port_in_use_names_port_and_setting_and_starts_nothing():
+    env = dict(LIFECYCLE_ENV, LOOPWRIGHT_MANAGED_SERVICES='["objectstore", "mlflow"]')
     env["LOOPWRIGHT_RUN_DIR"] = str(TEST_ROOT / f"busy-{PORT_OFFSET}" / "run")
     env["LOOPWRIGHT_OBJECT_STORE__ENDPOINT_URL"] = f"http://127.0.0.1:{_port(21333)}"
     env["LOOPWRIGHT_MLFLOW__PORT"] = _port(25061)
@@ -80,8 +80,14 @@ def test_port_in_use_names_port_and_setting():
         blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         blocker.bind(("127.0.0.1", settings.mlflow.port))
         blocker.listen()
-        with pytest.raises(PortInUse) as err:
-            Stack(settings).up()
+        stack = Stack(settings)
+        try:
+            with pytest.raises(PortInUse) as err:
+                stack.up()
+            # The object store comes first and its port is free: it was not started either.
+            assert all(s.health == "stopped" for s in stack.status())
+        finally:
+            stack.down()
     message = str(err.value)
     assert f"port {settings.mlflow.port}" in message
     assert "mlflow.port" in message and "LOOPWRIGHT_MLFLOW__PORT" in message
