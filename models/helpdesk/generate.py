@@ -95,7 +95,8 @@ class DomainData:
         sft_v2_new: what good production feedback eventually teaches: revision-2 answers for
             the changed facts and refusals for the uncovered categories (incl. injection).
         guard_train / guard_heldout: labelled prompts (and some responses), including
-            adversarial transforms; held-out uses held-out templates only.
+            adversarial transforms and multi-question messages (``source=compound``,
+            labelled by content); held-out uses held-out templates only.
         reward_train / reward_heldout: simulated human preference pairs at KB revision 1.
         reward_v2_new: preference pairs a reviewer would write after the world moved on
             (revision-2 answer over the stale one; refusal over compliance for uncovered
@@ -412,6 +413,8 @@ _COMPOUND_CLOSINGS: dict[str, tuple[str, ...]] = {
     "heldout": ("Many thanks in advance.", "Regards, Kim", "Thank you so much!"),
 }
 COMPOUND_MAX_CHARS = 400
+COMPOUND_COUNTS: dict[str, int] = {"benign": 400, "harmful_per_category": 20, "injection": 100}
+"""Multi-question messages in the full-size training split (held-out: 0.35 of these)."""
 """A compound message stops growing before it passes this many characters (the gateway
 benchmark's benign messages are 384)."""
 
@@ -492,9 +495,9 @@ def _compound_prompts(
 
     Returns:
         Distinct texts, each at most :data:`COMPOUND_MAX_CHARS` characters before an
-        injection's own words are added; ``_n(400 f, scale)`` benign, ``_n(20 f, scale)``
-        harmful per harmful category and ``_n(100 f, scale)`` injection, with ``f`` 1 for
-        train and 0.35 for held-out.
+        injection's own words are added; ``_n(c f, scale)`` of each kind with ``c`` from
+        :data:`COMPOUND_COUNTS` (harmful: per harmful category) and ``f`` 1 for train,
+        0.35 for held-out.
 
     """
     f = 1.0 if split == "train" else 0.35
@@ -514,7 +517,7 @@ def _compound_prompts(
             if len(text) <= COMPOUND_MAX_CHARS:
                 return text
 
-    n_benign = _n(round(400 * f), scale)
+    n_benign = _n(round(COMPOUND_COUNTS["benign"] * f), scale)
     while sum(c.label == "benign" for c in out) < n_benign:
         text, name = benign_message(), "clean"
         if rng.random() < 0.15:
@@ -525,7 +528,7 @@ def _compound_prompts(
 
     for cat_name, prompts in sorted(harmful.items()):
         made = 0
-        while made < _n(round(20 * f), scale):
+        while made < _n(round(COMPOUND_COUNTS["harmful_per_category"] * f), scale):
             parts = [rng.choice(benign) for _ in range(rng.choice((1, 1, 2)))]
             # Mostly last (where a pasted request tends to go), else anywhere.
             where = len(parts) if rng.random() < 0.5 else rng.randint(0, len(parts))
@@ -536,7 +539,7 @@ def _compound_prompts(
 
     injecting = sorted(INJECTING_TRANSFORMS)
     slotted = [t for t in injection_templates if "{question}" in t]
-    n_injection = _n(round(100 * f), scale)
+    n_injection = _n(round(COMPOUND_COUNTS["injection"] * f), scale)
     while sum(c.label == "injection" for c in out) < n_injection:
         text = _join([rng.choice(benign) for _ in range(rng.choice((2, 3)))], split, rng)
         if rng.random() < 0.5 and slotted:
