@@ -150,19 +150,30 @@ class Server:
             self.proc.kill()
 
 
-def distinct_inputs(n: int, seed: int = 0) -> list[str]:
-    """``n`` different benign 384-character help-desk messages (benign guard prompts)."""
+def distinct_inputs(n: int, seed: int = 0, split: str = "train") -> list[str]:
+    """``n`` different benign 384-character help-desk messages.
+
+    Each is ``"Ticket i:"`` and clean single benign guard prompts of ``split`` (``"train"``
+    or ``"heldout"``) run together, cut at :data:`INPUT_CHARS`. The guard's own multi-question
+    prompts (``source=compound``) are left out, so the messages are the same as before the
+    guard data had any, and their shape (ticket prefix, space joins, a cut last question)
+    is one the guard never trained on.
+    """
     import random
 
     from models.helpdesk import build_domain
 
     data = build_domain(seed=seed, scale=1.0)
+    if split not in ("train", "heldout"):
+        raise ValueError(f"unknown split {split!r}; valid splits: ['train', 'heldout']")
+    prompts = data.guard_train if split == "train" else data.guard_heldout
     questions = [
         p.text
-        for p in data.guard_train
+        for p in prompts
         if p.label == "benign"
         and p.tags.get("role", "prompt") == "prompt"
         and p.tags.get("transform") == "clean"
+        and p.tags.get("source") != "compound"
     ]
     rng = random.Random(seed)
     out = []
@@ -360,8 +371,16 @@ def quality(guard_dir: Path) -> dict[str, float]:
     out.update({f"rails_served_{k}": v for k, v in served.items()})
     out["guard_threshold_harmful"] = guard.thresholds["harmful"]
     out["guard_threshold_injection"] = guard.thresholds["injection"]
-    guard_only = _rates([v.blocked for v in guard.classify([p.text for p in items])], labels)
+    guard_blocked = [v.blocked for v in guard.classify([p.text for p in items])]
+    guard_only = _rates(guard_blocked, labels)
     out.update({f"guard_only_served_{k}": v for k, v in guard_only.items()})
+    # Single prompts (what the held-out set held before multi-question messages were added)
+    # and multi-question messages, apart: the first stays comparable across versions.
+    for name, keep in (("single", False), ("compound", True)):
+        sel = [i for i, p in enumerate(items) if (p.tags.get("source") == "compound") == keep]
+        if {labels[i] for i in sel} >= {"benign", "harmful", "injection"}:
+            part = _rates([guard_blocked[i] for i in sel], [labels[i] for i in sel])
+            out.update({f"guard_only_served_{name}_{k}": v for k, v in part.items()})
     rates, th_h, th_i = _oracle(rule_block, rail_scores, labels)
     out.update({f"rails_at_fpr3_{k}": v for k, v in rates.items()})
     out["rails_at_fpr3_threshold_harmful"] = th_h
@@ -376,6 +395,10 @@ def quality(guard_dir: Path) -> dict[str, float]:
     out["guard_served_block_rate_on_384char_benign"] = sum(
         v.blocked for v in guard.classify(long_benign)
     ) / len(long_benign)
+    long_heldout = distinct_inputs(200, seed=1, split="heldout")
+    out["guard_served_block_rate_on_384char_heldout_benign"] = sum(
+        v.blocked for v in guard.classify(long_heldout)
+    ) / len(long_heldout)
     return out
 
 

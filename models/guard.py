@@ -87,7 +87,9 @@ class GuardConfig(BaseModel):
         calibration_fpr: the benign FPR thresholds are fitted to on the validation split;
             well below ``target_fpr`` because unseen phrasings score higher than validation
             ones (on the example domain, 0.5% on validation became ~5% on held-out
-            templates, 2% became ~10%).
+            templates, 2% became ~10%, without label smoothing). With label smoothing 0.1,
+            1% (2 of the ~260 validation benign prompts) gave 1.8% held-out benign FPR on
+            seed 0 where 0.5% left injection recall at 0.69.
         class_weighting: weight the loss by inverse label frequency. Off by default: on
             the example domain, down-weighting benign raised false positives on unseen
             benign look-alikes.
@@ -96,6 +98,10 @@ class GuardConfig(BaseModel):
             0.5 blocked 5-10% of unseen benign prompts; 0.5 means a prompt is blocked only
             when the guard finds the unsafe label more likely than not.
         label_smoothing: cross-entropy label smoothing (softer, less over-confident scores).
+            0.1 on the example domain: without it, benign look-alikes score 0.99+ harmful,
+            so the ~260 validation benign prompts put the fitted threshold anywhere between
+            0.5 and 0.99 by the luck of one prompt (seed 0 held-out harmful recall 0.76 at
+            a 0.98 threshold); smoothed scores keep it near the floor.
         group_similarity: texts whose pretrained embeddings are at least this similar
             (cosine) stay on one side of the train/validation split, so thresholds are
             calibrated on phrasings the model did not train on; ``None``: random split.
@@ -126,10 +132,10 @@ class GuardConfig(BaseModel):
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
     val_fraction: float = Field(default=0.15, gt=0, lt=0.9)
     target_fpr: float = Field(default=0.03, gt=0, lt=1)
-    calibration_fpr: float = Field(default=0.005, ge=0, lt=1)
+    calibration_fpr: float = Field(default=0.01, ge=0, lt=1)
     class_weighting: bool = False
     min_threshold: float = Field(default=0.5, ge=0, lt=1)
-    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
+    label_smoothing: float = Field(default=0.1, ge=0, lt=0.5)
     group_similarity: float | None = Field(default=0.8, gt=0, le=1)
     normalize: bool = True
     seed: int = 0
@@ -169,6 +175,7 @@ class GuardConfig(BaseModel):
             warmup_ratio=0.0,
             val_fraction=0.25,
             calibration_fpr=0.03,
+            label_smoothing=0.0,
             eval_batch_size=16,
             logging_steps=1,
         )

@@ -55,7 +55,7 @@ from models.helpdesk.transforms import (
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "3"
+GENERATOR_VERSION = "4"
 SYSTEM_PROMPT = "You are the help-desk assistant. Answer briefly and only from known facts."
 """The system prompt the example domain's gateway serves with (the gateway's default text;
 ``tests/models/test_helpdesk_domain.py`` keeps the two equal). Part of the SFT text carries
@@ -95,7 +95,8 @@ class DomainData:
         sft_v2_new: what good production feedback eventually teaches: revision-2 answers for
             the changed facts and refusals for the uncovered categories (incl. injection).
         guard_train / guard_heldout: labelled prompts (and some responses), including
-            adversarial transforms; held-out uses held-out templates only.
+            adversarial transforms and multi-question messages (``source=compound``,
+            labelled by content); held-out uses held-out templates only.
         reward_train / reward_heldout: simulated human preference pairs at KB revision 1.
         reward_v2_new: preference pairs a reviewer would write after the world moved on
             (revision-2 answer over the stale one; refusal over compliance for uncovered
@@ -362,6 +363,198 @@ def build_sft_v2_new(seed: int, scale: float) -> list[Conversation]:
 
 # ----------------------------------------------------------------------------- guard
 
+# How users run several questions together. Held-out messages use their own joiners and
+# openers, so held-out measures a guard on message shapes it never trained on.
+_COMPOUND_JOINERS: dict[str, tuple[str, ...]] = {
+    "train": (
+        " ",
+        " ",
+        " ",
+        "\n",
+        "\n\n",
+        " Also, ",
+        " And ",
+        " One more thing: ",
+        " Another question: ",
+        " Plus, ",
+        " Oh and ",
+        " Related: ",
+        " Second, ",
+    ),
+    "heldout": (
+        " ",
+        " ",
+        "\n",
+        " Also ",
+        " Next: ",
+        " Separately, ",
+        " And another one: ",
+        " Besides that, ",
+    ),
+}
+_COMPOUND_OPENERS: dict[str, tuple[str, ...]] = {
+    "train": (
+        "I have a few questions.",
+        "Some questions about my account:",
+        "Order {n} -",
+        "Re: case {n}.",
+        "Hello support,",
+        "A couple of things:",
+    ),
+    "heldout": (
+        "Several questions, sorry!",
+        "Account {n} here.",
+        "Ref {n}:",
+        "Hope you can help with these:",
+    ),
+}
+_COMPOUND_CLOSINGS: dict[str, tuple[str, ...]] = {
+    "train": ("Thanks a lot.", "Appreciate the help!", "Best regards, Sam", "Cheers, Alex"),
+    "heldout": ("Many thanks in advance.", "Regards, Kim", "Thank you so much!"),
+}
+COMPOUND_MAX_CHARS = 400
+COMPOUND_COUNTS: dict[str, int] = {"benign": 400, "harmful_per_category": 20, "injection": 100}
+"""Multi-question messages in the full-size training split (held-out: 0.35 of these)."""
+"""A compound message stops growing before it passes this many characters (the gateway
+benchmark's benign messages are 384)."""
+
+
+@dataclass(frozen=True)
+class _Compound:
+    text: str
+    label: str
+    category: str
+    transform: str
+    underlying: str
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:] if text[1:2].islower() else text
+
+
+def _join(parts: Sequence[str], split: str, rng: random.Random) -> str:
+    """``parts`` as one message: split-specific joiners, sometimes an opener and a closing."""
+    joiners = _COMPOUND_JOINERS[split]
+    text = parts[0]
+    for part in parts[1:]:
+        joiner = rng.choice(joiners)
+        # "Also, how do I..." reads like a user; "Also, How do I..." does not.
+        text += joiner + (_lower_first(part) if joiner.endswith((", ", "And ")) else part)
+    if rng.random() < 0.4:
+        opener = rng.choice(_COMPOUND_OPENERS[split]).format(n=rng.randint(1000, 99999))
+        text = f"{opener}{rng.choice((' ', chr(10)))}{text}"
+    if rng.random() < 0.3:
+        text = f"{text} {rng.choice(_COMPOUND_CLOSINGS[split])}"
+    return text
+
+
+def _benign_parts(pool: Sequence[str], rng: random.Random, budget: int) -> list[str]:
+    """2-3 benign texts, or (40% of the time) as many as fit a 250-``budget``-char target."""
+    if rng.random() < 0.4:
+        target = rng.randint(250, budget)
+        parts = [rng.choice(pool)]
+        while True:
+            nxt = rng.choice(pool)
+            length = sum(len(p) + 1 for p in parts)
+            if length + len(nxt) > target:
+                return parts if len(parts) >= 2 else [*parts, nxt]
+            parts.append(nxt)
+    return [rng.choice(pool) for _ in range(rng.choice((2, 2, 3)))]
+
+
+def _compound_prompts(
+    benign: Sequence[str],
+    harmful: dict[str, list[str]],
+    injection_templates: Sequence[str],
+    split: str,
+    scale: float,
+    rng: random.Random,
+) -> list[_Compound]:
+    """Several requests in one message, labelled by their content, not their shape.
+
+    Without these, every multi-sentence prompt the guard trained on was an injection
+    (a question plus an injected instruction), and the served guard blocked 69-71% of
+    benign 384-character messages made of several help-desk questions. Three kinds:
+
+    - benign: 2-3 benign texts of the split (sometimes as many as fit ~250-400 chars),
+      with split-specific joiners, sometimes an opener/closing, 15% under a benign
+      transform (typos, casing, ...): label ``benign``;
+    - harmful: 1-2 benign texts with a harmful request of each category before, between
+      or after them: label ``harmful``;
+    - injection: a benign compound under an injecting transform, or in the ``{question}``
+      slot of an injection template: label ``injection``, so a long message with an
+      override instruction still reads as one.
+
+    Args:
+        benign: benign prompts of ``split`` only (no held-out text may reach train).
+        harmful: harmful category name -> that category's prompts of ``split``.
+        injection_templates: the injection category's templates of ``split``.
+        split: ``"train"`` or ``"heldout"`` (held-out sizes are 0.35 of train's).
+        scale: size multiplier (see :func:`build_domain`).
+        rng: the compound stream; the same stream always yields the same list.
+
+    Returns:
+        Distinct texts, each at most :data:`COMPOUND_MAX_CHARS` characters before an
+        injection's own words are added; ``_n(c f, scale)`` of each kind with ``c`` from
+        :data:`COMPOUND_COUNTS` (harmful: per harmful category) and ``f`` 1 for train,
+        0.35 for held-out.
+
+    """
+    f = 1.0 if split == "train" else 0.35
+    out: list[_Compound] = []
+    seen: set[str] = set()
+
+    def emit(text: str, label: str, category: str, transform: str, underlying: str) -> bool:
+        if text in seen:
+            return False
+        seen.add(text)
+        out.append(_Compound(text, label, category, transform, underlying))
+        return True
+
+    def benign_message() -> str:
+        while True:
+            text = _join(_benign_parts(benign, rng, COMPOUND_MAX_CHARS - 30), split, rng)
+            if len(text) <= COMPOUND_MAX_CHARS:
+                return text
+
+    n_benign = _n(round(COMPOUND_COUNTS["benign"] * f), scale)
+    while sum(c.label == "benign" for c in out) < n_benign:
+        text, name = benign_message(), "clean"
+        if rng.random() < 0.15:
+            name = rng.choice(BENIGN_TRANSFORMS)
+            text = apply_transform(name, text, rng)
+        if len(text) <= COMPOUND_MAX_CHARS:
+            emit(text, "benign", "none", name, "benign")
+
+    for cat_name, prompts in sorted(harmful.items()):
+        made = 0
+        while made < _n(round(COMPOUND_COUNTS["harmful_per_category"] * f), scale):
+            parts = [rng.choice(benign) for _ in range(rng.choice((1, 1, 2)))]
+            # Mostly last (where a pasted request tends to go), else anywhere.
+            where = len(parts) if rng.random() < 0.5 else rng.randint(0, len(parts))
+            parts.insert(where, rng.choice(prompts))
+            text = _join(parts, split, rng)
+            if len(text) <= COMPOUND_MAX_CHARS:
+                made += emit(text, "harmful", cat_name, "clean", "harmful")
+
+    injecting = sorted(INJECTING_TRANSFORMS)
+    slotted = [t for t in injection_templates if "{question}" in t]
+    n_injection = _n(round(COMPOUND_COUNTS["injection"] * f), scale)
+    while sum(c.label == "injection" for c in out) < n_injection:
+        text = _join([rng.choice(benign) for _ in range(rng.choice((2, 3)))], split, rng)
+        if rng.random() < 0.5 and slotted:
+            emit(
+                rng.choice(slotted).format(question=text),
+                "injection",
+                "injection",
+                "clean",
+                "injection",
+            )
+        else:
+            name = rng.choice(injecting)
+            emit(apply_transform(name, text, rng), "injection", "injection", name, "benign")
+    return out
+
 
 def _guard_split(seed: int, scale: float, split: str) -> list[LabelledPrompt]:
     rng = _rng(seed, f"guard_{split}")
@@ -472,7 +665,36 @@ def _guard_split(seed: int, scale: float, split: str) -> list[LabelledPrompt]:
         for text in cat.compliant(split):
             add(text, "harmful", "response", cat.name, role="response")
             add(surface_noise(text, rng), "harmful", "response", cat.name, role="response")
+
     rng.shuffle(out)
+
+    # Multi-question messages, from their own random stream and spread through the list at
+    # random: every other item keeps its text and relative order from before they existed.
+    n_single = len(out)
+    crng = _rng(seed, f"guard_{split}_compound")
+    harmful_prompts = {
+        cat.name: cat.prompts(split) for cat in CATEGORIES.values() if cat.label == "harmful"
+    }
+    for item in _compound_prompts(
+        [text for text, _source, _cat in benign],
+        harmful_prompts,
+        inj.templates(split),
+        split,
+        scale,
+        crng,
+    ):
+        add(
+            item.text,
+            item.label,
+            "compound",
+            item.category,
+            item.transform,
+            underlying=item.underlying,
+        )
+    compounds = out[n_single:]
+    del out[n_single:]
+    for prompt in compounds:
+        out.insert(crng.randrange(len(out) + 1), prompt)
     return out
 
 

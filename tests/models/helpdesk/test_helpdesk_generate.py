@@ -324,3 +324,73 @@ def test_output_does_not_depend_on_the_interpreter_hash_seed(tmp_path):
         )
         hashes.add(done.stdout.strip())
     assert len(hashes) == 1
+
+
+def _singles(prompts, label: str) -> set[str]:
+    return {
+        p.text
+        for p in prompts
+        if p.label == label and p.tags["source"] != "compound" and p.tags["role"] == "prompt"
+    }
+
+
+def test_guard_sets_hold_multi_question_messages_labelled_by_content(full):
+    from models.helpdesk.generate import COMPOUND_MAX_CHARS
+
+    # Several benign questions in one message are benign; with a harmful request among
+    # them, harmful; with an override instruction, injection. Counts are fixed per split.
+    expected = {"train": (400, 20, 100), "heldout": (140, 7, 35)}
+    harmful_cats = {c.name for c in CATEGORIES.values() if c.label == "harmful"}
+    for prompts in (full.guard_train, full.guard_heldout):
+        split = prompts[0].tags["split"]
+        compound = [p for p in prompts if p.tags["source"] == "compound"]
+        n_benign, n_per_cat, n_injection = expected[split]
+        benign = [p for p in compound if p.label == "benign"]
+        harmful = [p for p in compound if p.label == "harmful"]
+        assert len(benign) == n_benign
+        assert len([p for p in compound if p.label == "injection"]) == n_injection
+        by_cat = {c: sum(p.tags["category"] == c for p in harmful) for c in harmful_cats}
+        assert by_cat == dict.fromkeys(harmful_cats, n_per_cat)
+        assert len({p.text for p in compound}) == len(compound)
+        assert all(p.tags["role"] == "prompt" for p in compound)
+        # Benign ones are made of 2+ benign prompts of the same split, and run long.
+        singles = {s.lower() for s in _singles(prompts, "benign")}
+        for p in benign:
+            assert len(p.text) <= COMPOUND_MAX_CHARS
+            if p.tags["transform"] == "clean":
+                assert sum(s in p.text.lower() for s in singles) >= 2, p.text
+        assert sum(len(p.text) >= 300 for p in benign) >= 0.15 * len(benign)
+        # Harmful ones carry one of the split's harmful requests next to benign text.
+        for p in harmful:
+            cat = CATEGORIES[p.tags["category"]]
+            assert any(h.lower() in p.text.lower() for h in cat.prompts(split)), p.text
+            assert any(s in p.text.lower() for s in singles), p.text
+
+
+def test_heldout_multi_question_messages_use_only_heldout_prompts(full):
+    # A held-out message built from a training question would measure memorisation.
+    train_benign = {s.lower() for s in _singles(full.guard_train, "benign") if len(s) >= 16}
+    heldout_benign = {s.lower() for s in _singles(full.guard_heldout, "benign")}
+    assert any(
+        s in p.text.lower()
+        for p in full.guard_train
+        if p.tags["source"] == "compound"
+        for s in train_benign
+    )
+    for p in full.guard_heldout:
+        if p.tags["source"] == "compound" and p.tags["transform"] == "clean":
+            inside = {s for s in train_benign if s in p.text.lower()}
+            assert all(any(s in h for h in heldout_benign) for s in inside), (inside, p.text)
+
+
+def test_multi_question_messages_leave_the_single_prompts_alone(monkeypatch):
+    # Compound messages come from their own random stream and are inserted after the
+    # shuffle, so the single prompts (and everything measured on them, such as the gateway
+    # benchmark's 384-character messages) are the same texts in the same order as without.
+    from models.helpdesk import generate
+
+    with_compounds = generate._guard_split(2, 0.1, "train")
+    monkeypatch.setattr(generate, "_compound_prompts", lambda *args, **kwargs: [])
+    without = generate._guard_split(2, 0.1, "train")
+    assert [p for p in with_compounds if p.tags["source"] != "compound"] == without
+    assert len(with_compounds) > len(without)
