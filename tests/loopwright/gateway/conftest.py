@@ -17,6 +17,7 @@ import httpx
 import pytest
 import torch
 
+from models.helpdesk.generate import GENERATOR_VERSION
 from tests.loopwright.gateway.gateway_helpers import (
     REPO,
     WeedServer,
@@ -30,7 +31,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # -- a tiny real guard (trained once, cached between sessions) -------------------------
 
-GUARD_CACHE = REPO / ".loopwright-test" / "gateway" / "guard-tiny-v2"
+# Named by the data generator's version, so a change to the guard data retrains it.
+GUARD_CACHE = REPO / ".loopwright-test" / "gateway" / f"guard-tiny-g{GENERATOR_VERSION}"
 
 
 @pytest.fixture(scope="session")
