@@ -72,7 +72,8 @@ class CurateConfig(BaseModel):
             fallback text taught the candidate to answer benign questions with it
             (over-refusal +0.25 raw); in the policy bench, refusal rows capped at 8% of the
             new rows cut look-alike over-refusal 0.167 -> 0.056 and still taught 0.90 of
-            the new refusals.
+            the new refusals. At 10% (36 of 554 rows) two of three full-size demo nights
+            still raised over-refusal beyond the gate's margin (+0.12, +0.07 raw), hence 5%.
 
     """
 
@@ -85,7 +86,7 @@ class CurateConfig(BaseModel):
     max_rating_pairs_per_prompt: int = Field(default=4, ge=1)
     regression_suite: str = Field(default="regression", min_length=1)
     guard_refusals_in_sft: bool = True
-    max_guard_sft_share: float = Field(default=0.1, ge=0.0, lt=1.0)
+    max_guard_sft_share: float = Field(default=0.05, ge=0.0, lt=1.0)
 
 
 @dataclass
