@@ -141,6 +141,24 @@ class WeedServer:
         )
 
     def start(self) -> None:
+        """Start on the current ports; the very first start retries on fresh ones.
+
+        A port picked free can be taken by another process before weed binds it (seen
+        once in CI); until the server has run once nothing depends on its ports.
+        """
+        for attempt in range(3):
+            try:
+                self._start_once()
+                self._started = True
+                return
+            except RuntimeError:
+                if getattr(self, "_started", False) or attempt == 2:
+                    raise
+                self.s3_port = free_port()
+                self.ports = {flag: free_port() for flag in self.PORT_FLAGS}
+                self.endpoint = f"http://127.0.0.1:{self.s3_port}"
+
+    def _start_once(self) -> None:
         args = [
             str(BIN / "weed"),
             f"-logdir={self.root / 'logs'}",
