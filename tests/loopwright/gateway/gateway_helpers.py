@@ -239,7 +239,7 @@ class BotoStore:
 
     def list(self, prefix_uri: str) -> list[str]:
         bucket, prefix = self._split(prefix_uri)
-        out = []
+        out: list[str] = []
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             out.extend(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
         return out
