@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -11,13 +12,14 @@ from typing import Any
 from urllib.parse import unquote
 
 import httpx
+import pytest
 
 from loopwright.gateway.app import create_app
 from loopwright.gateway.service import Gateway
 from loopwright.gateway.settings import GatewaySettings
 from loopwright.gateway.spool import Spool, object_uri
 from loopwright.storage import ObjectStore, S3Credentials
-from tests.loopwright.gateway.gateway_helpers import LiveServer
+from tests.loopwright.gateway.gateway_helpers import LiveServer, spool_records
 
 
 def _list(store: ObjectStore, prefix: str) -> list[str]:
@@ -222,3 +224,41 @@ def test_spool_lines_survive_any_line_splitter(tmp_path):
     raw = spool.pending()[0].read_text()
     assert raw.splitlines() == [raw.rstrip("\n")]
     assert json.loads(raw) == record
+
+
+def test_a_request_cancelled_while_its_record_waits_for_the_disk_is_still_logged(
+    tmp_path, monkeypatch
+):
+    # A client that hangs up right after the last SSE event cancels the request's task
+    # while its record may still be queued behind another write; the record must land.
+    gw = Gateway(GatewaySettings(), tmp_path / "run")
+    gw.start()
+    first_write_started, release_disk = threading.Event(), threading.Event()
+    real_append = Spool.append
+
+    def slow_first_append(self: Spool, line: str) -> None:
+        if not first_write_started.is_set():
+            first_write_started.set()
+            release_disk.wait(timeout=30)
+        real_append(self, line)
+
+    monkeypatch.setattr(Spool, "append", slow_first_append)
+
+    async def two_requests_the_second_cancelled() -> list[str]:
+        first, second = gw.new_context("chat"), gw.new_context("chat")
+        first.status_code = second.status_code = 200
+        writing = asyncio.create_task(gw.finish(first))
+        while not first_write_started.is_set():
+            await asyncio.sleep(0.01)
+        queued = asyncio.create_task(gw.finish(second))
+        await asyncio.sleep(0.05)  # the second record is now queued behind the first
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        release_disk.set()
+        await writing
+        return [first.interaction_id, second.interaction_id]
+
+    ids = asyncio.run(two_requests_the_second_cancelled())
+    gw.stop()
+    assert [r["id"] for r in spool_records(tmp_path / "run")] == ids
