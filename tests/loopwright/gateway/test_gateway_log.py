@@ -28,7 +28,7 @@ def _list(store: ObjectStore, prefix: str) -> list[str]:
 
 
 def _lines(store: ObjectStore, prefix: str) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     for uri in _list(store, prefix):
         out.extend(json.loads(line) for line in store.get_bytes(uri).decode().split("\n") if line)
     return out
