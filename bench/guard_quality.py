@@ -14,12 +14,13 @@ what issues 3 and 5 ask:
 - training wall and CPU seconds for guard and reward.
 
 Prints one ``name: value`` line per figure. Usage:
-``python bench/guard_quality.py [--out DIR] [--threads 2] [--scale 1.0]``.
+``python bench/guard_quality.py [--out DIR] [--threads 2] [--scale 1.0] [--reward-config JSON]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -56,6 +57,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--parts", default="guard,reward,retrieval", help="comma list: guard,reward,retrieval"
+    )
+    parser.add_argument(
+        "--reward-config", default=None, help="JSON overrides, e.g. '{\"epochs\": 3}'"
     )
     args = parser.parse_args()
 
@@ -112,7 +116,9 @@ def run_guard(domain, out: Path, args: argparse.Namespace) -> None:  # type: ign
 
 
 def run_reward(domain, out: Path, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
-    reward_cfg = RewardTrainConfig(threads=args.threads, seed=args.seed)
+    overrides = json.loads(args.reward_config) if args.reward_config else {}
+    reward_cfg = RewardTrainConfig(threads=args.threads, seed=args.seed, **overrides)
+    print(f"reward_config: {reward_cfg.model_dump_json(exclude={'progress', 'encoder_folder'})}")
     rresult, wall, cpu = timed(train_reward, domain.reward_train, reward_cfg, out / "reward")
     print(f"reward_train_pairs: {rresult.n_used}")
     print(f"reward_train_wall_s: {wall:.1f}")

@@ -46,7 +46,10 @@ class RewardTrainConfig(BaseModel):
     Attributes:
         epochs: passes over the pairs.
         batch_size: pairs per step (each step scores 2x this many sequences).
-        learning_rate: AdamW learning rate.
+        learning_rate: AdamW learning rate. 2e-4 on the example domain: held-out pairwise
+            accuracy over seeds 0/1/2 was 0.799/0.817/0.806 at 5e-5, 0.834/0.828/0.850 at
+            1e-4 and 0.843/0.887/0.841 at 2e-4, for the same 2 epochs (~60 s); most of the
+            gain is on wrong-fact pairs, which need the facts memorised.
         weight_decay: AdamW weight decay.
         warmup_ratio: fraction of steps with linear warmup.
         max_length: tokens of prompt + response (longest-first truncation).
@@ -65,7 +68,7 @@ class RewardTrainConfig(BaseModel):
 
     epochs: float = Field(default=2.0, gt=0, le=100)
     batch_size: int = Field(default=16, ge=1, le=1024)
-    learning_rate: float = Field(default=5e-5, gt=0, lt=1)
+    learning_rate: float = Field(default=2e-4, gt=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0, lt=1)
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
     max_length: int = Field(default=192, ge=16, le=512)
