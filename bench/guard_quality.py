@@ -14,7 +14,8 @@ what issues 3 and 5 ask:
 - training wall and CPU seconds for guard and reward.
 
 Prints one ``name: value`` line per figure. Usage:
-``python bench/guard_quality.py [--out DIR] [--threads 2] [--scale 1.0] [--reward-config JSON]``.
+``python bench/guard_quality.py [--out DIR] [--threads 2] [--scale 1.0] [--guard-config JSON]
+[--reward-config JSON]``.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def main() -> None:
         "--parts", default="guard,reward,retrieval", help="comma list: guard,reward,retrieval"
     )
     parser.add_argument(
+        "--guard-config", default=None, help="JSON overrides, e.g. '{\"epochs\": 4}'"
+    )
+    parser.add_argument(
         "--reward-config", default=None, help="JSON overrides, e.g. '{\"epochs\": 3}'"
     )
     args = parser.parse_args()
@@ -85,7 +89,9 @@ def main() -> None:
 
 
 def run_guard(domain, out: Path, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
-    guard_cfg = GuardConfig(threads=args.threads, seed=args.seed)
+    overrides = json.loads(args.guard_config) if args.guard_config else {}
+    guard_cfg = GuardConfig(threads=args.threads, seed=args.seed, **overrides)
+    print(f"guard_config: {guard_cfg.model_dump_json(exclude={'progress', 'encoder_folder'})}")
     result, wall, cpu = timed(train_guard, domain.guard_train, guard_cfg, out / "guard")
     print(f"guard_train_examples: {result.n_train}")
     print(f"guard_val_examples: {result.n_val}")

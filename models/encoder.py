@@ -224,6 +224,15 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
 
 
+def max_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Element-wise max of token vectors over real tokens: (batch, seq, dim) -> (batch, dim)."""
+    padding = (attention_mask == 0).unsqueeze(-1)
+    return hidden.masked_fill(padding, torch.finfo(hidden.dtype).min).amax(dim=1)
+
+
+GUARD_POOLINGS: tuple[str, ...] = ("mean", "mean_max")
+
+
 def _run_layers(layers: nn.ModuleList, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     for layer in layers:
         hidden = layer(hidden, attention_mask=mask)
@@ -267,6 +276,9 @@ class GuardHeadSpec:
             they are duplicated so the pretrained copy still yields the embedding.
         head_hidden: width of the head's hidden layer.
         dropout: dropout inside the head while training.
+        pooling: what the head sees of the guard layers' token vectors: ``mean``, or
+            ``mean_max`` (mean and element-wise max, concatenated: one unsafe sentence
+            among benign ones still stands out in the max).
 
     """
 
@@ -274,6 +286,11 @@ class GuardHeadSpec:
     trainable_layers: int
     head_hidden: int
     dropout: float = 0.1
+    pooling: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.pooling not in GUARD_POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r}; valid: {', '.join(GUARD_POOLINGS)}")
 
 
 class GuardEncoder(nn.Module):
@@ -316,9 +333,10 @@ class GuardEncoder(nn.Module):
         self.shared = nn.ModuleList(list(bert.encoder.layer[:split]))
         self.embed_top = nn.ModuleList(list(bert.encoder.layer[split:]))
         self.guard_top = nn.ModuleList([copy.deepcopy(layer) for layer in self.embed_top])
+        pooled_size = self.hidden_size * (2 if spec.pooling == "mean_max" else 1)
         self.head = nn.Sequential(
             nn.Dropout(spec.dropout),
-            nn.Linear(self.hidden_size, spec.head_hidden),
+            nn.Linear(pooled_size, spec.head_hidden),
             nn.GELU(),
             nn.Dropout(spec.dropout),
             nn.Linear(spec.head_hidden, spec.num_labels),
@@ -349,7 +367,10 @@ class GuardEncoder(nn.Module):
         self, shared: torch.Tensor, mask: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
         guard_hidden = _run_layers(self.guard_top, shared, mask)
-        return self.head(mean_pool(guard_hidden, attention_mask))
+        pooled = mean_pool(guard_hidden, attention_mask)
+        if self.spec.pooling == "mean_max":
+            pooled = torch.cat([pooled, max_pool(guard_hidden, attention_mask)], dim=-1)
+        return self.head(pooled)
 
     def trunk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Hidden states after the shared, frozen layers: (batch, seq, hidden).

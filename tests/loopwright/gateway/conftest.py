@@ -7,6 +7,7 @@ environment: the S3 credentials are generated per server.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,20 +32,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # -- a tiny real guard (trained once, cached between sessions) -------------------------
 
-# Named by the data generator's version, so a change to the guard data retrains it.
-GUARD_CACHE = REPO / ".loopwright-test" / "gateway" / f"guard-tiny-g{GENERATOR_VERSION}"
+
+def _tiny_guard_config() -> Any:
+    from models.guard import GuardConfig
+
+    return GuardConfig.tiny(export_onnx=False, threads=1)
+
+
+# Named by the data generator's version and the recipe, so a change to either retrains it.
+_RECIPE = hashlib.sha256(_tiny_guard_config().model_dump_json().encode()).hexdigest()[:8]
+GUARD_CACHE = REPO / ".loopwright-test" / "gateway" / f"guard-tiny-g{GENERATOR_VERSION}-{_RECIPE}"
 
 
 @pytest.fixture(scope="session")
 def tiny_guard() -> Any:
     """A real guard (MiniLM, 1 trainable layer) trained on a small slice of the example
     domain; torch backend (the test venv cannot export ONNX)."""
-    from models.guard import Guard, GuardConfig, train_guard
+    from models.guard import Guard, train_guard
     from models.helpdesk import build_domain
 
     if not (GUARD_CACHE / "guard_config.json").exists():
         data = build_domain(seed=0, scale=0.06)
-        train_guard(data.guard_train, GuardConfig.tiny(export_onnx=False, threads=1), GUARD_CACHE)
+        train_guard(data.guard_train, _tiny_guard_config(), GUARD_CACHE)
     return Guard.load(GUARD_CACHE, backend="torch")
 
 
