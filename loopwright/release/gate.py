@@ -12,6 +12,7 @@ verdict becomes MLflow model-version tags via :meth:`GateVerdict.to_tags`.
 from __future__ import annotations
 
 import logging
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -397,7 +398,26 @@ def _compare(
             f"non-inferiority failed: {shown}; worse side of the CI exceeds margin "
             f"{_fmt(rule.margin)}"
         )
+    _resolution_check(rule, paired, notes)
     _noise_check(rule, policy, noise, blocking, notes)
+
+
+def _resolution_check(rule: DimensionRule, paired: PairedStat, notes: list[str]) -> None:
+    """Say when the suite is too small for the margin (a note; the decision is unchanged).
+
+    Non-inferiority needs the CI's worse side within the margin, so when the CI's half-width
+    exceeds the margin, a candidate no different from the champion fails: only a clear
+    improvement passes. The half-width shrinks as 1/sqrt(n), hence the sample estimate.
+    """
+    half_width = (paired.ci_high - paired.ci_low) / 2
+    if rule.margin <= 0 or half_width <= rule.margin:
+        return
+    needed = math.ceil(paired.n * (half_width / rule.margin) ** 2)
+    notes.append(
+        f"suite too small for the margin: CI half-width {_fmt(half_width)} > margin "
+        f"{_fmt(rule.margin)} at n={paired.n}, so a candidate equal to the champion fails "
+        f"here; about {needed} paired samples bring the half-width to the margin"
+    )
 
 
 def _noise_check(

@@ -23,6 +23,7 @@ from models.encoder import (
     encoder_dir,
     load_bert,
     load_tokenizer,
+    max_pool,
     normalize_text,
     pool_embeddings,
     resolve_backend,
@@ -136,6 +137,32 @@ def test_guard_encoder_keeps_the_pretrained_embedding(
 def test_guard_encoder_rejects_more_layers_than_exist(bert: torch.nn.Module) -> None:
     with pytest.raises(ValueError, match="valid: 0..6"):
         GuardEncoder(bert, GuardHeadSpec(num_labels=3, trainable_layers=7, head_hidden=8))
+
+
+def test_guard_head_spec_names_the_valid_poolings() -> None:
+    with pytest.raises(ValueError, match="valid: mean, mean_max"):
+        GuardHeadSpec(num_labels=3, trainable_layers=1, head_hidden=8, pooling="max")
+
+
+def test_max_pool_sees_only_real_tokens() -> None:
+    # The padded position holds the largest values; it must not win the max.
+    hidden = torch.tensor([[[1.0, -2.0], [3.0, -1.0], [100.0, 100.0]]])
+    assert max_pool(hidden, torch.tensor([[1, 1, 0]])).tolist() == [[3.0, -1.0]]
+
+
+def test_mean_max_guard_scores_a_text_the_same_alone_and_padded_in_a_batch(
+    bert: torch.nn.Module, tokenizer: object
+) -> None:
+    spec = GuardHeadSpec(num_labels=3, trainable_layers=1, head_hidden=8, pooling="mean_max")
+    torch.manual_seed(0)
+    guard = GuardEncoder(bert, spec).eval()
+    texts = ["how do i reset my password", "what is the storage limit on the free plan please"]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")  # type: ignore[operator]
+    alone = tokenizer(texts[:1], return_tensors="pt")  # type: ignore[operator]
+    with torch.no_grad():
+        _, probs_batch = guard(batch["input_ids"], batch["attention_mask"])
+        _, probs_alone = guard(alone["input_ids"], alone["attention_mask"])
+    torch.testing.assert_close(probs_batch[:1], probs_alone, atol=1e-5, rtol=1e-4)
 
 
 def test_long_texts_become_overlapping_windows_that_reach_the_end(tokenizer: object) -> None:

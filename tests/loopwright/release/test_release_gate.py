@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,22 @@ def test_margin_below_noise_can_warn_instead() -> None:
     verdict = decide(summary(noise=0.02), champion(), policy(margin_below_noise="warn"))
     assert verdict.passed
     assert any(r.startswith("note:") and "widen the margin" in r for r in verdict.reasons)
+
+
+def test_a_suite_too_small_for_the_margin_is_named_with_the_samples_it_needs() -> None:
+    # Candidate equal to the champion, but the hallucination CI is +-0.05 against a 0.03
+    # margin at n=132 (as over-refusal on the full-size demo): it blocks, and says why.
+    margin = POLICY["dimensions"]["hallucination"]["margin"]
+    cand = summary(deltas={"hallucination": (0.0, -0.05, 0.05)}, paired_n=132)
+    verdict = decide(cand, champion(), policy())
+    assert blocking_keys(verdict) == {"raw:hallucination", "gateway:hallucination"}
+    notes = [r for r in verdict.reasons if "suite too small for the margin" in r]
+    assert len(notes) == 2
+    needed = math.ceil(132 * (0.05 / margin) ** 2)
+    assert all(f"about {needed} paired samples" in r for r in notes)
+    # Where the CI is narrower than the margin, nothing is said.
+    quiet = decide(summary(), champion(), policy())
+    assert not any("suite too small" in r for r in quiet.reasons)
 
 
 def test_missing_noise_is_noted_not_silent() -> None:
