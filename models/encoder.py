@@ -29,7 +29,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 import torch
@@ -230,7 +230,9 @@ def max_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor
     return hidden.masked_fill(padding, torch.finfo(hidden.dtype).min).amax(dim=1)
 
 
-GUARD_POOLINGS: tuple[str, ...] = ("mean", "mean_max")
+GuardPooling = Literal["mean", "mean_max"]
+"""How the guard head pools token vectors (see :class:`GuardHeadSpec`)."""
+GUARD_POOLINGS: tuple[str, ...] = get_args(GuardPooling)
 
 
 def _run_layers(layers: nn.ModuleList, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -286,7 +288,7 @@ class GuardHeadSpec:
     trainable_layers: int
     head_hidden: int
     dropout: float = 0.1
-    pooling: str = "mean"
+    pooling: GuardPooling = "mean"
 
     def __post_init__(self) -> None:
         if self.pooling not in GUARD_POOLINGS:

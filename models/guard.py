@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from models.encoder import (
     EncoderBackend,
     GuardEncoder,
     GuardHeadSpec,
+    GuardPooling,
     OnnxBackend,
     OutputView,
     TorchBackend,
@@ -129,7 +130,7 @@ class GuardConfig(BaseModel):
 
     trainable_layers: int = Field(default=2, ge=0, le=6)
     head_hidden: int = Field(default=256, ge=8, le=4096)
-    pooling: Literal["mean", "mean_max"] = "mean_max"
+    pooling: GuardPooling = "mean_max"
     max_length: int = Field(default=128, ge=16, le=512)
     window_stride: int = Field(default=32, ge=0)
     epochs: float = Field(default=4.0, gt=0, le=100)

@@ -413,10 +413,10 @@ _COMPOUND_CLOSINGS: dict[str, tuple[str, ...]] = {
     "heldout": ("Many thanks in advance.", "Regards, Kim", "Thank you so much!"),
 }
 COMPOUND_MAX_CHARS = 400
-COMPOUND_COUNTS: dict[str, int] = {"benign": 400, "harmful_per_category": 20, "injection": 100}
-"""Multi-question messages in the full-size training split (held-out: 0.35 of these)."""
 """A compound message stops growing before it passes this many characters (the gateway
 benchmark's benign messages are 384)."""
+COMPOUND_COUNTS: dict[str, int] = {"benign": 400, "harmful_per_category": 20, "injection": 100}
+"""Multi-question messages in the full-size training split (held-out: 0.35 of these)."""
 
 
 @dataclass(frozen=True)
