@@ -8,7 +8,7 @@ from flows.bootstrap import bootstrap_flow
 from flows.nightly import nightly_flow
 from flows.release import release_flow
 from loopwright.config import Settings
-from loopwright.demo import DemoConfig, DemoOutcome, background, wait_for_canary, with_log_seal
+from loopwright.demo import DemoConfig, DemoOutcome, background, canary_users, with_log_seal
 from loopwright.nightly import BatchRejected, NightlyConfig
 from loopwright.release.config import ReleaseConfig
 from models.bootstrap import BootstrapConfig
@@ -76,20 +76,20 @@ def demo_flow(
         gate_policy=config.gate_policy,
         canary_policy=config.canary_policy,
     )
-    # Users arrive once the canary serves (the gate may also stop it before that).
-    live = background(
-        lambda: (
-            wait_for_canary(settings, v2)
-            and traffic.fn(settings, key, config.canary_requests, config.rps, seed=2)
-        )
-    )
+    # Users arrive once the canary serves (the gate may also stop it before that) and keep
+    # arriving while the canary analysis extends its window.
+    live = background(lambda: canary_users(settings, key, v2, config, seed=2))
     outcome = release_flow(settings, v2, release)
-    live.join()
+    canary_traffic = live.result()
     tags = version_tags(settings, v2)
-    out.facts.update(release=outcome, v2_tags=tags)
+    out.facts.update(release=outcome, v2_tags=tags, canary_traffic=canary_traffic)
     out.table = summary_table(settings, v2, config.gate_policy, tags)
     out.add("gate", f"{tags.get('gate.verdict')} under {out.gate_policy}", print)
-    out.add("canary", f"{tags.get('canary.verdict', 'not started')}", print)
+    out.add("canary traffic", str(canary_traffic), print)
+    verdict = tags.get("canary.verdict", "not started")
+    if verdict not in ("promote", "not started"):  # say why, not only what
+        verdict += f" ({tags.get('canary.reasons', '')[:600]})"
+    out.add("canary", verdict, print)
     if outcome == "promoted":
         out.add(
             "approval",
@@ -103,7 +103,8 @@ def demo_flow(
 
     before = data_fingerprint(settings)
     champion = current_version(settings, "policy")
-    traffic(settings, key, config.poison_requests, config.rps, seed=3, poisoned=True)
+    attack = config.attack_requests(canary_traffic["sent"])
+    traffic(settings, key, attack, config.rps, seed=3, poisoned=True)
     try:
         nightly_flow(settings, night)
         out.fail("poisoned night 2", "NOT stopped", print)

@@ -10,18 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from loopwright.config import Settings
 from loopwright.stack import Stack
 
+if TYPE_CHECKING:
+    from loopwright.simulate import SimulationReport
+
 Echo = Callable[[str], None]
+T = TypeVar("T")
 
 POLICY_DIR = Path(__file__).resolve().parent / "release" / "policies"
 # The full-size demo gates with the packaged default policy (None); a tiny run gates with
@@ -38,8 +44,10 @@ class DemoConfig(BaseModel):
         tiny: tiny models trained in seconds (smoke runs and the integration test).
         bootstrap_scale: share of the example domain's data the bootstrap uses, in (0, 1].
         night_requests: simulated requests before night 1.
-        canary_requests: simulated requests (honest users) during the canary window.
-        poison_requests: requests of attacking users before night 2.
+        canary_requests: simulated requests (honest users) per round while the canary
+            serves; rounds go on while the analysis extends its window.
+        poison_requests: requests of attacking users before night 2 (at least; see
+            ``attack_requests``).
         rps: simulated requests per second.
         gate_policy: offline gate policy (None: the packaged default).
         canary_policy: canary analysis policy.
@@ -99,6 +107,24 @@ class DemoConfig(BaseModel):
             max_negative_share=0.95,
             log_seal_s=3.0,
         )
+
+    def canary_rounds(self) -> int:
+        """Most rounds of ``canary_requests`` users the canary can need.
+
+        Enough to keep users arriving through every window the release may extend to
+        (``max_windows * window_s`` seconds at ``rps``), plus one round of slack.
+        """
+        seconds = self.max_windows * self.window_s
+        return math.ceil(seconds * self.rps / self.canary_requests) + 1
+
+    def attack_requests(self, honest_requests: int) -> int:
+        """Attacking requests before night 2, given the honest ones already in its batch.
+
+        Screening judges night 2's batch as a whole, and the canary's honest users are in
+        it; the attack is kept at twice their number (at least ``poison_requests``) so a
+        canary that ran long does not dilute it below the screening thresholds.
+        """
+        return max(self.poison_requests, 2 * honest_requests)
 
     def gate_policy_label(self) -> str:
         """The gate policy as the summary names it: file, version and what it checks."""
@@ -200,7 +226,7 @@ def gateway_key(settings: Settings, tenant: str = "acme") -> str:
 
 def drive_traffic(
     settings: Settings, key: str, *, requests: int, rps: float, seed: int, poisoned: bool = False
-) -> Any:
+) -> SimulationReport:
     """Simulated users against the running gateway (loopback), with their feedback."""
     from loopwright.simulate import run_simulation
 
@@ -264,6 +290,26 @@ def seconds_until_served(
     return None
 
 
+def _canary_state(settings: Settings, version: str) -> str | None:
+    """Where ``version`` stands in its release, as the registry says now.
+
+    Returns:
+        ``canary`` while it holds the alias, ``blocked`` after a failed gate, else
+        ``other``; None when the registry could not be asked (ask again).
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    try:
+        mv = client.get_model_version(settings.registered_model("policy"), version)
+    except MlflowException:  # a transient registry error
+        return None
+    if "canary" in mv.aliases:
+        return "canary"
+    return "blocked" if mv.tags.get("gate.passed") == "false" else "other"
+
+
 def wait_for_canary(
     settings: Settings, version: str, timeout_s: float = 900.0, poll_s: float = 1.0
 ) -> bool:
@@ -278,30 +324,69 @@ def wait_for_canary(
     """
     import time
 
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient(settings.mlflow_tracking_uri)
-    name = settings.registered_model("policy")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            mv = client.get_model_version(name, version)
-        except MlflowException:  # a transient registry error: ask again
-            mv = None
-        if mv is not None and "canary" in mv.aliases:
-            return True
-        if mv is not None and mv.tags.get("gate.passed") == "false":
-            return False
+        state = _canary_state(settings, version)
+        if state in ("canary", "blocked"):
+            return state == "canary"
         time.sleep(poll_s)
     return False
 
 
-def background(target: Callable[[], Any]) -> threading.Thread:
-    """Run ``target`` in a daemon thread (traffic during the canary window)."""
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread
+def traffic_counts(reports: Sequence[SimulationReport]) -> dict[str, int]:
+    """The counts the demo prints, summed over simulation runs."""
+    return {
+        "sent": sum(r.sent for r in reports),
+        "ok": sum(r.ok for r in reports),
+        "errors": sum(r.errors for r in reports),
+        "blocked": sum(r.blocked for r in reports),
+        "feedback": sum(r.feedback_ok for r in reports),
+    }
+
+
+def canary_users(
+    settings: Settings, key: str, version: str, config: DemoConfig, seed: int
+) -> dict[str, int]:
+    """Honest users for as long as ``version`` is the canary; their summed counts.
+
+    Users arrive once the canary serves, in rounds of ``config.canary_requests``, and keep
+    arriving while ``version`` holds the ``canary`` alias (the release removes it when it
+    promotes or rolls back), at most ``config.canary_rounds()`` rounds. A fixed burst would
+    leave every window the analysis extends with the evidence it already judged undecided
+    (a CI run stayed "inconclusive" through all 12 windows that way). All counts are zero
+    when the gate blocked ``version``. Logs are flushed to the store before returning.
+    """
+    if not wait_for_canary(settings, version):
+        return traffic_counts([])
+    reports: list[SimulationReport] = []
+    for round_ in range(config.canary_rounds()):
+        reports.append(
+            drive_traffic(
+                settings,
+                key,
+                requests=config.canary_requests,
+                rps=config.rps,
+                seed=seed + 1000 * round_,
+            )
+        )
+        if _canary_state(settings, version) not in ("canary", None):
+            break
+    wait_shipped(settings)
+    return traffic_counts(reports)
+
+
+def background(target: Callable[[], T]) -> Future[T]:
+    """Run ``target`` in a daemon thread; its result (or exception) arrives in the future."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(target())
+        except BaseException as exc:  # handed to whoever waits on the future
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
 
 
 # ----------------------------------------------------------------------------- summary

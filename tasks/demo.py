@@ -32,13 +32,7 @@ def traffic(
         settings, key, requests=requests, rps=rps, seed=seed, poisoned=poisoned
     )
     demo.wait_shipped(settings)
-    counts = {
-        "sent": report.sent,
-        "ok": report.ok,
-        "errors": report.errors,
-        "blocked": report.blocked,
-        "feedback": report.feedback_ok,
-    }
+    counts = demo.traffic_counts([report])
     get_run_logger().info("traffic: %s", counts)
     return counts
 

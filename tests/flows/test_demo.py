@@ -176,10 +176,58 @@ def test_demo_sizes():
     assert (tiny.gate_policy, tiny.canary_policy) == (TINY_GATE_POLICY, TINY_CANARY_POLICY)
     for config in (full, tiny):
         # Night 2's batch holds the canary window's honest users too: the attack must not
-        # be diluted below what screening detects.
-        assert config.poison_requests >= config.canary_requests
+        # be diluted below what screening detects, however long the canary ran.
+        assert config.poison_requests >= 2 * config.canary_requests
+        assert config.attack_requests(10 * config.canary_requests) == 20 * config.canary_requests
+        # Users keep arriving through every window the analysis may extend to.
+        rounds_s = config.canary_rounds() * config.canary_requests / config.rps
+        assert rounds_s >= config.max_windows * config.window_s
     with pytest.raises(ValueError, match="canary_fraction"):
         DemoConfig(canary_fraction=1.0)
+
+
+def test_canary_users_keep_arriving_until_the_canary_ends(monkeypatch):
+    """Rounds of users go on while the version is the canary, and stop when it ends."""
+    from loopwright import demo
+    from loopwright.simulate import SimulationReport
+
+    config = demo.DemoConfig.for_size(tiny=True)
+    # The first answer is wait_for_canary's; a registry that cannot be asked (None) is
+    # not an end of the canary.
+    states = iter(["canary", None, "canary", "other"])
+    seeds: list[int] = []
+
+    def fake_drive(settings, key, *, requests, rps, seed, poisoned=False):
+        seeds.append(seed)
+        return SimulationReport(sent=requests, ok=requests, blocked=1, feedback_ok=2)
+
+    monkeypatch.setattr(demo, "_canary_state", lambda settings, version: next(states))
+    monkeypatch.setattr(demo, "drive_traffic", fake_drive)
+    monkeypatch.setattr(demo, "wait_shipped", lambda settings: None)
+    counts = demo.canary_users(None, "key", "2", config, seed=2)  # type: ignore[arg-type]
+    assert counts == {
+        "sent": 3 * config.canary_requests,
+        "ok": 3 * config.canary_requests,
+        "errors": 0,
+        "blocked": 3,
+        "feedback": 6,
+    }
+    assert seeds == [2, 1002, 2002]  # every round new users
+
+    monkeypatch.setattr(demo, "_canary_state", lambda settings, version: "blocked")
+    assert demo.canary_users(None, "key", "2", config, seed=2)["sent"] == 0  # type: ignore[arg-type]
+
+
+def test_background_hands_back_result_and_exception():
+    from loopwright.demo import background
+
+    assert background(lambda: 41 + 1).result(timeout=10) == 42
+
+    def boom() -> None:
+        raise RuntimeError("traffic failed")
+
+    with pytest.raises(RuntimeError, match="traffic failed"):
+        background(boom).result(timeout=10)
 
 
 @pytest.mark.services
