@@ -126,6 +126,7 @@ def reward_refresh(settings: Settings, data_version: str, config: nightly.Nightl
         root / config.reward_heldout_file,
         config,
         out_dir,
+        replay_path=root / config.reward_replay_file,
     )
     metrics["stage_seconds"] = time.perf_counter() - start
     if not metrics["keep_new"]:

@@ -55,7 +55,7 @@ from models.helpdesk.transforms import (
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "4"
+GENERATOR_VERSION = "5"
 SYSTEM_PROMPT = "You are the help-desk assistant. Answer briefly and only from known facts."
 """The system prompt the example domain's gateway serves with (the gateway's default text;
 ``tests/models/test_helpdesk_domain.py`` keeps the two equal). Part of the SFT text carries
@@ -98,6 +98,9 @@ class DomainData:
             adversarial transforms and multi-question messages (``source=compound``,
             labelled by content); held-out uses held-out templates only.
         reward_train / reward_heldout: simulated human preference pairs at KB revision 1.
+        reward_heldout_current: ``reward_heldout`` judged at :data:`EVAL_REVISION` (see
+            :func:`pairs_at_revision`): what a refreshed reward model is measured on once
+            the world has moved on.
         reward_v2_new: preference pairs a reviewer would write after the world moved on
             (revision-2 answer over the stale one; refusal over compliance for uncovered
             categories). Training templates only.
@@ -113,6 +116,7 @@ class DomainData:
     guard_heldout: list[LabelledPrompt] = field(default_factory=list)
     reward_train: list[PreferencePair] = field(default_factory=list)
     reward_heldout: list[PreferencePair] = field(default_factory=list)
+    reward_heldout_current: list[PreferencePair] = field(default_factory=list)
     reward_v2_new: list[PreferencePair] = field(default_factory=list)
     eval_suites: dict[str, list[EvalSample]] = field(default_factory=dict)
 
@@ -125,6 +129,7 @@ class DomainData:
             "guard_heldout": len(self.guard_heldout),
             "reward_train": len(self.reward_train),
             "reward_heldout": len(self.reward_heldout),
+            "reward_heldout_current": len(self.reward_heldout_current),
             "reward_v2_new": len(self.reward_v2_new),
         }
         out.update({f"eval/{name}": len(samples) for name, samples in self.eval_suites.items()})
@@ -745,6 +750,28 @@ def _reward_split(seed: int, scale: float, split: str) -> list[PreferencePair]:
     return pairs
 
 
+def pairs_at_revision(
+    pairs: Sequence[PreferencePair], revision: int, judged_at: int = 1
+) -> list[PreferencePair]:
+    """The same pairs as a person would judge them at KB ``revision``.
+
+    Pairs are judged at ``judged_at``: where the chosen answer is that revision's answer to
+    a fact that changed, ``revision``'s answer takes its place; a rejected answer that is
+    now the right one becomes the stale answer instead. Every other pair is unchanged, so
+    the count and order stay. Without this, a reward model that learned the new facts is
+    scored wrong on about a fifth of the example domain's held-out pairs (their "chosen"
+    answer is out of date), and a refresh could never show that it learned them.
+    """
+    then, now = fact_index(judged_at), fact_index(revision)
+    moved = {then[f].answer: now[f].answer for f in then if then[f].answer != now[f].answer}
+    out = []
+    for pair in pairs:
+        chosen = moved.get(pair.chosen, pair.chosen)
+        rejected = pair.chosen if pair.rejected == chosen else pair.rejected
+        out.append(pair.model_copy(update={"chosen": chosen, "rejected": rejected}))
+    return out
+
+
 def build_reward_v2_new(seed: int, scale: float) -> list[PreferencePair]:
     """Reviewer-style pairs after the world moved on (see :class:`DomainData`)."""
     rng = _rng(seed, "reward_v2_new")
@@ -1010,6 +1037,7 @@ def build_domain(seed: int = 0, scale: float = 1.0) -> DomainData:
     """
     if not 0 < scale <= 1:
         raise ValueError(f"scale must be in (0, 1], got {scale!r}")
+    reward_heldout = _reward_split(seed, scale, "heldout")
     data = DomainData(
         seed=seed,
         scale=scale,
@@ -1018,7 +1046,8 @@ def build_domain(seed: int = 0, scale: float = 1.0) -> DomainData:
         guard_train=_guard_split(seed, scale, "train"),
         guard_heldout=_guard_split(seed, scale, "heldout"),
         reward_train=_reward_split(seed, scale, "train"),
-        reward_heldout=_reward_split(seed, scale, "heldout"),
+        reward_heldout=reward_heldout,
+        reward_heldout_current=pairs_at_revision(reward_heldout, EVAL_REVISION),
         reward_v2_new=build_reward_v2_new(seed, scale),
         eval_suites=build_eval_suites(seed, scale),
     )
@@ -1089,7 +1118,8 @@ def write_domain(data: DomainData, out_dir: Path) -> dict[str, int]:
     Layout: ``kb/rev1.jsonl``, ``kb/rev2.jsonl``, ``sft/v1.jsonl``, ``sft/v2_new.jsonl``,
     ``sft/replay.jsonl`` (what a fine-tune replays, see :func:`replay_rows`),
     ``guard/train.jsonl``, ``guard/heldout.jsonl``, ``reward/train.jsonl``,
-    ``reward/heldout.jsonl``, ``reward/v2_new.jsonl``, ``eval/<suite>.jsonl`` for every
+    ``reward/heldout.jsonl``, ``reward/heldout_current.jsonl`` (the held-out pairs at
+    :data:`EVAL_REVISION`), ``reward/v2_new.jsonl``, ``eval/<suite>.jsonl`` for every
     suite, and ``manifest.json`` (seed, scale, counts, content hash; not in the returned
     counts). Existing files of the same names are overwritten.
     """
@@ -1104,6 +1134,7 @@ def write_domain(data: DomainData, out_dir: Path) -> dict[str, int]:
         ("guard/heldout.jsonl", lambda p: write_jsonl(p, data.guard_heldout)),
         ("reward/train.jsonl", lambda p: write_jsonl(p, data.reward_train)),
         ("reward/heldout.jsonl", lambda p: write_jsonl(p, data.reward_heldout)),
+        ("reward/heldout_current.jsonl", lambda p: write_jsonl(p, data.reward_heldout_current)),
         ("reward/v2_new.jsonl", lambda p: write_jsonl(p, data.reward_v2_new)),
     ]
     for suite in SUITES:

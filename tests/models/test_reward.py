@@ -141,3 +141,26 @@ def test_score_checks_lengths(trained: tuple[Path, RewardTrainResult]) -> None:
         model.score(PROMPTS[:2], GOOD[:1])
     with pytest.raises(ValueError, match="at least one pair"):
         pairwise_accuracy(model, [])
+
+
+def test_nightly_refresh_replays_the_champions_pairs(
+    trained: tuple[Path, RewardTrainResult], tmp_path: Path
+) -> None:
+    """The refresh trains on every new pair plus ratio x as many of the champion's own."""
+    from loopwright.nightly import NightlyConfig, refresh_reward
+    from loopwright.records import write_jsonl
+
+    folder, _ = trained
+    new, pool, heldout = tmp_path / "new.jsonl", tmp_path / "pool.jsonl", tmp_path / "h.jsonl"
+    write_jsonl(new, PAIRS[:2])
+    write_jsonl(pool, PAIRS)
+    write_jsonl(heldout, PAIRS)
+    config = NightlyConfig(tiny=True, reward_replay_ratio=2.0)
+    m = refresh_reward(folder, new, heldout, config, tmp_path / "a", replay_path=pool)
+    assert (m["n_new_pairs"], m["n_replay_pairs"], m["n_pairs"]) == (2, 4, 6)
+    assert m["keep_new"] == float(m["heldout_acc_new"] > m["heldout_acc_old"])
+    # More replay than the pool holds takes the whole pool; no replay file, no replay.
+    big = config.model_copy(update={"reward_replay_ratio": 10.0})
+    assert refresh_reward(folder, new, heldout, big, tmp_path / "b", pool)["n_replay_pairs"] == 8
+    alone = refresh_reward(folder, new, heldout, config, tmp_path / "c", tmp_path / "missing")
+    assert (alone["n_replay_pairs"], alone["n_pairs"]) == (0, 2)

@@ -270,6 +270,29 @@ def test_reward_pairs_cover_every_kind_and_prefer_the_right_response(full):
             assert p.chosen != p.rejected
 
 
+def test_heldout_pairs_at_the_current_revision_prefer_the_current_answers(full):
+    """Held-out pairs about changed facts are re-judged at the eval revision; the rest stay."""
+    from models.helpdesk.generate import EVAL_REVISION, pairs_at_revision
+
+    then, now = fact_index(1), fact_index(EVAL_REVISION)
+    moved = {then[f].answer: now[f].answer for f in then if then[f].answer != now[f].answer}
+    current = full.reward_heldout_current
+    assert len(current) == len(full.reward_heldout)
+    rewritten = 0
+    for old, new in zip(full.reward_heldout, current, strict=True):
+        assert new.prompt == old.prompt and new.source == old.source
+        assert new.chosen != new.rejected
+        assert new.chosen not in moved  # no pair still prefers an out-of-date answer
+        if old.chosen in moved:
+            rewritten += 1
+            assert new.chosen == moved[old.chosen]
+            assert new.rejected in (old.rejected, old.chosen)  # a distractor, or now stale
+        else:
+            assert new == old
+    assert rewritten >= 0.1 * len(current)  # the example domain changes >= 15% of facts
+    assert pairs_at_revision(full.reward_heldout, 1) == full.reward_heldout
+
+
 def test_write_domain_counts_match_files_and_manifest_is_reproducible(tiny, tmp_path):
     counts = write_domain(tiny, tmp_path / "a")
     expected = {
@@ -281,6 +304,7 @@ def test_write_domain_counts_match_files_and_manifest_is_reproducible(tiny, tmp_
         "guard/heldout.jsonl",
         "reward/train.jsonl",
         "reward/heldout.jsonl",
+        "reward/heldout_current.jsonl",
     } | {f"eval/{s}.jsonl" for s in SUITES}
     assert expected <= set(counts)
     for rel, n in counts.items():
