@@ -45,7 +45,8 @@ class DemoConfig(BaseModel):
         bootstrap_scale: share of the example domain's data the bootstrap uses, in (0, 1].
         night_requests: simulated requests before night 1.
         canary_requests: simulated requests (honest users) per round while the canary
-            serves; rounds go on while the analysis extends its window.
+            serves, at most one analysis window's worth (``canary_round_requests``);
+            rounds go on while the analysis extends its window.
         poison_requests: requests of attacking users before night 2 (at least; see
             ``attack_requests``).
         rps: simulated requests per second.
@@ -108,14 +109,23 @@ class DemoConfig(BaseModel):
             log_seal_s=3.0,
         )
 
+    def canary_round_requests(self) -> int:
+        """Users per round while the canary serves: ``canary_requests``, at most one window.
+
+        The rounds stop once the release has decided, but a round that started goes on to
+        its end; a round of one analysis window keeps that overshoot (and the attack sized
+        against it, :meth:`attack_requests`) small.
+        """
+        return max(1, min(self.canary_requests, math.ceil(self.window_s * self.rps)))
+
     def canary_rounds(self) -> int:
-        """Most rounds of ``canary_requests`` users the canary can need.
+        """Most rounds the canary can need.
 
         Enough to keep users arriving through every window the release may extend to
         (``max_windows * window_s`` seconds at ``rps``), plus one round of slack.
         """
         seconds = self.max_windows * self.window_s
-        return math.ceil(seconds * self.rps / self.canary_requests) + 1
+        return math.ceil(seconds * self.rps / self.canary_round_requests()) + 1
 
     def attack_requests(self, honest_requests: int) -> int:
         """Attacking requests before night 2, given the honest ones already in its batch.
@@ -349,8 +359,8 @@ def canary_users(
 ) -> dict[str, int]:
     """Honest users for as long as ``version`` is the canary; their summed counts.
 
-    Users arrive once the canary serves, in rounds of ``config.canary_requests``, and keep
-    arriving while ``version`` holds the ``canary`` alias (the release removes it when it
+    Users arrive once the canary serves, in rounds of ``config.canary_round_requests()``,
+    and keep arriving while ``version`` holds the ``canary`` alias (the release removes it when it
     promotes or rolls back), at most ``config.canary_rounds()`` rounds. A fixed burst would
     leave every window the analysis extends with the evidence it already judged undecided
     (a CI run stayed "inconclusive" through all 12 windows that way). All counts are zero
@@ -364,7 +374,7 @@ def canary_users(
             drive_traffic(
                 settings,
                 key,
-                requests=config.canary_requests,
+                requests=config.canary_round_requests(),
                 rps=config.rps,
                 seed=seed + 1000 * round_,
             )

@@ -179,9 +179,13 @@ def test_demo_sizes():
         # be diluted below what screening detects, however long the canary ran.
         assert config.poison_requests >= 2 * config.canary_requests
         assert config.attack_requests(10 * config.canary_requests) == 20 * config.canary_requests
-        # Users keep arriving through every window the analysis may extend to.
-        rounds_s = config.canary_rounds() * config.canary_requests / config.rps
-        assert rounds_s >= config.max_windows * config.window_s
+        # Users keep arriving through every window the analysis may extend to, in rounds
+        # of at most one window (a round outlives the release's decision by that much).
+        per_round = config.canary_round_requests()
+        assert per_round <= config.window_s * config.rps + 1
+        assert (
+            config.canary_rounds() * per_round / config.rps >= config.max_windows * config.window_s
+        )
     with pytest.raises(ValueError, match="canary_fraction"):
         DemoConfig(canary_fraction=1.0)
 
@@ -205,9 +209,10 @@ def test_canary_users_keep_arriving_until_the_canary_ends(monkeypatch):
     monkeypatch.setattr(demo, "drive_traffic", fake_drive)
     monkeypatch.setattr(demo, "wait_shipped", lambda settings: None)
     counts = demo.canary_users(None, "key", "2", config, seed=2)  # type: ignore[arg-type]
+    per_round = config.canary_round_requests()
     assert counts == {
-        "sent": 3 * config.canary_requests,
-        "ok": 3 * config.canary_requests,
+        "sent": 3 * per_round,
+        "ok": 3 * per_round,
         "errors": 0,
         "blocked": 3,
         "feedback": 6,
