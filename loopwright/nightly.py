@@ -42,7 +42,9 @@ class NightlyConfig(BaseModel):
             the knowledge the world has now (the embedded default's pairs at its current
             KB revision): pairs judged before the facts changed would score a refresh that
             learned the change as wrong.
-        reward_replay_file: the reward champion's training pairs, relative to ``data/``.
+        reward_replay_file: the first reward model's training pairs (the bootstrap's),
+            relative to ``data/``; the curated pairs are cumulative, so the two together
+            hold what every refreshed champion was trained on.
         reward_replay_ratio: replayed champion pairs per new pair in the refresh.
             ``bench/guard_quality.py --parts refresh`` on the example domain's reviewer
             pairs, seeds 0/1/2, held-out accuracy at the current revision (v1
