@@ -5,7 +5,8 @@ One run prints ``name: value`` lines:
 1. overhead: the same gateway with every control layer on versus all layers off (stub
    model, no delay), each in its own uvicorn process, sequential requests alternating
    between the two so both see the same machine load; 384-character inputs, every one
-   distinct. Added latency = p50/p99 (layers on) - p50/p99 (layers off).
+   distinct. Added latency = p50/p99 (layers on) - p50/p99 (layers off); each layer's mean
+   time from the gateway's own ``gateway_layer_seconds`` histograms says where it goes.
 2. throughput: layers on, stub model, distinct inputs, many concurrent clients for a fixed
    time: requests/second and errors.
 3. quality: the input rails (normalisation + rules + the served guard at its calibrated
@@ -197,6 +198,25 @@ def _cpu_seconds(pid: int) -> float:
     return float(times.user + times.system)
 
 
+def _layer_seconds(server: Server) -> dict[str, tuple[float, float]]:
+    """Per control layer: (seconds, observations) so far, from the server's ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    out: dict[str, tuple[float, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "gateway_layer_seconds":
+            continue
+        for sample in family.samples:
+            layer = sample.labels.get("layer", "")
+            total, count = out.get(layer, (0.0, 0.0))
+            if sample.name.endswith("_sum"):
+                out[layer] = (sample.value, count)
+            elif sample.name.endswith("_count"):
+                out[layer] = (total, sample.value)
+    return out
+
+
 def overhead(on: Server, off: Server, inputs: list[str]) -> dict[str, float]:
     """Sequential requests alternating between the two servers; latency in ms.
 
@@ -210,6 +230,7 @@ def overhead(on: Server, off: Server, inputs: list[str]) -> dict[str, float]:
             for text in inputs[:20]:
                 _post(client, server, text)
         cpu0 = {s.mode: _cpu_seconds(s.proc.pid) for s in (on, off)}
+        layers0 = _layer_seconds(on)
         for i, text in enumerate(inputs):
             order = (on, off) if i % 2 == 0 else (off, on)
             for server in order:
@@ -221,7 +242,14 @@ def overhead(on: Server, off: Server, inputs: list[str]) -> dict[str, float]:
             s.mode: (_cpu_seconds(s.proc.pid) - cpu0[s.mode]) * 1000 / len(inputs)
             for s in (on, off)
         }
+        # Where the added time goes: each layer's mean wall ms over the requests it saw.
+        layers: dict[str, float] = {}
+        for name, (total, count) in _layer_seconds(on).items():
+            total0, count0 = layers0.get(name, (0.0, 0.0))
+            if count > count0:
+                layers[f"layer_{name}_mean_ms"] = (total - total0) * 1000 / (count - count0)
     return {
+        **layers,
         "cpu_ms_per_request_on": cpu["on"],
         "cpu_ms_per_request_off": cpu["off"],
         "p50_on_ms": statistics.median(lat["on"]),
@@ -512,6 +540,9 @@ def main() -> None:
     print(f"added_p50_ms: {o['p50_on_ms'] - o['p50_off_ms']:.2f}")
     print(f"added_p99_ms: {o['p99_on_ms'] - o['p99_off_ms']:.2f}")
     print(f"overhead_errors: {o['errors']}")
+    for name, value in o.items():
+        if name.startswith("layer_"):
+            print(f"{name}: {value:.2f}")
     print(f"throughput_concurrency: {args.concurrency}")
     print(f"throughput_rps: {t['rps']:.1f}")
     print(f"throughput_requests: {t['requests']}")
