@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-T = TypeVar("T")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -48,6 +47,8 @@ from models.reward import (  # noqa: E402
     pairwise_accuracy,
     train_reward,
 )
+
+T = TypeVar("T")
 
 
 def timed(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float, float]:

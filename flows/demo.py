@@ -8,7 +8,14 @@ from flows.bootstrap import bootstrap_flow
 from flows.nightly import nightly_flow
 from flows.release import release_flow
 from loopwright.config import Settings
-from loopwright.demo import DemoConfig, DemoOutcome, background, canary_users, with_log_seal
+from loopwright.demo import (
+    DemoConfig,
+    DemoOutcome,
+    background,
+    canary_summary,
+    canary_users,
+    with_log_seal,
+)
 from loopwright.nightly import BatchRejected, NightlyConfig
 from loopwright.release.config import ReleaseConfig
 from models.bootstrap import BootstrapConfig
@@ -86,10 +93,7 @@ def demo_flow(
     out.table = summary_table(settings, v2, config.gate_policy, tags)
     out.add("gate", f"{tags.get('gate.verdict')} under {out.gate_policy}", print)
     out.add("canary traffic", str(canary_traffic), print)
-    verdict = tags.get("canary.verdict", "not started")
-    if verdict not in ("promote", "not started"):  # say why, not only what
-        verdict += f" ({tags.get('canary.reasons', '')[:600]})"
-    out.add("canary", verdict, print)
+    out.add("canary", canary_summary(tags), print)
     if outcome == "promoted":
         out.add(
             "approval",

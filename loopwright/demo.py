@@ -385,6 +385,18 @@ def canary_users(
     return traffic_counts(reports)
 
 
+def canary_summary(tags: Mapping[str, str], max_reason_chars: int = 600) -> str:
+    """The canary's verdict from the candidate's registry tags.
+
+    When it did not promote, the analysis's reasons follow (at most ``max_reason_chars``),
+    so a demo that fails says why, not only what.
+    """
+    verdict = tags.get("canary.verdict", "not started")
+    if verdict in ("promote", "not started"):
+        return verdict
+    return f"{verdict} ({tags.get('canary.reasons', '')[:max_reason_chars]})"
+
+
 def background(target: Callable[[], T]) -> Future[T]:
     """Run ``target`` in a daemon thread; its result (or exception) arrives in the future."""
     future: Future[T] = Future()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,8 +231,6 @@ def refresh_reward(
         the new model beats the old by more than ``reward_min_gain``), ``n_new_pairs`` and
         ``n_replay_pairs``.
     """
-    import random
-
     from loopwright.records import PreferencePair, read_jsonl
     from models.reward import RewardModel, RewardTrainConfig, pairwise_accuracy, train_reward
 

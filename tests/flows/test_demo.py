@@ -299,3 +299,12 @@ def test_poisoned_batch_fails_screening_for_the_poisoning(demo_run):
     assert len(suspicious) / len(feedback) > config.max_suspicious_fraction or any(
         "positive_rate_shift" in r for r in report.batch_reasons
     ), (len(suspicious), len(feedback), report.batch_reasons)
+
+
+def test_canary_summary_says_why_only_when_it_did_not_promote():
+    from loopwright.demo import canary_summary
+
+    assert canary_summary({"canary.verdict": "promote", "canary.reasons": "fine"}) == "promote"
+    assert canary_summary({}) == "not started"
+    line = canary_summary({"canary.verdict": "inconclusive", "canary.reasons": "x" * 900})
+    assert line == "inconclusive (" + "x" * 600 + ")"

@@ -275,7 +275,7 @@ def test_heldout_pairs_at_the_current_revision_prefer_the_current_answers(full):
     from models.helpdesk.generate import EVAL_REVISION, pairs_at_revision
 
     then, now = fact_index(1), fact_index(EVAL_REVISION)
-    moved = {then[f].answer: now[f].answer for f in then if then[f].answer != now[f].answer}
+    moved = {then[f].answer: now[f].answer for f in changed_fact_ids()}
     current = full.reward_heldout_current
     assert len(current) == len(full.reward_heldout)
     rewritten = 0
