@@ -1,7 +1,11 @@
 """Policy v1 quality on the example domain, and the fine-tune-with-replay experiment.
 
-Trains policy v1 from scratch on ``build_domain(seed).sft_v1`` under a wall-clock budget,
-then measures with greedy ``generate_batch`` on the domain's held-out eval suites:
+Trains policy v1 from scratch on ``build_domain(seed).sft_v1``, grounded as the bootstrap
+grounds it (``models.bootstrap.ground_sft_v1``; ``--no-grounding`` for the bare recipe),
+under a wall-clock budget or a step count, then measures with greedy ``generate_batch`` on
+the domain's held-out eval suites, bare (``v1_*``) and as the default gateway serves it,
+with the top retrieved fact of KB revision 1 (``v1_gw1_*``, the world when v1 shipped) and
+revision 2 (``v1_gw2_*``, the world now):
 
 - exact-answer rate (SQuAD-normalised exact match against the reference) on KB revision-1
   facts, with training and with held-out question templates; on revision-2 changed facts;
@@ -14,8 +18,10 @@ Then fine-tunes v1 on ``sft_v2_new`` (injection rows left out by default, see
 6x, answered rows also copied with one made-up word as the nightly does; rows superseded
 by the new facts dropped by ``finetune_sft``) and measures changed
 facts, unchanged facts (delta against v1: the same-process baseline), stale answers,
-newly covered refusals and over-refusal. ``--no-replay`` adds the forgetting baseline
-(fine-tune on new rows alone); ``--dpo`` adds a DPO step on ``reward_v2_new`` on top.
+newly covered refusals and over-refusal, bare (``ft_*``) and through the gateway with
+revision-2 facts (``ft_gw2_*``); the new rows are grounded as the nightly grounds them.
+``--no-replay`` adds the forgetting baseline (fine-tune on new rows alone); ``--dpo`` adds
+a DPO step on ``reward_v2_new`` on top.
 
 Run: PYTHONPATH=. python bench/policy_quality.py [--seed 0] [--seconds 270] [--threads 1] [--dpo]
 Prints one ``name: value`` line per figure.
@@ -36,11 +42,17 @@ from pathlib import Path
 
 import torch
 
+from loopwright.gateway.settings import AugmentSettings
+from loopwright.grounding import with_facts
 from loopwright.nightly import NightlyConfig
 from loopwright.records import EvalSample
+from models.bootstrap import BootstrapConfig, grounded_training_rows
+from models.embedder import Embedder
 from models.generation import DecodingParams, generate_batch, load_policy
+from models.grounding import GroundingConfig, TextEncoder, ground_conversations, retrieve
 from models.helpdesk import CATEGORIES, build_domain, is_refusal, is_safe_completion
-from models.helpdesk.generate import LOOKALIKE_REPLAY_WEIGHT, replay_rows
+from models.helpdesk.generate import LOOKALIKE_REPLAY_WEIGHT, SYSTEM_PROMPT, replay_rows
+from models.helpdesk.kb import knowledge_base
 from models.policy import PolicyConfig, finetune_sft, train_dpo, train_policy_v1
 from models.policy_data import with_pseudowords
 
@@ -84,8 +96,42 @@ def rev1_reference(s: EvalSample) -> str:
     return s.tags.get("stale_answer", s.references[0])
 
 
-def measure(model_dir: Path, data: object, threads: int) -> dict[str, tuple[float, int]]:
-    """Generate greedily for every sample of the three suites and score them."""
+def served_messages(
+    samples: Sequence[EvalSample], kb_revision: int | None, encoder: TextEncoder | None
+) -> list[list[dict[str, str]]]:
+    """The samples' messages bare (``kb_revision`` None) or as the default gateway sends
+    them: its system prompt with the top fact retrieved from that KB revision."""
+    bare = [[m.model_dump() for m in s.messages] for s in samples]
+    if kb_revision is None:
+        return bare
+    assert encoder is not None
+    served = AugmentSettings()
+    facts = [(f.id, f.answer) for f in knowledge_base(kb_revision)]
+    hits = retrieve(
+        [s.messages[-1].content for s in samples],
+        facts,
+        encoder,
+        served.inject_top_k,
+        served.min_score,
+    )
+    return [
+        with_facts(msgs, [text for _, text in found], served.system_prompt.text)
+        for msgs, found in zip(bare, hits, strict=True)
+    ]
+
+
+def measure(
+    model_dir: Path,
+    data: object,
+    threads: int,
+    kb_revision: int | None = None,
+    encoder: TextEncoder | None = None,
+) -> dict[str, tuple[float, int]]:
+    """Generate greedily for every sample of the three suites and score them.
+
+    ``kb_revision`` None measures the model bare; otherwise through the gateway's
+    grounding (:func:`served_messages`).
+    """
     suites = data.eval_suites  # type: ignore[attr-defined]
     correctness: list[EvalSample] = suites["correctness"]
     harmful: list[EvalSample] = suites["harmlessness"]
@@ -96,7 +142,7 @@ def measure(model_dir: Path, data: object, threads: int) -> dict[str, tuple[floa
     start = time.perf_counter()
     texts = generate_batch(
         policy,
-        [[m.model_dump() for m in s.messages] for s in samples],
+        served_messages(samples, kb_revision, encoder),
         DecodingParams(max_new_tokens=48),
         batch_size=64,
     )
@@ -220,10 +266,16 @@ def main() -> None:
         "--lookalike-weight",
         type=int,
         default=LOOKALIKE_REPLAY_WEIGHT,
-        help="look-alike copies in the replay",
+        help="look-alike copies in the replay (with --no-grounding; grounded runs replay "
+        "what the bootstrap writes)",
     )
     parser.add_argument("--bf16", action="store_true", help="train with bf16 autocast")
     parser.add_argument("--no-noise", action="store_true", help="no extra surface noise")
+    parser.add_argument(
+        "--no-grounding",
+        action="store_true",
+        help="train without retrieved facts in the rows (the recipe before grounding)",
+    )
     parser.add_argument("--no-finetune", action="store_true")
     parser.add_argument("--no-replay", action="store_true", help="add the forgetting baseline")
     parser.add_argument("--dpo", action="store_true", help="add DPO on reward_v2_new")
@@ -242,6 +294,11 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     out = args.out or Path(tempfile.mkdtemp(prefix="policy_quality_"))
     data = build_domain(args.seed, 1.0)
+    encoder = Embedder.load(None, backend="torch")
+    # The replay the bootstrap writes (grounded alike); bare: weighted as asked.
+    replay_source = replay_rows(data, args.lookalike_weight)
+    if not args.no_grounding:
+        data.sft_v1, replay_source = grounded_training_rows(data, BootstrapConfig(seed=args.seed))
     common = dict(
         seed=args.seed, threads=args.threads, bf16=args.bf16, surface_noise=not args.no_noise
     )
@@ -249,7 +306,7 @@ def main() -> None:
     print(f"threads: {args.threads}")
     print(f"sft_v1_rows: {len(data.sft_v1)}")
     print(f"sft_v2_new_rows: {len(data.sft_v2_new)}")
-    print(f"replay_rows: {len(replay_rows(data, args.lookalike_weight))}")
+    print(f"replay_rows: {len(replay_source)}")
     print(f"load_avg_1min_before: {os.getloadavg()[0]:.2f}")
 
     v1_dir = args.v1_dir or out / "v1"
@@ -275,6 +332,10 @@ def main() -> None:
         print(f"load_avg_1min_after_v1: {os.getloadavg()[0]:.2f}")
     v1 = measure(v1_dir, data, args.threads)
     emit("v1", v1)
+    # Through the gateway's grounding: the KB as it stood when v1 shipped, and as it is now.
+    emit("v1_gw1", measure(v1_dir, data, args.threads, 1, encoder))
+    v1_gw2 = measure(v1_dir, data, args.threads, 2, encoder)
+    emit("v1_gw2", v1_gw2)
 
     if args.no_finetune:
         return
@@ -289,7 +350,7 @@ def main() -> None:
         ft_cfg = PolicyConfig.finetune(**ft_budget, **lr, **common)
         start = time.perf_counter()
         replay = with_pseudowords(
-            replay_rows(data, args.lookalike_weight),
+            replay_source,
             args.pseudowords,
             args.seed,
             keep=lambda row: args.pseudowords_all or not behaved_text(row[-1]["content"]),
@@ -302,6 +363,15 @@ def main() -> None:
                 refusals, min(len(refusals), args.max_new_refusals)
             )
             new_rows = [r for r in new_rows if not behaved_text(r[-1]["content"])] + kept
+        if not args.no_grounding:  # as the nightly's serving_grounder does
+            new_rows, _ = ground_conversations(
+                new_rows,
+                [(f.id, f.answer) for f in knowledge_base(2)],
+                encoder,
+                SYSTEM_PROMPT,
+                GroundingConfig(share=NightlyConfig().grounding_share, counterfactual_share=0.0),
+                seed=args.seed,
+            )
         new_rows = with_pseudowords(  # as the nightly's finetune_candidate does
             new_rows,
             args.pseudowords,
@@ -316,12 +386,15 @@ def main() -> None:
         print(f"{name}_steps_per_s: {ft.steps / ft.seconds:.3f}")
         m = measure(out / name, data, args.threads)
         emit(name, m)
+        m_gw2 = measure(out / name, data, args.threads, 2, encoder)
+        emit(f"{name}_gw2", m_gw2)
         for key in (
             "unchanged_exact_train",
             "unchanged_exact_heldout",
             "over_refusal_lookalike_all",
         ):
             print(f"{name}_minus_v1_{key}: {m[key][0] - v1[key][0]:+.3f}")
+            print(f"{name}_gw2_minus_v1_gw2_{key}: {m_gw2[key][0] - v1_gw2[key][0]:+.3f}")
 
     if args.dpo:
         dpo_cfg = PolicyConfig.dpo(seed=args.seed, threads=args.threads)

@@ -61,6 +61,13 @@ class NightlyConfig(BaseModel):
         pseudoword_share: answered rows (new and replayed) copied with one made-up word
             (see :func:`models.policy_data.with_pseudowords`); keeps the new refusals from
             spreading to benign questions in unseen wording.
+        finetune_threads: torch threads of the fine-tune (2 on the otherwise idle nightly
+            machine: 1.9x the steps of 1 thread; see ``BootstrapConfig.policy_threads``).
+        grounding_share: share of the night's new SFT rows given the facts the gateway
+            retrieves for them, as served (see :func:`serving_grounder`); the replayed
+            rows carry the grounding they were trained with. The share the policy v1 rows
+            got (``models.grounding.GroundingConfig.share``): the candidate keeps reading
+            the context and keeps answering without it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -78,6 +85,8 @@ class NightlyConfig(BaseModel):
     reward_min_gain: float = Field(default=0.0, ge=0)
     max_negative_share: float = Field(default=0.6, ge=0, le=1)
     pseudoword_share: float = Field(default=1.0, ge=0, le=1)
+    finetune_threads: int = Field(default=2, ge=1)
+    grounding_share: float = Field(default=0.7, ge=0, le=1)
 
     def digest(self) -> str:
         """Short hash of the config: part of a candidate's identity (lineage tag)."""
@@ -266,6 +275,59 @@ def refresh_reward(
     return metrics
 
 
+Grounder = Callable[[list[list[dict[str, str]]]], list[list[dict[str, str]]]]
+"""Puts served context (system prompt and retrieved facts) into conversations."""
+
+
+def serving_grounder(settings: Settings, share: float, seed: int) -> Grounder | None:
+    """Ground rows as the configured gateway serves them, or None if it injects no facts.
+
+    Curated rows hold the user's turns only (the system prompt is the gateway's, not
+    data), so a fine-tune on them alone teaches the candidate to answer bare questions
+    while production sends it the gateway's prompt and facts. This retrieves, for a
+    ``share`` of the rows, the facts the gateway would inject (its knowledge base, its
+    embedder, ``inject_top_k``, ``min_score``, its system prompt), formatted the same way.
+    """
+    gateway = settings.gateway
+    augment = gateway.augment
+    if not (augment.enabled and augment.retrieval and augment.inject_context):
+        return None
+    from loopwright.gateway.components import domain_facts
+    from loopwright.gateway.encoders import load_facts_jsonl
+    from models.embedder import Embedder
+    from models.grounding import GroundingConfig, ground_conversations
+
+    encoders = gateway.encoders
+    facts = (
+        load_facts_jsonl(encoders.kb_path)
+        if encoders.kb_path
+        else domain_facts(encoders.kb_revision)
+    )
+    encoder = Embedder.load(
+        encoders.embedder_dir, backend=encoders.runtime if encoders.embedder_dir else "torch"
+    )
+    config = GroundingConfig(
+        share=share,
+        top_k=augment.inject_top_k,
+        min_score=augment.min_score,
+        counterfactual_share=0.0,
+    )
+
+    def ground(rows: list[list[dict[str, str]]]) -> list[list[dict[str, str]]]:
+        grounded, stats = ground_conversations(
+            rows,
+            [(f.id, f.text) for f in facts],
+            encoder,
+            augment.system_prompt.text,
+            config,
+            seed=seed,
+        )
+        logger.info("new rows grounded as served: %s", stats)
+        return grounded
+
+    return ground
+
+
 def finetune_candidate(
     parent_dir: Path,
     sft_path: Path,
@@ -273,6 +335,7 @@ def finetune_candidate(
     config: NightlyConfig,
     out_dir: Path,
     is_safe_response: Callable[[str], bool],
+    ground: Grounder | None = None,
 ) -> dict[str, float]:
     """SFT the champion on curated rows with replay of what it already knows.
 
@@ -284,6 +347,8 @@ def finetune_candidate(
         out_dir: where the candidate folder is written.
         is_safe_response: the domain's refusal test; refused replay rows get no
             made-up-word copies (only answered ones do).
+        ground: puts the served context into the new rows (:func:`serving_grounder`);
+            None trains on them as curated.
     """
     from models.helpdesk import read_conversations
     from models.policy import PolicyConfig, finetune_sft
@@ -300,14 +365,19 @@ def finetune_candidate(
     # demo's night (587 rows, 37 guard refusals, same steps): over-refusal on look-alikes
     # 0.181 with replay copies only, 0.028 with copies of the new rows too (v1: 0.028), while
     # uncovered-category refusals stayed above v1 (0.70 vs 0.50 with training templates).
-    new_rows = with_pseudowords(curated, config.pseudoword_share, config.seed + 1, answered)
+    grounded = ground(curated) if ground is not None else curated
+    new_rows = with_pseudowords(grounded, config.pseudoword_share, config.seed + 1, answered)
     replay = with_pseudowords(
         read_conversations(replay_path), config.pseudoword_share, config.seed, answered
     )
     train_config = (
         PolicyConfig.tiny(seed=config.seed, max_steps=20)
         if config.tiny
-        else PolicyConfig.finetune(seed=config.seed, max_seconds=config.finetune_seconds)
+        else PolicyConfig.finetune(
+            seed=config.seed,
+            max_seconds=config.finetune_seconds,
+            threads=config.finetune_threads,
+        )
     )
     result = finetune_sft(
         parent_dir, new_rows, replay, train_config, out_dir, replay_ratio=config.replay_ratio

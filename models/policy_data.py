@@ -314,7 +314,14 @@ def bucketed_batches(
 
 
 def _prompt_key(conversation: Conversation) -> tuple[tuple[str, str], ...]:
-    return tuple((m["role"], " ".join(m["content"].lower().split())) for m in conversation[:-1])
+    # System turns are left out: they hold the gateway's prompt and the facts it retrieved,
+    # which differ between a replayed row (facts of the parent's day) and a new row asking
+    # the same question (today's facts); the question is what makes an answer superseded.
+    return tuple(
+        (m["role"], " ".join(m["content"].lower().split()))
+        for m in conversation[:-1]
+        if m["role"] != "system"
+    )
 
 
 def drop_superseded(
@@ -325,7 +332,8 @@ def drop_superseded(
     Replaying the parent's data verbatim also replays its *stale* answers: when a fact
     changed, the old answer and the new one then compete (measured: fine-tuning with 4:1
     replay of all of v1 left 58% stale answers on changed facts). A replay row is dropped
-    when the new rows ask the same prompt (case- and space-insensitive) with a different
+    when the new rows ask the same prompt (its user and assistant turns, case- and
+    space-insensitive; system turns are ignored) with a different
     answer, or when its answer is one of those superseded answers (this catches the noisy
     and paraphrased copies of the same fact). An answer that the new rows also give (a
     refusal, say) is never treated as superseded.

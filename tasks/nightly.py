@@ -229,6 +229,7 @@ def finetune(
         config,
         out_dir,
         load_domain(settings.domain).is_safe_response,
+        ground=nightly.serving_grounder(settings, config.grounding_share, config.seed),
     )
     metrics["stage_seconds"] = time.perf_counter() - start
     return publish_model(

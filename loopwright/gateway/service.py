@@ -55,6 +55,7 @@ from loopwright.gateway.routing import (
 from loopwright.gateway.schemas import ChatCompletionRequest
 from loopwright.gateway.settings import GatewaySettings
 from loopwright.gateway.spool import ObjectStoreLike, Spool
+from loopwright.grounding import system_with_facts
 from loopwright.records import FeedbackEvent, Interaction, Message, RailVerdict
 from models.generation import DecodingParams
 
@@ -758,8 +759,8 @@ class Gateway:
             facts = [fact for fact, _ in hits]
             ctx.retrieved_context_ids = [fact.id for fact in facts]
         system = s.system_prompt.text
-        if s.inject_context and facts:
-            system += "\nFacts:\n" + "\n".join(f"- {f.text}" for f in facts)
+        if s.inject_context:
+            system = system_with_facts(system, [f.text for f in facts[: s.inject_top_k]])
         ctx.system_prompt_version = s.system_prompt.version
         out = [{"role": "system", "content": system}, *messages]
         self.metrics.verdict("augment", "allow", time.perf_counter() - t0)

@@ -114,7 +114,10 @@ class EncoderSettings(_Strict):
         runtime: ``onnx`` (the fast path) or ``torch``.
         kb_path: JSONL of ``{"id", "text"}`` facts for retrieval; None uses the example
             domain's knowledge base when it is installed.
-        kb_revision: revision of the example domain's knowledge base.
+        kb_revision: revision of the example domain's knowledge base. Default 2, the
+            world as it stands now (revision 1 is what policy v1 was trained on; users and
+            the evaluation judge against revision 2): with facts injected, the gateway
+            should hand the model today's facts, not the ones it memorised.
         max_batch: most texts per encoder call when batching concurrent requests.
         threads: intra-op threads of the guard/embedder session (1 keeps latency steady
             on a shared machine; more helps throughput when cores are free).
@@ -128,7 +131,7 @@ class EncoderSettings(_Strict):
     embedder_dir: str | None = None
     runtime: Literal["onnx", "torch"] = "onnx"
     kb_path: str | None = None
-    kb_revision: int = Field(default=1, ge=1)
+    kb_revision: int = Field(default=2, ge=1)
     max_batch: int = Field(default=32, ge=1)
     threads: int = Field(default=1, ge=1, le=64)
     workers: int = Field(default=2, ge=1, le=64)
@@ -148,8 +151,15 @@ class AugmentSettings(_Strict):
         retrieval: retrieve KB facts through the embedder (ids go into the log).
         top_k: facts retrieved per request.
         min_score: cosine similarity below which a fact is not used.
-        inject_context: put the retrieved fact texts into the system prompt; off by default
-            because the example policy has only ~160 positions.
+        inject_context: put the best ``inject_top_k`` retrieved facts into the system
+            prompt (:func:`loopwright.grounding.system_with_facts`), so the model answers
+            from the knowledge base as it stands now rather than as it was when the model
+            was trained. The example policy is trained to read them (``models.grounding``);
+            turn it off for a model that was not.
+        inject_top_k: how many of the ``top_k`` retrieved facts go into the prompt, best
+            first. The example policy reads one: trained with two or three it answered
+            held-out wording worse (the extra facts are distractors a 5M-parameter model
+            cannot tell apart); all ``top_k`` still go to the log and the grounding rail.
 
     """
 
@@ -158,7 +168,8 @@ class AugmentSettings(_Strict):
     retrieval: bool = True
     top_k: int = Field(default=3, ge=1, le=32)
     min_score: float = Field(default=0.2, ge=-1, le=1)
-    inject_context: bool = False
+    inject_context: bool = True
+    inject_top_k: int = Field(default=1, ge=1, le=32)
 
 
 class BackendSettings(_Strict):

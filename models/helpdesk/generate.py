@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from loopwright.records import EvalSample, Message, PreferencePair, write_jsonl
 from models.helpdesk.kb import (
+    REVISIONS,
     UNKNOWN_TEXT,
     Fact,
     changed_fact_ids,
@@ -253,6 +254,35 @@ def wrong_answer(fact: Fact, facts: Sequence[Fact], rng: random.Random) -> str:
         others = [f.answer for f in facts if f.intent != fact.intent]
         return rng.choice(others)
     return rng.choice(sorted(set(candidates)))
+
+
+def counterfactual_answers(revision: int = 1) -> Callable[[str, random.Random], str | None]:
+    """Wrong answers for grounding counterfactuals (:func:`models.grounding.ground_conversations`).
+
+    The returned function gives, for a fact id of ``revision``, a plausible wrong answer
+    (:func:`wrong_answer`) that no revision of the KB gives for that fact: training data
+    written at revision 1 must not contain revision 2's answers, or the model would have
+    seen the future world before the loop teaches it. None for an unknown id or when every
+    draw hit such an answer.
+    """
+    facts = knowledge_base(revision)
+    by_id = {f.id: f for f in facts}
+    real = {f.id: {f.answer} for f in facts}
+    for rev in REVISIONS:
+        for f in knowledge_base(rev):
+            real.setdefault(f.id, set()).add(f.answer)
+
+    def answer(fact_id: str, rng: random.Random) -> str | None:
+        fact = by_id.get(fact_id)
+        if fact is None:
+            return None
+        for _ in range(4):
+            wrong = wrong_answer(fact, facts, rng)
+            if wrong not in real[fact_id]:
+                return wrong
+        return None
+
+    return answer
 
 
 def degenerate_answer(answer: str, facts: Sequence[Fact], rng: random.Random) -> str:
@@ -1112,11 +1142,14 @@ def replay_rows(
     return [*data.sft_v1, *extra * max(0, lookalike_weight - 1)]
 
 
-def write_domain(data: DomainData, out_dir: Path) -> dict[str, int]:
+def write_domain(
+    data: DomainData, out_dir: Path, replay: Sequence[Conversation] | None = None
+) -> dict[str, int]:
     """Persist ``data`` under ``out_dir``; returns ``{relative file path: record count}``.
 
     Layout: ``kb/rev1.jsonl``, ``kb/rev2.jsonl``, ``sft/v1.jsonl``, ``sft/v2_new.jsonl``,
-    ``sft/replay.jsonl`` (what a fine-tune replays, see :func:`replay_rows`),
+    ``sft/replay.jsonl`` (what a fine-tune replays: ``replay``, by default
+    :func:`replay_rows` of ``data``),
     ``guard/train.jsonl``, ``guard/heldout.jsonl``, ``reward/train.jsonl``,
     ``reward/heldout.jsonl``, ``reward/heldout_current.jsonl`` (the held-out pairs at
     :data:`EVAL_REVISION`), ``reward/v2_new.jsonl``, ``eval/<suite>.jsonl`` for every
@@ -1129,7 +1162,10 @@ def write_domain(data: DomainData, out_dir: Path) -> dict[str, int]:
         ("kb/rev2.jsonl", lambda p: _write_facts(p, knowledge_base(2))),
         ("sft/v1.jsonl", lambda p: write_conversations(p, data.sft_v1)),
         ("sft/v2_new.jsonl", lambda p: write_conversations(p, data.sft_v2_new)),
-        ("sft/replay.jsonl", lambda p: write_conversations(p, replay_rows(data))),
+        (
+            "sft/replay.jsonl",
+            lambda p: write_conversations(p, replay_rows(data) if replay is None else replay),
+        ),
         ("guard/train.jsonl", lambda p: write_jsonl(p, data.guard_train)),
         ("guard/heldout.jsonl", lambda p: write_jsonl(p, data.guard_heldout)),
         ("reward/train.jsonl", lambda p: write_jsonl(p, data.reward_train)),

@@ -148,6 +148,32 @@ def test_superseded_replay_rows_are_dropped_and_counted() -> None:
     assert kept == replay[2:]  # the unchanged fact and the refusal stay
 
 
+def test_replay_rows_grounded_with_yesterdays_facts_are_superseded_by_todays() -> None:
+    # The replayed row carries the facts retrieved when it was written, the new row today's:
+    # the question decides, not the context around it.
+    question = {"role": "user", "content": "How much is the Pro plan?"}
+    old_answer, new_answer = (
+        "The Pro plan costs $12 per month.",
+        "The Pro plan costs $15 per month.",
+    )
+    replay = [
+        [
+            {"role": "system", "content": f"Be brief.\nFacts:\n- {old_answer}"},
+            question,
+            _a(old_answer),
+        ]
+    ]
+    new = [
+        [
+            {"role": "system", "content": f"Be brief.\nFacts:\n- {new_answer}"},
+            question,
+            _a(new_answer),
+        ]
+    ]
+    kept, dropped = drop_superseded(new, replay)
+    assert (kept, dropped) == ([], 1)
+
+
 def _a(text: str) -> dict[str, str]:
     return {"role": "assistant", "content": text}
 

@@ -333,7 +333,10 @@ def test_augmentation_adds_versioned_system_prompt_and_retrieval(make_harness, t
     assert record["system_prompt_version"] == "sp-9"
     assert record["retrieved_context_ids"][0] == fact.id
     assert len(record["retrieved_context_ids"]) == 2
-    assert fact.text in system["content"]
+    # Both retrieved facts are logged; only the best one (inject_top_k) reaches the model.
+    second = next(f for f in facts if f.id == record["retrieved_context_ids"][1])
+    assert system["content"] == f"Be brief.\nFacts:\n- {fact.text}"
+    assert second.text not in system["content"]
     off = make_harness({"augment": {"enabled": False}}, name="off", static_backend=RecordingStub())
     off.chat(off.key(), "hello")
     assert off.interactions()[0]["system_prompt_version"] is None
