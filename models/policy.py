@@ -188,7 +188,9 @@ class PolicyConfig(BaseModel):
             num_heads=2,
             intermediate_size=128,
             vocab_size=400,
-            max_positions=96,
+            # The gateway's prompt with one retrieved fact takes 52-82 tokens at this
+            # vocabulary (tiny demo, revision-2 facts); 96 positions left no room to answer.
+            max_positions=160,
             lr=5e-3,
             warmup_steps=5,
             batch_size=8,

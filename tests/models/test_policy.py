@@ -337,7 +337,7 @@ def test_bad_rows_are_named_and_long_rows_counted(tmp_path: Path) -> None:
 
 def test_saved_folder_loads_through_the_generic_path_and_generates(v1: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(v1))
-    assert model.config.max_position_embeddings == 96
+    assert model.config.max_position_embeddings == 160
     policy = load_policy(v1, device="cpu")
     prompts = [[{"role": "user", "content": "How much is the Pro plan?"}]] * 3 + [
         [{"role": "user", "content": HARMFUL[1]}]
