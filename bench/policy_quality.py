@@ -1,7 +1,7 @@
 """Policy v1 quality on the example domain, and the fine-tune-with-replay experiment.
 
 Trains policy v1 from scratch on ``build_domain(seed).sft_v1``, grounded as the bootstrap
-grounds it (``models.bootstrap.ground_sft_v1``; ``--no-grounding`` for the bare recipe),
+grounds it (``models.bootstrap.grounded_training_rows``; ``--no-grounding``: bare recipe),
 under a wall-clock budget or a step count, then measures with greedy ``generate_batch`` on
 the domain's held-out eval suites, bare (``v1_*``) and as the default gateway serves it,
 with the top retrieved fact of KB revision 1 (``v1_gw1_*``, the world when v1 shipped) and

@@ -152,10 +152,10 @@ class AugmentSettings(_Strict):
         top_k: facts retrieved per request.
         min_score: cosine similarity below which a fact is not used.
         inject_context: put the best ``inject_top_k`` retrieved facts into the system
-            prompt (:func:`loopwright.grounding.system_with_facts`), so the model answers
-            from the knowledge base as it stands now rather than as it was when the model
-            was trained. The example policy is trained to read them (``models.grounding``);
-            turn it off for a model that was not.
+            prompt (:func:`loopwright.grounding.system_with_facts`), so the model has
+            today's fact in front of it, also for wording it was not trained on. The
+            example policy is trained to read them (``models.grounding``); turn it off
+            for a model that was not.
         inject_top_k: how many of the ``top_k`` retrieved facts go into the prompt, best
             first. The example policy reads one: trained with two or three it answered
             held-out wording worse (the extra facts are distractors a 5M-parameter model
