@@ -292,20 +292,13 @@ def serving_grounder(settings: Settings, share: float, seed: int) -> Grounder | 
     augment = gateway.augment
     if not (augment.enabled and augment.retrieval and augment.inject_context):
         return None
-    from loopwright.gateway.components import domain_facts
-    from loopwright.gateway.encoders import load_facts_jsonl
-    from models.embedder import Embedder
+    from loopwright.gateway.components import knowledge_facts, standalone_embedder
     from models.grounding import GroundingConfig, ground_conversations
 
-    encoders = gateway.encoders
-    facts = (
-        load_facts_jsonl(encoders.kb_path)
-        if encoders.kb_path
-        else domain_facts(encoders.kb_revision)
-    )
-    encoder = Embedder.load(
-        encoders.embedder_dir, backend=encoders.runtime if encoders.embedder_dir else "torch"
-    )
+    facts = knowledge_facts(gateway.encoders)
+    # The guard's embedding branch and the standalone encoder give the same pretrained
+    # vectors (models.embedder), so retrieval here matches what the gateway retrieves.
+    encoder = standalone_embedder(gateway.encoders)
     config = GroundingConfig(
         share=share,
         top_k=augment.inject_top_k,

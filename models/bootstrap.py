@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.grounding import GroundingConfig
+from models.grounding import Conversation, GroundingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +83,6 @@ def write_example_data(data_root: Path, config: BootstrapConfig) -> dict[str, in
     domain = build_domain(seed=config.seed, scale=config.scale)
     domain.sft_v1, replay = grounded_training_rows(domain, config)
     return write_domain(domain, data_root / DOMAIN_DIR, replay=replay)
-
-
-Conversation = list[dict[str, str]]
 
 
 def grounded_training_rows(

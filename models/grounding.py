@@ -37,6 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from loopwright.grounding import with_facts
 
 Conversation = list[dict[str, str]]
+"""A chat as role/content messages (the shape ``models.helpdesk.records`` writes)."""
+
 Counterfactual = Callable[[str, random.Random], str | None]
 """``(fact id, rng) -> a plausible wrong answer to that fact`` (None: the fact has none)."""
 
@@ -79,7 +81,7 @@ class GroundingStats:
         rows: conversations in.
         grounded: conversations that got at least one fact.
         bare: conversations left without facts (not drawn, or nothing retrieved).
-        own_fact_retrieved: grounded rows whose answer is the first retrieved fact.
+        own_fact_retrieved: grounded rows whose answer is one of the retrieved facts.
         counterfactual: rows whose fact and answer were replaced.
     """
 
@@ -90,7 +92,7 @@ class GroundingStats:
     counterfactual: int
 
 
-def _last_user(conversation: Conversation) -> str:
+def _last_user(conversation: Conversation) -> str:  # the question retrieval embeds
     return next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
 
 

@@ -15,7 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from loopwright.gateway.encoders import Fact, load_facts_jsonl
-from loopwright.gateway.settings import GatewaySettings
+from loopwright.gateway.settings import EncoderSettings, GatewaySettings
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,6 @@ def load_components(
     )
     wants_embed = s.augment.enabled and s.augment.retrieval
     if wants_guard or wants_embed:
-        from models.embedder import Embedder
         from models.guard import Guard
 
         folder: Path | None = None
@@ -163,17 +162,35 @@ def load_components(
             )
             comps.embedder = comps.guard.embedder()
         elif wants_embed:
-            comps.embedder = Embedder.load(
-                s.encoders.embedder_dir,
-                backend=s.encoders.runtime if s.encoders.embedder_dir else "torch",
-                threads=s.encoders.threads,
-            )
+            comps.embedder = standalone_embedder(s.encoders)
     if wants_embed:
-        if s.encoders.kb_path:
-            comps.facts = load_facts_jsonl(s.encoders.kb_path)
-        else:
-            try:
-                comps.facts = domain_facts(s.encoders.kb_revision)
-            except ImportError:
-                logger.warning("no kb_path and no example domain installed: no retrieval")
+        try:
+            comps.facts = knowledge_facts(s.encoders)
+        except ImportError:
+            logger.warning("no kb_path and no example domain installed: no retrieval")
     return comps
+
+
+def knowledge_facts(encoders: EncoderSettings) -> list[Fact]:
+    """The facts the gateway retrieves from: ``kb_path``, else the example domain's KB.
+
+    Raises:
+        ImportError: no ``kb_path`` and the example domain is not installed.
+    """
+    if encoders.kb_path:
+        return load_facts_jsonl(encoders.kb_path)
+    return domain_facts(encoders.kb_revision)
+
+
+def standalone_embedder(encoders: EncoderSettings) -> Any:
+    """The retrieval embedder when no guard serves one: ``embedder_dir`` or the packaged one.
+
+    The packaged encoder has no ONNX export of its own, so it runs in torch.
+    """
+    from models.embedder import Embedder
+
+    return Embedder.load(
+        encoders.embedder_dir,
+        backend=encoders.runtime if encoders.embedder_dir else "torch",
+        threads=encoders.threads,
+    )
