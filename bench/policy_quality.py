@@ -52,7 +52,7 @@ from models.generation import DecodingParams, generate_batch, load_policy
 from models.grounding import GroundingConfig, TextEncoder, ground_conversations, retrieve
 from models.helpdesk import CATEGORIES, build_domain, is_refusal, is_safe_completion
 from models.helpdesk.generate import LOOKALIKE_REPLAY_WEIGHT, SYSTEM_PROMPT, replay_rows
-from models.helpdesk.kb import knowledge_base
+from models.helpdesk.plugin import helpdesk_retrieval_facts
 from models.policy import PolicyConfig, finetune_sft, train_dpo, train_policy_v1
 from models.policy_data import with_pseudowords
 
@@ -106,16 +106,15 @@ def served_messages(
         return bare
     assert encoder is not None
     served = AugmentSettings()
-    facts = [(f.id, f.answer) for f in knowledge_base(kb_revision)]
     hits = retrieve(
         [s.messages[-1].content for s in samples],
-        facts,
+        helpdesk_retrieval_facts(kb_revision),
         encoder,
         served.inject_top_k,
         served.min_score,
     )
     return [
-        with_facts(msgs, [text for _, text in found], served.system_prompt.text)
+        with_facts(msgs, [fact.text for fact in found], served.system_prompt.text)
         for msgs, found in zip(bare, hits, strict=True)
     ]
 
@@ -366,7 +365,7 @@ def main() -> None:
         if not args.no_grounding:  # as the nightly's serving_grounder does
             new_rows, _ = ground_conversations(
                 new_rows,
-                [(f.id, f.answer) for f in knowledge_base(2)],
+                helpdesk_retrieval_facts(2),
                 encoder,
                 SYSTEM_PROMPT,
                 GroundingConfig(share=NightlyConfig().grounding_share, counterfactual_share=0.0),

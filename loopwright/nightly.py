@@ -309,7 +309,7 @@ def serving_grounder(settings: Settings, share: float, seed: int) -> Grounder | 
     def ground(rows: list[list[dict[str, str]]]) -> list[list[dict[str, str]]]:
         grounded, stats = ground_conversations(
             rows,
-            [(f.id, f.text) for f in facts],
+            facts,
             encoder,
             augment.system_prompt.text,
             config,

@@ -106,14 +106,13 @@ def grounded_training_rows(
     """
     from models.embedder import Embedder
     from models.grounding import ground_conversations
-    from models.helpdesk import knowledge_base
     from models.helpdesk.generate import SYSTEM_PROMPT, counterfactual_answers, replay_rows
+    from models.helpdesk.plugin import helpdesk_retrieval_facts
 
     encoder = Embedder.load(None, backend="torch")
-    facts = [(f.id, f.answer) for f in knowledge_base(1)]
     replay, stats = ground_conversations(
         replay_rows(domain),
-        facts,
+        helpdesk_retrieval_facts(1),
         encoder,
         SYSTEM_PROMPT,
         config.grounding,

@@ -29,26 +29,16 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from loopwright.grounding import with_facts
+from loopwright.grounding import Fact, KnowledgeIndex, TextEncoder, with_facts
 
 Conversation = list[dict[str, str]]
 """A chat as role/content messages (the shape ``models.helpdesk.records`` writes)."""
 
 Counterfactual = Callable[[str, random.Random], str | None]
 """``(fact id, rng) -> a plausible wrong answer to that fact`` (None: the fact has none)."""
-
-
-class TextEncoder(Protocol):
-    """What grounding needs from an embedder: unit-norm vectors for texts."""
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), dim) unit-norm rows."""
-        ...
 
 
 class GroundingConfig(BaseModel):
@@ -98,35 +88,29 @@ def _last_user(conversation: Conversation) -> str:  # the question retrieval emb
 
 def retrieve(
     queries: Sequence[str],
-    facts: Sequence[tuple[str, str]],
+    facts: Sequence[Fact],
     encoder: TextEncoder,
     top_k: int,
     min_score: float,
-) -> list[list[tuple[str, str]]]:
-    """The ``top_k`` facts most similar to each query, best first, at least ``min_score``.
+) -> list[list[Fact]]:
+    """The ``top_k`` best facts for each query, best first, scoring at least ``min_score``.
 
-    What the gateway's retrieval returns for the same texts and encoder (cosine similarity
-    of unit-norm embeddings).
+    The gateway's own retrieval (:class:`loopwright.grounding.KnowledgeIndex`: each fact
+    scored by the best of its text and example questions) over the same facts and encoder.
 
     Returns:
-        One list of ``(id, text)`` per query (possibly empty).
+        One list of facts per query (possibly empty).
     """
     if not queries or not facts:
         return [[] for _ in queries]
-    from models.embedder import top_k as top_k_docs  # torch-heavy; only when retrieving
-
-    order, scores = top_k_docs(
-        encoder.encode(list(queries)), encoder.encode([t for _, t in facts]), top_k
-    )
-    return [
-        [facts[i] for i, score in zip(idx, sims, strict=True) if score >= min_score]
-        for idx, sims in zip(order, scores, strict=True)
-    ]
+    index = KnowledgeIndex.build(facts, encoder)
+    hits = index.search_many(encoder.encode(list(queries)), top_k, min_score)
+    return [[fact for fact, _ in found] for found in hits]
 
 
 def ground_conversations(
     conversations: Sequence[Conversation],
-    facts: Sequence[tuple[str, str]],
+    facts: Sequence[Fact],
     encoder: TextEncoder,
     system_prompt: str,
     config: GroundingConfig,
@@ -144,7 +128,7 @@ def ground_conversations(
 
     Args:
         conversations: rows ending with the assistant's answer.
-        facts: the knowledge base as ``(id, text)``, the texts the gateway retrieves.
+        facts: the knowledge base as the gateway retrieves it (texts and questions).
         encoder: the retrieval embedder (the gateway's, or the same pretrained encoder).
         system_prompt: the gateway's system prompt (used where a row has none).
         config: shares and retrieval settings.
@@ -170,9 +154,9 @@ def ground_conversations(
             out.append([dict(m) for m in conv])
             continue
         grounded += 1
-        texts = [text for _, text in hits]
+        texts = [fact.text for fact in hits]
         answer = conv[-1]["content"]
-        own_id = next((fid for fid, text in hits if text == answer), None)
+        own_id = next((fact.id for fact in hits if fact.text == answer), None)
         if own_id is not None:
             own += 1
             wrong = counterfactual(own_id, rng) if counterfactual is not None else None

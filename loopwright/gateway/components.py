@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from loopwright.gateway.encoders import Fact, load_facts_jsonl
 from loopwright.gateway.settings import EncoderSettings, GatewaySettings
+from loopwright.grounding import Fact, load_facts_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -82,15 +82,15 @@ class Components:
 
 
 def domain_facts(revision: int) -> list[Fact]:
-    """The example domain's knowledge base as retrieval facts (id, answer text).
+    """The example domain's knowledge base as retrieval facts (answers keyed by questions).
 
     Raises:
         ImportError: the example domain is not installed.
-
+        ValueError: unknown revision.
     """
-    from models.helpdesk import knowledge_base
+    from models.helpdesk.plugin import helpdesk_retrieval_facts
 
-    return [Fact(id=f.id, text=f.answer) for f in knowledge_base(revision)]
+    return helpdesk_retrieval_facts(revision)
 
 
 def download_registry_folder(tracking_uri: str, name: str, alias: str, cache: Path) -> Path:

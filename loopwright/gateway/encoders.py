@@ -14,7 +14,6 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
@@ -216,79 +215,3 @@ class EncoderService:
     def close(self) -> None:
         """Stop the worker thread."""
         self._executor.shutdown(wait=False)
-
-
-@dataclass(frozen=True)
-class Fact:
-    """One knowledge-base fact: a stable id and its text."""
-
-    id: str
-    text: str
-
-
-class KnowledgeIndex:
-    """Dense retrieval over KB facts by cosine similarity (vectors are normalised).
-
-    Args:
-        facts: the facts (ids unique).
-        vectors: their embeddings, shape (len(facts), dim), rows normalised.
-
-    """
-
-    def __init__(self, facts: Sequence[Fact], vectors: np.ndarray) -> None:
-        if len(facts) != len(vectors):
-            raise ValueError(f"{len(facts)} facts but {len(vectors)} vectors")
-        ids = [f.id for f in facts]
-        if len(set(ids)) != len(ids):
-            raise ValueError("fact ids must be unique")
-        self.facts = list(facts)
-        self.vectors = np.asarray(vectors, dtype=np.float32)
-        self._by_id = {f.id: f for f in self.facts}
-
-    @classmethod
-    def build(
-        cls, facts: Sequence[Fact], embedder: EmbedderLike, batch: int = 64
-    ) -> KnowledgeIndex:
-        """Embed ``facts`` with ``embedder``."""
-        parts = [
-            embedder.encode([f.text for f in facts[i : i + batch]])
-            for i in range(0, len(facts), batch)
-        ]
-        vectors = np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.float32)
-        return cls(facts, vectors)
-
-    def search(self, vector: np.ndarray, k: int, min_score: float) -> list[tuple[Fact, float]]:
-        """The ``k`` best facts with similarity at least ``min_score``, best first."""
-        if not self.facts:
-            return []
-        sims = self.vectors @ np.asarray(vector, dtype=np.float32)
-        k = min(k, len(self.facts))
-        top = np.argpartition(-sims, k - 1)[:k]
-        top = top[np.argsort(-sims[top])]
-        return [(self.facts[i], float(sims[i])) for i in top if sims[i] >= min_score]
-
-    def get(self, fact_id: str) -> Fact | None:
-        """The fact with this id, if any."""
-        return self._by_id.get(fact_id)
-
-
-def load_facts_jsonl(path: str | Path) -> list[Fact]:
-    """Facts from a JSONL file of ``{"id": ..., "text": ...}`` objects.
-
-    Raises:
-        ValueError: a line is not such an object (the message names file and line).
-
-    """
-    import json
-
-    facts = []
-    path = Path(path)
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-            facts.append(Fact(id=str(data["id"]), text=str(data["text"])))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f'{path}:{lineno}: expected {{"id", "text"}} ({exc})') from exc
-    return facts

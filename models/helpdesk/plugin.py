@@ -12,6 +12,7 @@ from pathlib import Path
 
 from loopwright.data.factcheck import KBFact, KBFactChecker
 from loopwright.data.screening import ScreeningConfig
+from loopwright.grounding import Fact
 
 
 def helpdesk_fact_checker(revision: int = 2) -> KBFactChecker:
@@ -33,6 +34,25 @@ def helpdesk_fact_checker(revision: int = 2) -> KBFactChecker:
 
     previous = facts(revision - 1) if revision - 1 in REVISIONS else []
     return KBFactChecker(facts(revision), previous)
+
+
+def helpdesk_retrieval_facts(revision: int) -> list[Fact]:
+    """The KB at ``revision`` as the gateway retrieves it: answers keyed by their questions.
+
+    Each fact's retrieval keys are its answer and its questions in the *training* wordings
+    (what a help desk's FAQ lists); the held-out wordings never appear, so evaluating on
+    them still measures wording nobody prepared for.
+
+    Raises:
+        ValueError: unknown revision (the message lists the valid ones).
+    """
+    from models.helpdesk.kb import knowledge_base
+    from models.helpdesk.templates import questions
+
+    return [
+        Fact(id=f.id, text=f.answer, questions=tuple(questions(f, "train")))
+        for f in knowledge_base(revision)
+    ]
 
 
 def helpdesk_is_safe_response(text: str) -> bool:
