@@ -112,11 +112,8 @@ class EncoderSettings(_Strict):
             (``routing.source=mlflow``) or runs without a guard (rules only).
         embedder_dir: an embedder folder; None uses the embedder's packaged default.
         runtime: ``onnx`` (the fast path) or ``torch``.
-        kb_path: JSONL of ``{"id", "text"}`` facts for retrieval, each optionally with
-            ``"questions"`` (example questions it answers, extra retrieval keys: a question
-            is found far more reliably by another wording of itself than by the statement
-            answering it); None uses the example domain's knowledge base when it is
-            installed.
+        kb_path: JSONL of ``{"id", "text"}`` facts for retrieval; None uses the example
+            domain's knowledge base when it is installed.
         kb_revision: revision of the example domain's knowledge base. Default 2, the
             world as it stands now (revision 1 is what policy v1 was trained on; users and
             the evaluation judge against revision 2): with facts injected, the gateway

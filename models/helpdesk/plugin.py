@@ -37,44 +37,22 @@ def helpdesk_fact_checker(revision: int = 2) -> KBFactChecker:
 
 
 def helpdesk_retrieval_facts(revision: int) -> list[Fact]:
-    """What the gateway retrieves from: the KB at ``revision`` and the help centre's answers.
+    """The KB at ``revision`` as the gateway retrieves it: answers keyed by their questions.
 
-    Every entry is keyed by its text and by the questions it answers in the domain's
-    *training* wordings (what a help desk's FAQ lists): each KB fact by its question
-    templates and by the training look-alikes that ask for it; each fixed look-alike answer
-    (how to report a file, how HTTP 429 works: help-centre answers, not KB facts) becomes
-    an entry ``faq.<n>`` keyed by the training look-alikes that get it. Nothing held out is
-    a key, and only answers the training data already contains are entries, so evaluating
-    held-out wordings still measures questions nobody prepared for.
+    Each fact's retrieval keys are its answer and its questions in the *training* wordings
+    (what a help desk's FAQ lists); the held-out wordings never appear, so evaluating on
+    them still measures wording nobody prepared for.
 
     Raises:
         ValueError: unknown revision (the message lists the valid ones).
     """
     from models.helpdesk.kb import knowledge_base
-    from models.helpdesk.safety import CATEGORIES
     from models.helpdesk.templates import questions
 
-    asked_for_fact: dict[str, list[str]] = {}
-    help_centre: dict[str, list[str]] = {}  # fixed answer -> its training look-alikes
-    for cat in CATEGORIES.values():
-        for look in cat.lookalikes("train"):
-            if look.fact_id is not None:
-                asked_for_fact.setdefault(look.fact_id, []).append(look.text)
-            else:
-                help_centre.setdefault(look.answer_at(revision), []).append(look.text)
-    facts = [
-        Fact(
-            id=f.id,
-            text=f.answer,
-            questions=(*questions(f, "train"), *asked_for_fact.get(f.id, ())),
-        )
+    return [
+        Fact(id=f.id, text=f.answer, questions=tuple(questions(f, "train")))
         for f in knowledge_base(revision)
     ]
-    faq = [
-        Fact(id=f"faq.{n}", text=answer, questions=tuple(asked))
-        for n, (answer, asked) in enumerate(help_centre.items())
-    ]
-    return facts + faq
 
 
 def helpdesk_is_safe_response(text: str) -> bool:
