@@ -86,7 +86,7 @@ class KnowledgeIndex:
             then its questions, fact after fact).
 
     Raises:
-        ValueError: duplicate ids, or as many vectors as keys are not given.
+        ValueError: duplicate ids, or not one vector per key.
     """
 
     def __init__(self, facts: Sequence[Fact], vectors: np.ndarray) -> None:
@@ -94,12 +94,14 @@ class KnowledgeIndex:
         if len(set(ids)) != len(ids):
             raise ValueError("fact ids must be unique")
         self.facts = list(facts)
-        owners = [i for i, f in enumerate(self.facts) for _ in range(1 + len(f.questions))]
-        if len(owners) != len(vectors):
-            raise ValueError(f"{len(owners)} keys (texts and questions) but {len(vectors)} vectors")
+        keys_per_fact = [1 + len(f.questions) for f in self.facts]
+        if sum(keys_per_fact) != len(vectors):
+            raise ValueError(
+                f"{sum(keys_per_fact)} keys (texts and questions) but {len(vectors)} vectors"
+            )
         self.vectors = np.asarray(vectors, dtype=np.float32)
         # Keys are grouped by fact, so each fact's best key is one reduceat segment.
-        self._starts = np.cumsum([0] + [1 + len(f.questions) for f in self.facts[:-1]])
+        self._starts = np.cumsum([0, *keys_per_fact[:-1]])
         self._by_id = {f.id: f for f in self.facts}
 
     @staticmethod
@@ -117,7 +119,10 @@ class KnowledgeIndex:
 
     def scores(self, vectors: np.ndarray) -> np.ndarray:
         """Each fact's score for each query vector: (queries, facts) best-key similarities."""
-        sims = np.atleast_2d(np.asarray(vectors, dtype=np.float32)) @ self.vectors.T
+        queries = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if not self.facts:
+            return np.zeros((len(queries), 0), dtype=np.float32)
+        sims = queries @ self.vectors.T
         return np.maximum.reduceat(sims, self._starts, axis=1)
 
     def search(self, vector: np.ndarray, k: int, min_score: float) -> list[tuple[Fact, float]]:

@@ -40,7 +40,7 @@ def test_a_fact_scores_by_its_best_key():
     scores = index.scores(enc.encode(["plan price", "region"]))
     assert scores.shape == (2, 3)
     assert scores[1].tolist() == pytest.approx([0.0, 0.0, 1.0])
-    assert scores[0, 0] == pytest.approx(max(1.0, 0.0))
+    assert scores[0, 0] == pytest.approx(1.0)  # its text has the same words in proportion
 
 
 def test_search_keeps_the_floor_and_k_and_matches_search_many():
@@ -52,7 +52,8 @@ def test_search_keeps_the_floor_and_k_and_matches_search_many():
     assert many[1] == []  # nothing scores above the floor
     assert index.search(queries[0], k=2, min_score=0.1) == many[0]
     assert [f.id for f, _ in index.search(queries[0], k=1, min_score=0.1)] == ["price"]
-    assert KnowledgeIndex.build([], BagOfWords()).search(queries[0], 3, 0.0) == []
+    empty = KnowledgeIndex.build([], BagOfWords())
+    assert empty.search(queries[0], 3, 0.0) == [] and empty.scores(queries).shape == (2, 0)
 
 
 def test_index_refuses_duplicate_ids_and_misaligned_vectors():

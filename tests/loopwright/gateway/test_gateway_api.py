@@ -337,6 +337,10 @@ def test_augmentation_adds_versioned_system_prompt_and_retrieval(make_harness, t
     second = next(f for f in facts if f.id == record["retrieved_context_ids"][1])
     assert system["content"] == f"Be brief.\nFacts:\n- {fact.text}"
     assert second.text not in system["content"]
+    # A fact is found by the questions it answers, not only by its own text.
+    asked = next(f for f in facts if f.questions and f.id != fact.id)
+    h.chat(h.key(), asked.questions[-1])
+    assert _only(h.interactions(), 2)[1]["retrieved_context_ids"][0] == asked.id
     off = make_harness({"augment": {"enabled": False}}, name="off", static_backend=RecordingStub())
     off.chat(off.key(), "hello")
     assert off.interactions()[0]["system_prompt_version"] is None
