@@ -49,7 +49,7 @@ from loopwright.records import EvalSample
 from models.bootstrap import BootstrapConfig, grounded_training_rows
 from models.embedder import Embedder
 from models.generation import DecodingParams, generate_batch, load_policy
-from models.grounding import GroundingConfig, TextEncoder, ground_conversations, retrieve
+from models.grounding import EmbedderLike, GroundingConfig, ground_conversations, retrieve
 from models.helpdesk import CATEGORIES, build_domain, is_refusal, is_safe_completion
 from models.helpdesk.generate import LOOKALIKE_REPLAY_WEIGHT, SYSTEM_PROMPT, replay_rows
 from models.helpdesk.plugin import helpdesk_retrieval_facts
@@ -97,7 +97,7 @@ def rev1_reference(s: EvalSample) -> str:
 
 
 def served_messages(
-    samples: Sequence[EvalSample], kb_revision: int | None, encoder: TextEncoder | None
+    samples: Sequence[EvalSample], kb_revision: int | None, encoder: EmbedderLike | None
 ) -> list[list[dict[str, str]]]:
     """The samples' messages bare (``kb_revision`` None) or as the default gateway sends
     them: its system prompt with the top fact retrieved from that KB revision."""
@@ -124,7 +124,7 @@ def measure(
     data: object,
     threads: int,
     kb_revision: int | None = None,
-    encoder: TextEncoder | None = None,
+    encoder: EmbedderLike | None = None,
 ) -> dict[str, tuple[float, int]]:
     """Generate greedily for every sample of the three suites and score them.
 

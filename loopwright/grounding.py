@@ -22,11 +22,11 @@ FACTS_HEADER = "\nFacts:\n"
 """What separates the system prompt from the facts (one ``- fact`` line each follows)."""
 
 
-class TextEncoder(Protocol):
-    """What retrieval needs from an embedder: unit-norm vectors for texts."""
+class EmbedderLike(Protocol):
+    """A sentence embedder returning L2-normalised vectors (all retrieval needs of one)."""
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), dim) unit-norm rows."""
+        """Array of shape (len(texts), dim), rows normalised."""
         ...
 
 
@@ -110,7 +110,9 @@ class KnowledgeIndex:
         return [key for f in facts for key in (f.text, *f.questions)]
 
     @classmethod
-    def build(cls, facts: Sequence[Fact], embedder: TextEncoder, batch: int = 64) -> KnowledgeIndex:
+    def build(
+        cls, facts: Sequence[Fact], embedder: EmbedderLike, batch: int = 64
+    ) -> KnowledgeIndex:
         """Embed every key of ``facts`` with ``embedder``."""
         keys = cls.keys(facts)
         parts = [embedder.encode(keys[i : i + batch]) for i in range(0, len(keys), batch)]

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loopwright.grounding import Fact, KnowledgeIndex, TextEncoder, with_facts
+from loopwright.grounding import EmbedderLike, Fact, KnowledgeIndex, with_facts
 
 Conversation = list[dict[str, str]]
 """A chat as role/content messages (the shape ``models.helpdesk.records`` writes)."""
@@ -92,7 +92,7 @@ def _last_user(conversation: Conversation) -> str:  # the question retrieval emb
 def retrieve(
     queries: Sequence[str],
     facts: Sequence[Fact],
-    encoder: TextEncoder,
+    encoder: EmbedderLike,
     top_k: int,
     min_score: float,
 ) -> list[list[Fact]]:
@@ -114,7 +114,7 @@ def retrieve(
 def ground_conversations(
     conversations: Sequence[Conversation],
     facts: Sequence[Fact],
-    encoder: TextEncoder,
+    encoder: EmbedderLike,
     system_prompt: str,
     config: GroundingConfig,
     seed: int,

@@ -18,6 +18,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from loopwright.grounding import EmbedderLike
+
 logger = logging.getLogger(__name__)
 
 GUARD_LABELS = ("benign", "harmful", "injection")
@@ -28,14 +30,6 @@ class GuardLike(Protocol):
 
     def scores(self, texts: Sequence[str]) -> list[dict[str, float]]:
         """Label probabilities (benign, harmful, injection) per text."""
-        ...
-
-
-class EmbedderLike(Protocol):
-    """A sentence embedder returning L2-normalised vectors."""
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Array of shape (len(texts), dim), rows normalised."""
         ...
 
 

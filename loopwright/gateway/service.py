@@ -30,7 +30,7 @@ from pydantic import BaseModel
 
 from loopwright.gateway import rules
 from loopwright.gateway.backends import Generation, build_backend
-from loopwright.gateway.encoders import EmbedderLike, EncoderService, GuardLike
+from loopwright.gateway.encoders import EncoderService, GuardLike
 from loopwright.gateway.keys import KeyStore, Principal
 from loopwright.gateway.metrics import GatewayMetrics
 from loopwright.gateway.normalize import normalise
@@ -49,7 +49,7 @@ from loopwright.gateway.routing import (
 from loopwright.gateway.schemas import ChatCompletionRequest
 from loopwright.gateway.settings import GatewaySettings
 from loopwright.gateway.spool import ObjectStoreLike, Spool
-from loopwright.grounding import Fact, KnowledgeIndex, system_with_facts
+from loopwright.grounding import EmbedderLike, Fact, KnowledgeIndex, system_with_facts
 from loopwright.records import FeedbackEvent, Interaction, Message, RailVerdict
 from models.generation import DecodingParams
 
