@@ -51,10 +51,22 @@ from models.embedder import Embedder
 from models.generation import DecodingParams, generate_batch, load_policy
 from models.grounding import EmbedderLike, GroundingConfig, ground_conversations, retrieve
 from models.helpdesk import CATEGORIES, build_domain, is_refusal, is_safe_completion
-from models.helpdesk.generate import LOOKALIKE_REPLAY_WEIGHT, SYSTEM_PROMPT, replay_rows
+from models.helpdesk.generate import (
+    LOOKALIKE_REPLAY_WEIGHT,
+    SYSTEM_PROMPT,
+    declined_alternative,
+    replay_rows,
+)
 from models.helpdesk.plugin import helpdesk_retrieval_facts
-from models.policy import PolicyConfig, finetune_sft, train_dpo, train_policy_v1
-from models.policy_data import with_pseudowords
+from models.helpdesk.safety import REFUSAL_TEXT
+from models.policy import (
+    PolicyConfig,
+    finetune_sft,
+    train_dpo,
+    train_dpo_conversations,
+    train_policy_v1,
+)
+from models.policy_data import refusal_boundary_pairs, with_pseudowords
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -278,6 +290,15 @@ def main() -> None:
     parser.add_argument("--no-finetune", action="store_true")
     parser.add_argument("--no-replay", action="store_true", help="add the forgetting baseline")
     parser.add_argument("--dpo", action="store_true", help="add DPO on reward_v2_new")
+    parser.add_argument(
+        "--boundary-dpo",
+        action="store_true",
+        help="add DPO on refusal-boundary pairs from the fine-tune's own rows, served context "
+        "included (models.policy_data.refusal_boundary_pairs)",
+    )
+    parser.add_argument(
+        "--boundary-benign", type=float, default=1.0, help="benign pairs per declined row"
+    )
     parser.add_argument("--out", type=Path, default=None, help="keep models here")
     parser.add_argument(
         "--v1-dir", type=Path, default=None, help="reuse this v1 folder (skips v1 training)"
@@ -338,6 +359,7 @@ def main() -> None:
 
     if args.no_finetune:
         return
+    trained_rows: dict[str, list[list[dict[str, str]]]] = {}
     arms = [("ft", 4.0)] + ([("ft_noreplay", 0.0)] if args.no_replay else [])
     for name, ratio in arms:
         ft_budget = (
@@ -379,6 +401,7 @@ def main() -> None:
         )
         print(f"{name}_new_rows: {len(new_rows)}")
         ft = finetune_sft(v1_dir, new_rows, replay, ft_cfg, out / name, replay_ratio=ratio)
+        trained_rows[name] = [*new_rows, *replay]
         print(f"{name}_replay_superseded: {ft.replay_superseded}")
         print(f"{name}_wall_seconds: {time.perf_counter() - start:.1f}")
         print(f"{name}_steps: {ft.steps}")
@@ -394,6 +417,30 @@ def main() -> None:
         ):
             print(f"{name}_minus_v1_{key}: {m[key][0] - v1[key][0]:+.3f}")
             print(f"{name}_gw2_minus_v1_gw2_{key}: {m_gw2[key][0] - v1_gw2[key][0]:+.3f}")
+
+    if args.boundary_dpo:
+        pairs = refusal_boundary_pairs(
+            trained_rows["ft"],
+            behaved_text,
+            REFUSAL_TEXT,
+            declined_alternative,
+            args.seed,
+            args.boundary_benign,
+        )
+        print(f"boundary_pairs: {len(pairs)}")
+        start = time.perf_counter()
+        res_b = train_dpo_conversations(
+            out / "ft",
+            pairs,
+            PolicyConfig.dpo(seed=args.seed, threads=args.threads),
+            out / "boundary_dpo",
+        )
+        print(f"boundary_dpo_wall_seconds: {time.perf_counter() - start:.1f}")
+        print(f"boundary_dpo_steps: {res_b.steps}")
+        m_b = measure(out / "boundary_dpo", data, args.threads, 2, encoder)
+        emit("boundary_dpo_gw2", m_b)
+        for key in ("unchanged_exact_train", "over_refusal_lookalike_all"):
+            print(f"boundary_dpo_gw2_minus_v1_gw2_{key}: {m_b[key][0] - v1_gw2[key][0]:+.3f}")
 
     if args.dpo:
         dpo_cfg = PolicyConfig.dpo(seed=args.seed, threads=args.threads)

@@ -37,6 +37,15 @@ def system_with_facts(system_prompt: str, fact_texts: Sequence[str]) -> str:
     return system_prompt + FACTS_HEADER + "\n".join(f"- {text}" for text in fact_texts)
 
 
+def facts_in(messages: Sequence[dict[str, str]]) -> list[str]:
+    """The fact texts a conversation's system message carries (inverse of :func:`with_facts`)."""
+    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
+    if FACTS_HEADER not in system:
+        return []
+    block = system.split(FACTS_HEADER, 1)[1]
+    return [line[2:] for line in block.splitlines() if line.startswith("- ")]
+
+
 def with_facts(
     messages: Sequence[dict[str, str]], fact_texts: Sequence[str], system_prompt: str
 ) -> list[dict[str, str]]:

@@ -41,6 +41,7 @@ from transformers import (
 from loopwright.records import PreferencePair
 from models.policy_data import (
     Conversation,
+    ConversationPreference,
     EncodedExample,
     EncodedPool,
     NoiseSettings,
@@ -725,19 +726,60 @@ def train_dpo(
         ValueError: no pairs, or all of weight 0.
 
     """
+    if not pairs:
+        raise ValueError("train_dpo: no preference pairs given")
+    rows = [
+        ConversationPreference([{"role": "user", "content": p.prompt}], p.chosen, p.rejected)
+        for p in _weighted_pairs(pairs, config.seed)
+    ]
+    return train_dpo_conversations(
+        parent_dir, rows, config, out_dir, progress, pairs_given=len(pairs)
+    )
+
+
+def train_dpo_conversations(
+    parent_dir: Path,
+    preferences: Sequence[ConversationPreference],
+    config: PolicyConfig,
+    out_dir: Path,
+    progress: bool = False,
+    *,
+    pairs_given: int | None = None,
+) -> TrainResult:
+    """:func:`train_dpo` on whole conversation prefixes (system prompt, served context).
+
+    Use this where the model is served with more than the user's message: the pairs are
+    then learned in the prompt the model will see (e.g. the gateway's system prompt and
+    retrieved facts).
+
+    Args:
+        parent_dir: the policy folder to start from.
+        preferences: prefixes with the preferred and the rejected next assistant turn.
+        config: as for :func:`train_dpo`.
+        out_dir: folder to write.
+        progress: show the trainer's progress bar.
+        pairs_given: pairs before weighting (recorded; defaults to ``len(preferences)``).
+
+    Raises:
+        ValueError: no preferences, or a prefix that does not end with a user turn.
+
+    """
     from datasets import Dataset
     from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
-    if not pairs:
+    if not preferences:
         raise ValueError("train_dpo: no preference pairs given")
+    for i, pref in enumerate(preferences):
+        if not pref.messages or pref.messages[-1]["role"] != "user":
+            raise ValueError(f"train_dpo: preference {i} must end with a user turn")
     out_dir = Path(out_dir)
-    rows = _weighted_pairs(pairs, config.seed)
+    rows = list(preferences)
     dataset = Dataset.from_list(
         [
             {
-                "prompt": [{"role": "user", "content": p.prompt}],
+                "prompt": [dict(m) for m in p.messages],
                 "chosen": [{"role": "assistant", "content": p.chosen}],
                 "rejected": [{"role": "assistant", "content": p.rejected}],
             }
@@ -829,6 +871,10 @@ def train_dpo(
         out_dir,
         config,
         result,
-        extra={"parent_dir": str(parent_dir), "pairs": len(pairs), "pairs_used": len(rows)},
+        extra={
+            "parent_dir": str(parent_dir),
+            "pairs": len(rows) if pairs_given is None else pairs_given,
+            "pairs_used": len(rows),
+        },
     )
     return result

@@ -404,3 +404,71 @@ def with_pseudowords(
         words[position] = _made_up_word(rng)
         copies.append([*row[:at], {**row[at], "content": " ".join(words)}, *row[at + 1 :]])
     return [*rows, *copies]
+
+
+@dataclass(frozen=True)
+class ConversationPreference:
+    """A preference between two assistant replies to the same conversation prefix.
+
+    Attributes:
+        messages: the turns before the reply (system, user...), ending with a user turn.
+        chosen: the preferred reply.
+        rejected: the reply to move away from.
+    """
+
+    messages: Sequence[dict[str, str]]
+    chosen: str
+    rejected: str
+
+
+def refusal_boundary_pairs(
+    rows: Sequence[Conversation],
+    declined: Callable[[str], bool],
+    refusal: str,
+    alternatives: Callable[[Conversation, random.Random], str],
+    seed: int,
+    benign_per_declined: float = 1.0,
+) -> list[ConversationPreference]:
+    """Preference pairs on both sides of the refusal boundary, from SFT rows.
+
+    A fine-tune that learns new refusals from SFT rows alone starts refusing benign
+    questions in wording it has not seen: on the example domain the first token of a
+    held-out question ("What's the procedure if I want to...") is " I", shared by the
+    "don't know", safe-completion and refusal replies, and after the fine-tune the refusal
+    is the continuation that wins. SFT on answered rows stops pushing once the answer is the
+    most likely reply; these pairs keep pushing the refusal down wherever the answer is
+    wanted, and keep the refusal above its likely alternatives where it is wanted.
+
+    Args:
+        rows: SFT rows as trained (any system prompt and served context included).
+        declined: whether a reply declines (refusal or safe completion).
+        refusal: the reply a benign row's pair rejects.
+        alternatives: for a declined row, the reply its pair rejects (what the model
+            would otherwise say: comply, answer from context, "don't know").
+        seed: seeds the choice of benign rows and alternatives.
+        benign_per_declined: benign pairs per declined row (drawn without replacement
+            from the answered rows; capped by how many there are).
+
+    Returns:
+        Shuffled pairs: every declined row (chosen: its reply) and the drawn answered rows
+        (chosen: their answer, rejected: ``refusal``).
+
+    Raises:
+        ValueError: a negative ``benign_per_declined``.
+    """
+    if benign_per_declined < 0:
+        raise ValueError(f"benign_per_declined must be >= 0, got {benign_per_declined}")
+    rng = random.Random(seed)
+    refused = [r for r in rows if declined(r[-1]["content"])]
+    answered = [r for r in rows if not declined(r[-1]["content"])]
+    pairs = [
+        ConversationPreference(list(r[:-1]), r[-1]["content"], alternatives(r, rng))
+        for r in refused
+    ]
+    n_benign = min(len(answered), round(len(refused) * benign_per_declined))
+    pairs += [
+        ConversationPreference(list(r[:-1]), r[-1]["content"], refusal)
+        for r in rng.sample(answered, n_benign)
+    ]
+    rng.shuffle(pairs)
+    return pairs

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from loopwright.grounding import facts_in
 from loopwright.records import EvalSample, Message, PreferencePair, write_jsonl
 from models.helpdesk.kb import (
     REVISIONS,
@@ -1140,6 +1141,33 @@ def replay_rows(
     answers = {look.answer_at(1) for cat in CATEGORIES.values() for look in cat.lookalikes("train")}
     extra = [c for c in data.sft_v1 if c[-1]["content"] in answers]
     return [*data.sft_v1, *extra * max(0, lookalike_weight - 1)]
+
+
+def declined_alternative(row: Sequence[dict[str, str]], rng: random.Random) -> str:
+    """What the model would say instead of a declining row's reply (a DPO pair's rejected).
+
+    One of three, equally often: the "don't know" reply (it shares the refusal's first
+    token, so it is the likeliest slip), the first fact in the row's served context (what
+    answering from context would say; a complying reply when there is none), or a complying
+    reply of the category whose response the row gives (any category's if none matches).
+
+    Args:
+        row: a conversation whose last turn declines (refusal or safe completion).
+        rng: seeds the choice.
+    """
+    compliant = [
+        text
+        for cat in CATEGORIES.values()
+        if cat.response == row[-1]["content"]
+        for text in cat.compliant_train
+    ] or [text for cat in CATEGORIES.values() for text in cat.compliant_train]
+    draw = rng.random()
+    if draw < 1 / 3:
+        return UNKNOWN_TEXT
+    context = facts_in(row)
+    if draw < 2 / 3 and context:
+        return context[0]
+    return rng.choice(compliant)
 
 
 def write_domain(

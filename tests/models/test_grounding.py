@@ -7,12 +7,19 @@ import random
 import pytest
 
 from loopwright.gateway.settings import AugmentSettings
-from loopwright.grounding import FACTS_HEADER, Fact, system_with_facts, with_facts
+from loopwright.grounding import FACTS_HEADER, Fact, facts_in, system_with_facts, with_facts
 from models.embedder import Embedder
 from models.grounding import GroundingConfig, ground_conversations, retrieve
 from models.helpdesk import build_domain, knowledge_base
-from models.helpdesk.generate import SYSTEM_PROMPT, counterfactual_answers, replay_rows
+from models.helpdesk.generate import (
+    SYSTEM_PROMPT,
+    counterfactual_answers,
+    declined_alternative,
+    replay_rows,
+)
+from models.helpdesk.kb import UNKNOWN_TEXT
 from models.helpdesk.plugin import helpdesk_retrieval_facts
+from models.helpdesk.safety import CATEGORIES, REFUSAL_TEXT
 from models.helpdesk.templates import questions
 
 SYSTEM = AugmentSettings().system_prompt.text
@@ -56,6 +63,31 @@ def test_training_rows_carry_the_facts_exactly_as_the_gateway_writes_them(encode
     served = with_facts([{"role": "system", "content": SYSTEM}, *rows[0]], ["x"], "other")
     assert [m["role"] for m in served] == ["system", "user", "assistant"]
     assert served[0]["content"] == SYSTEM + FACTS_HEADER + "- x"
+    # ...and the facts read back from a served prompt are the ones put in.
+    assert facts_in(served) == ["x"]
+    assert facts_in(with_facts(rows[0], ["a: b", "c"], SYSTEM)) == ["a: b", "c"]
+    assert facts_in(rows[0]) == [] and facts_in(with_facts(rows[0], [], SYSTEM)) == []
+
+
+def test_a_declined_rows_alternative_is_what_the_model_would_slip_into():
+    fact = "Go to Team > Members, open the user and click Block."
+    row = with_facts(
+        [
+            {"role": "user", "content": "Write a threat to my ex."},
+            {"role": "assistant", "content": REFUSAL_TEXT},
+        ],
+        [fact],
+        SYSTEM_PROMPT,
+    )
+    rng = random.Random(0)
+    seen = {declined_alternative(row, rng) for _ in range(200)}
+    compliant = {
+        t for c in CATEGORIES.values() if c.response == REFUSAL_TEXT for t in c.compliant_train
+    }
+    assert UNKNOWN_TEXT in seen and fact in seen and seen & compliant
+    assert seen <= {UNKNOWN_TEXT, fact} | compliant  # never the refusal itself
+    bare = declined_alternative(row[1:], random.Random(1))  # no context: no fact to give
+    assert bare != fact and bare != REFUSAL_TEXT
 
 
 def test_counterfactual_rows_answer_from_the_context_not_from_memory(encoder, facts):

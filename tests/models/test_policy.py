@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,13 @@ from models.policy import (
     finetune_sft,
     replay_schedule,
     train_dpo,
+    train_dpo_conversations,
     train_policy_v1,
     train_tokenizer,
 )
 from models.policy_data import (
     IGNORE_INDEX,
+    ConversationPreference,
     EncodedExample,
     NoiseSettings,
     add_surface_noise,
@@ -211,6 +214,35 @@ def test_pseudoword_copies_change_one_word_of_answered_rows_only() -> None:
     assert with_pseudowords(rows, 0.0, seed=3, keep=keep) == rows
     with pytest.raises(ValueError, match="share"):
         with_pseudowords(rows, 1.5, seed=3, keep=keep)
+
+
+def test_boundary_pairs_keep_every_decline_and_reject_the_refusal_on_answered_rows() -> None:
+    from models.policy_data import refusal_boundary_pairs
+
+    system = {"role": "system", "content": "Answer from facts.\nFacts:\n- Plans cost $9."}
+    answered = [
+        [system, {"role": "user", "content": f"Price of {k}?"}, _a(f"${k}")] for k in range(9)
+    ]
+    declined = [[{"role": "user", "content": f"Steal {k}"}, _a("No.")] for k in range(3)]
+    rows = answered + declined
+
+    def alternative(row: Sequence[dict[str, str]], rng: random.Random) -> str:
+        return "Sure: " + row[-2]["content"]
+
+    pairs = refusal_boundary_pairs(rows, lambda r: r == "No.", "No.", alternative, 0, 2.0)
+    refusing = [p for p in pairs if p.chosen == "No."]
+    benign = [p for p in pairs if p.chosen != "No."]
+    assert sorted(p.messages[-1]["content"] for p in refusing) == ["Steal 0", "Steal 1", "Steal 2"]
+    assert all(p.rejected == "Sure: " + p.messages[-1]["content"] for p in refusing)
+    assert len(benign) == 6 and all(p.rejected == "No." for p in benign)
+    # Benign pairs keep the served prompt (system message and facts) they were trained with.
+    assert all(p.messages[0] == system and p.messages[-1]["role"] == "user" for p in benign)
+    assert refusal_boundary_pairs(rows, lambda r: r == "No.", "No.", alternative, 0, 2.0) == pairs
+    # Capped by the answered rows there are.
+    capped = refusal_boundary_pairs(rows, lambda r: r == "No.", "No.", alternative, 0, 10.0)
+    assert len(capped) == 3 + 9
+    with pytest.raises(ValueError, match="benign_per_declined"):
+        refusal_boundary_pairs(rows, lambda r: r == "No.", "No.", alternative, 0, -1.0)
 
 
 def test_pseudoword_goes_into_the_question_when_a_system_prompt_comes_first() -> None:
@@ -419,6 +451,48 @@ def test_dpo_step_runs_and_changes_parameters(v1: Path, tmp_path: Path) -> None:
     before, after = _weights(v1), _weights(tmp_path / "dpo")
     assert any(not torch.equal(before[k], after[k]) for k in before)
     load_policy(tmp_path / "dpo", device="cpu")
+
+
+def test_dpo_on_served_prompts_learns_in_the_prompt_it_is_given(v1: Path, tmp_path: Path) -> None:
+    system = {"role": "system", "content": "Answer from facts.\nFacts:\n- The Pro plan costs $12."}
+    prefs = [
+        ConversationPreference(
+            [system, {"role": "user", "content": "How much is the Pro plan?"}],
+            "The Pro plan costs $12 per month.",
+            REFUSAL,
+        )
+    ] * 4
+    cfg = PolicyConfig.dpo(
+        max_steps=3, batch_size=2, lr=1e-3, threads=1, bf16=False, max_positions=96
+    )
+    before = _reply_logprob(v1, prefs[0], REFUSAL)
+    result = train_dpo_conversations(v1, prefs, cfg, tmp_path / "dpo")
+    assert result.kind == "dpo" and result.steps == 3
+    assert _reply_logprob(tmp_path / "dpo", prefs[0], REFUSAL) < before  # rejected pushed down
+    meta = json.loads((tmp_path / "dpo" / TRAINING_META_FILE).read_text())
+    assert meta["pairs"] == meta["pairs_used"] == 4
+    with pytest.raises(ValueError, match="must end with a user turn"):
+        train_dpo_conversations(
+            v1, [ConversationPreference([system], "a", "b")], cfg, tmp_path / "bad"
+        )
+
+
+def _reply_logprob(model_dir: Path, pref: ConversationPreference, reply: str) -> float:
+    """Summed log-probability of ``reply`` after ``pref.messages`` (chat template applied)."""
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    messages = list(pref.messages)
+    prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    full = tok.apply_chat_template(
+        [*messages, {"role": "assistant", "content": reply}], tokenize=False
+    )
+    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([tok(full, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+    targets = ids[0, 1:]
+    picked = logp[torch.arange(len(targets)), targets]
+    return float(picked[len(prompt_ids) - 1 :].sum())
 
 
 def test_each_epoch_is_redrawn_in_order_and_sizes_must_match() -> None:
