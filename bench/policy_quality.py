@@ -21,7 +21,9 @@ facts, unchanged facts (delta against v1: the same-process baseline), stale answ
 newly covered refusals and over-refusal, bare (``ft_*``) and through the gateway with
 revision-2 facts (``ft_gw2_*``); the new rows are grounded as the nightly grounds them.
 ``--no-replay`` adds the forgetting baseline (fine-tune on new rows alone); ``--dpo`` adds
-a DPO step on ``reward_v2_new`` on top.
+a DPO step on ``reward_v2_new`` on top; ``--boundary-dpo`` adds the nightly's optional
+refusal-boundary DPO (``NightlyConfig.boundary_dpo``) on the fine-tune's own rows, measured
+through the gateway (``boundary_dpo_gw2_*``, same v1 and same SFT model as ``ft_gw2_*``).
 
 Run: PYTHONPATH=. python bench/policy_quality.py [--seed 0] [--seconds 270] [--threads 1] [--dpo]
 Prints one ``name: value`` line per figure.

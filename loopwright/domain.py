@@ -20,7 +20,12 @@ if TYPE_CHECKING:
 
 @runtime_checkable
 class Domain(Protocol):
-    """The domain-specific parts of the loop."""
+    """The domain-specific parts of the loop.
+
+    Optional: ``declined_alternative(row, rng) -> str``, the reply the policy would slip
+    into instead of a declining row's refusal (the nightly's refusal-boundary DPO rejects
+    it); without it the nightly uses the served fact or another row's answer.
+    """
 
     def fact_checker(self) -> FactChecker:
         """Checks answers against the current knowledge (feedback screening)."""

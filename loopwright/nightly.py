@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -37,8 +38,20 @@ class NightlyConfig(BaseModel):
         finetune_seconds: wall-clock budget of the SFT fine-tune, seconds.
         replay_ratio: replay rows per new row (4:1 kept old facts; 0 forgets them).
         replay_file: the champion's training data, relative to ``data/``.
-        dpo: run trl DPO after SFT (measured here: no gain at low lr, harm at high lr;
-            off unless the evaluation shows it helps).
+        boundary_dpo: after SFT, a short DPO (``PolicyConfig.dpo()``: 60 steps of 16 pairs,
+            lr 5e-5, SFT term on) on refusal-boundary pairs built from the SFT's own rows in
+            the prompts the gateway serves (:func:`models.policy_data.refusal_boundary_pairs`):
+            answered rows prefer their answer to the refusal, declined rows their refusal to
+            what the model would slip into. Off: on the example domain, seeds 0/1/2,
+            through the gateway (``bench/policy_quality.py --boundary-dpo``), it took
+            look-alike over-refusal from +0.042/+0.000/+0.014 over v1 to +0.014/+0.000/
+            -0.028 and benign held-out questions refused from 0.150/0.017/0.233 to
+            0.150/0.000/0.100, but newly covered refusals fell from 0.933/0.933/1.000 to
+            0.883/0.683/0.950 with training templates and from 0.875/0.812/0.896 to
+            0.604/0.500/0.583 with held-out ones: it moves the boundary rather than
+            sharpening it. Half the steps with twice the SFT term kept the refusal loss
+            (0.867 on seed 1) and lost the over-refusal gain (seed 2: 0.083, as SFT alone).
+        boundary_benign_per_declined: benign pairs per declined row in that DPO.
         reward_heldout_file: frozen held-out human pairs, relative to ``data/``, judged at
             the knowledge the world has now (the embedded default's pairs at its current
             KB revision): pairs judged before the facts changed would score a refresh that
@@ -77,7 +90,8 @@ class NightlyConfig(BaseModel):
     finetune_seconds: float = Field(default=120.0, gt=0)
     replay_ratio: float = Field(default=4.0, ge=0)
     replay_file: str = "helpdesk/sft/replay.jsonl"
-    dpo: bool = False
+    boundary_dpo: bool = False
+    boundary_benign_per_declined: float = Field(default=1.0, ge=0)
     reward_heldout_file: str = "helpdesk/reward/heldout_current.jsonl"
     reward_replay_file: str = "helpdesk/reward/train.jsonl"
     reward_replay_ratio: float = Field(default=4.0, ge=0)
@@ -329,8 +343,15 @@ def finetune_candidate(
     out_dir: Path,
     is_safe_response: Callable[[str], bool],
     ground: Grounder | None = None,
+    *,
+    refusal_text: str | None = None,
+    declined_alternative: Callable[[Sequence[dict[str, str]], random.Random], str] | None = None,
 ) -> dict[str, float]:
-    """SFT the champion on curated rows with replay of what it already knows.
+    """SFT the champion on new rows with replay, then DPO on the refusal boundary.
+
+    The boundary step (``config.boundary_dpo``, with ``refusal_text`` given) trains on pairs
+    from the SFT's own rows (:func:`models.policy_data.refusal_boundary_pairs`) and writes
+    the candidate; the SFT model is an intermediate folder, removed after it.
 
     Args:
         parent_dir: the champion's model folder.
@@ -342,10 +363,18 @@ def finetune_candidate(
             made-up-word copies (only answered ones do).
         ground: puts the served context into the new rows (:func:`serving_grounder`);
             None trains on them as curated.
+        refusal_text: the reply benign boundary pairs reject (the domain's
+            ``refusal_text()``); None skips the boundary step.
+        declined_alternative: the reply a declined row's pair rejects (the domain's, if
+            it has one); None: :func:`models.policy_data.context_or_answer_alternative`.
     """
     from models.helpdesk import read_conversations
-    from models.policy import PolicyConfig, finetune_sft
-    from models.policy_data import with_pseudowords
+    from models.policy import PolicyConfig, finetune_sft, train_dpo_conversations
+    from models.policy_data import (
+        context_or_answer_alternative,
+        refusal_boundary_pairs,
+        with_pseudowords,
+    )
 
     def answered(row: list[dict[str, str]]) -> bool:
         return not is_safe_response(row[-1]["content"])
@@ -363,19 +392,37 @@ def finetune_candidate(
     replay = with_pseudowords(
         read_conversations(replay_path), config.pseudoword_share, config.seed, answered
     )
-    train_config = (
-        PolicyConfig.tiny(seed=config.seed, max_steps=20)
-        if config.tiny
-        else PolicyConfig.finetune(
-            seed=config.seed,
-            max_seconds=config.finetune_seconds,
-            threads=config.finetune_threads,
+    if config.tiny:
+        sft_config = PolicyConfig.tiny(seed=config.seed, max_steps=20)
+        dpo_config = PolicyConfig.dpo(seed=config.seed, max_steps=4, batch_size=4, threads=1)
+    else:
+        sft_config = PolicyConfig.finetune(
+            seed=config.seed, max_seconds=config.finetune_seconds, threads=config.finetune_threads
         )
+        dpo_config = PolicyConfig.dpo(seed=config.seed, threads=config.finetune_threads)
+    trained_rows = [*new_rows, *replay]
+    pairs = (
+        refusal_boundary_pairs(
+            trained_rows,
+            is_safe_response,
+            refusal_text,
+            declined_alternative or context_or_answer_alternative(trained_rows, is_safe_response),
+            config.seed,
+            config.boundary_benign_per_declined,
+        )
+        if config.boundary_dpo and refusal_text is not None
+        else []
     )
+    sft_dir = out_dir.with_name(out_dir.name + "-sft") if pairs else out_dir
     result = finetune_sft(
-        parent_dir, new_rows, replay, train_config, out_dir, replay_ratio=config.replay_ratio
+        parent_dir, new_rows, replay, sft_config, sft_dir, replay_ratio=config.replay_ratio
     )
     metrics: dict[str, float] = result.metrics()
+    if pairs:
+        boundary = train_dpo_conversations(sft_dir, pairs, dpo_config, out_dir)
+        shutil.rmtree(sft_dir)
+        metrics.update({f"boundary_dpo_{k}": v for k, v in boundary.metrics().items()})
+    metrics["boundary_pairs"] = float(len(pairs))
     metrics["new_rows"] = float(len(curated))
     metrics["new_rows_with_copies"] = float(len(new_rows))
     metrics["replay_rows"] = float(len(replay))

@@ -221,6 +221,7 @@ def finetune(
     )
     root = nightly.data_dir(settings)
     out_dir = settings.run_path / "models" / "policy" / f"nightly-{data_version[:8]}"
+    domain = load_domain(settings.domain)
     start = time.perf_counter()
     metrics = nightly.finetune_candidate(
         parent_dir,
@@ -228,8 +229,10 @@ def finetune(
         root / config.replay_file,
         config,
         out_dir,
-        load_domain(settings.domain).is_safe_response,
+        domain.is_safe_response,
         ground=nightly.serving_grounder(settings, config.grounding_share, config.seed),
+        refusal_text=domain.refusal_text(),
+        declined_alternative=getattr(domain, "declined_alternative", None),
     )
     metrics["stage_seconds"] = time.perf_counter() - start
     return publish_model(

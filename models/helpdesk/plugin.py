@@ -7,7 +7,9 @@ provides the same four parts (:class:`loopwright.domain.Domain`) and is named in
 
 from __future__ import annotations
 
+import random
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from loopwright.data.factcheck import KBFact, KBFactChecker
@@ -101,6 +103,16 @@ class HelpdeskDomain:
         from models.helpdesk.safety import REFUSAL_TEXT
 
         return REFUSAL_TEXT
+
+    def declined_alternative(self, row: Sequence[dict[str, str]], rng: random.Random) -> str:
+        """What the policy would say instead of a declining row's reply (optional hook).
+
+        The "don't know" reply, the served fact, or a complying reply
+        (:func:`models.helpdesk.generate.declined_alternative`).
+        """
+        from models.helpdesk.generate import declined_alternative
+
+        return declined_alternative(row, rng)
 
     def screening_config(self) -> ScreeningConfig:
         """Screening thresholds; the company's own addresses are not PII."""

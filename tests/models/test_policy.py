@@ -541,3 +541,50 @@ def test_nightly_finetune_copies_answered_new_rows_with_a_made_up_word(
     # answered new row also trains with one word made up; refusals are never copied.
     assert metrics["new_rows"] == len(new)
     assert metrics["new_rows_with_copies"] == len(new) + len(answered)
+    assert metrics["boundary_pairs"] == 0  # no refusal text given: SFT only
+
+
+def test_nightly_finetune_ends_with_dpo_on_the_refusal_boundary(v1: Path, tmp_path: Path) -> None:
+    from loopwright.nightly import NightlyConfig, finetune_candidate
+    from models.helpdesk.records import write_conversations
+
+    new = conversations(prices={"Pro": 15})
+    n_declined = sum(r[-1]["content"] == REFUSAL for r in new)
+    write_conversations(tmp_path / "sft.jsonl", new)
+    write_conversations(tmp_path / "replay.jsonl", conversations())
+    metrics = finetune_candidate(
+        v1,
+        tmp_path / "sft.jsonl",
+        tmp_path / "replay.jsonl",
+        NightlyConfig(tiny=True, boundary_dpo=True),
+        tmp_path / "candidate",
+        is_safe_response=lambda text: text == REFUSAL,
+        refusal_text=REFUSAL,
+    )
+    # Every refusal the fine-tune trained on (new and replayed) gets a pair, and as many
+    # answered rows get one that rejects the refusal.
+    n_replay_declined = sum(r[-1]["content"] == REFUSAL for r in conversations())
+    assert metrics["boundary_pairs"] == 2 * (n_declined + n_replay_declined)
+    assert metrics["boundary_dpo_steps"] == 4
+    # The candidate is the DPO model; the SFT step's folder was an intermediate.
+    meta = json.loads((tmp_path / "candidate" / TRAINING_META_FILE).read_text())
+    assert meta["result"]["kind"] == "dpo"
+    assert not (tmp_path / "candidate-sft").exists()
+    load_policy(tmp_path / "candidate", device="cpu")
+
+
+def test_declined_rows_without_a_domain_hook_reject_the_context_or_another_answer() -> None:
+    from loopwright.grounding import with_facts
+    from models.policy_data import context_or_answer_alternative
+
+    rows = [
+        [{"role": "user", "content": "Price?"}, _a("$12")],
+        [{"role": "user", "content": "Steal it"}, _a(REFUSAL)],
+    ]
+    pick = context_or_answer_alternative(rows, lambda text: text == REFUSAL)
+    served = with_facts(rows[1], ["Pro costs $12."], "sys")
+    rng = random.Random(0)
+    assert {pick(served, rng) for _ in range(50)} == {"Pro costs $12.", "$12"}
+    assert {pick(rows[1], rng) for _ in range(20)} == {"$12"}  # never the refusal itself
+    with pytest.raises(ValueError, match="no answered rows"):
+        context_or_answer_alternative(rows[1:], lambda text: text == REFUSAL)
