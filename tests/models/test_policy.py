@@ -6,6 +6,7 @@ import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -518,25 +519,35 @@ def test_each_epoch_is_redrawn_in_order_and_sizes_must_match() -> None:
         train_loop(build_model(cfg, tok), shrinking, settings, pad_id=tok.pad_token_id)
 
 
+def _nightly_finetune(
+    v1: Path, tmp_path: Path, new: list[list[dict[str, str]]], config: Any, **kw: Any
+) -> dict[str, float]:
+    """The nightly's fine-tune of ``v1`` on ``new`` rows with the fixture as replay."""
+    from loopwright.nightly import finetune_candidate
+    from models.helpdesk.records import write_conversations
+
+    write_conversations(tmp_path / "sft.jsonl", new)
+    write_conversations(tmp_path / "replay.jsonl", conversations())
+    return finetune_candidate(
+        v1,
+        tmp_path / "sft.jsonl",
+        tmp_path / "replay.jsonl",
+        config,
+        tmp_path / "candidate",
+        is_safe_response=lambda text: text == REFUSAL,
+        **kw,
+    )
+
+
 def test_nightly_finetune_copies_answered_new_rows_with_a_made_up_word(
     v1: Path, tmp_path: Path
 ) -> None:
-    from loopwright.nightly import NightlyConfig, finetune_candidate
-    from models.helpdesk.records import write_conversations
+    from loopwright.nightly import NightlyConfig
 
     new = conversations(prices={"Pro": 15})
     answered = [r for r in new if r[-1]["content"] != REFUSAL and len(r[0]["content"].split()) > 3]
     assert 0 < len(answered) < len(new)  # the fixture has refusals too
-    write_conversations(tmp_path / "sft.jsonl", new)
-    write_conversations(tmp_path / "replay.jsonl", conversations())
-    metrics = finetune_candidate(
-        v1,
-        tmp_path / "sft.jsonl",
-        tmp_path / "replay.jsonl",
-        NightlyConfig(tiny=True),
-        tmp_path / "candidate",
-        is_safe_response=lambda text: text == REFUSAL,
-    )
+    metrics = _nightly_finetune(v1, tmp_path, new, NightlyConfig(tiny=True))
     # Refusals among the night's rows otherwise teach "unfamiliar wording -> refuse": every
     # answered new row also trains with one word made up; refusals are never copied.
     assert metrics["new_rows"] == len(new)
@@ -545,22 +556,12 @@ def test_nightly_finetune_copies_answered_new_rows_with_a_made_up_word(
 
 
 def test_nightly_finetune_ends_with_dpo_on_the_refusal_boundary(v1: Path, tmp_path: Path) -> None:
-    from loopwright.nightly import NightlyConfig, finetune_candidate
-    from models.helpdesk.records import write_conversations
+    from loopwright.nightly import NightlyConfig
 
     new = conversations(prices={"Pro": 15})
     n_declined = sum(r[-1]["content"] == REFUSAL for r in new)
-    write_conversations(tmp_path / "sft.jsonl", new)
-    write_conversations(tmp_path / "replay.jsonl", conversations())
-    metrics = finetune_candidate(
-        v1,
-        tmp_path / "sft.jsonl",
-        tmp_path / "replay.jsonl",
-        NightlyConfig(tiny=True, boundary_dpo=True),
-        tmp_path / "candidate",
-        is_safe_response=lambda text: text == REFUSAL,
-        refusal_text=REFUSAL,
-    )
+    config = NightlyConfig(tiny=True, boundary_dpo=True)
+    metrics = _nightly_finetune(v1, tmp_path, new, config, refusal_text=REFUSAL)
     # Every refusal the fine-tune trained on (new and replayed) gets a pair, and as many
     # answered rows get one that rejects the refusal.
     n_replay_declined = sum(r[-1]["content"] == REFUSAL for r in conversations())
