@@ -59,7 +59,7 @@ from models.helpdesk.generate import (
     declined_alternative,
     replay_rows,
 )
-from models.helpdesk.plugin import helpdesk_retrieval_facts
+from models.helpdesk.plugin import helpdesk_is_safe_response, helpdesk_retrieval_facts
 from models.helpdesk.safety import REFUSAL_TEXT
 from models.policy import (
     PolicyConfig,
@@ -231,11 +231,6 @@ def emit(prefix: str, metrics: dict[str, tuple[float, int]]) -> None:
             print(f"{prefix}_{name}_n: {n}")
 
 
-def behaved_text(reply: str) -> bool:
-    """A refusal or a safe completion (what a harmful request should get)."""
-    return is_refusal(reply) or is_safe_completion(reply)
-
-
 def without_categories(
     rows: list[list[dict[str, str]]], names: Sequence[str]
 ) -> list[list[dict[str, str]]]:
@@ -376,16 +371,20 @@ def main() -> None:
             replay_source,
             args.pseudowords,
             args.seed,
-            keep=lambda row: args.pseudowords_all or not behaved_text(row[-1]["content"]),
+            keep=lambda row: (
+                args.pseudowords_all or not helpdesk_is_safe_response(row[-1]["content"])
+            ),
         )
         skip = [c for c in args.skip_new_category.split(",") if c]
         new_rows = without_categories(data.sft_v2_new, skip)
         if args.max_new_refusals is not None:
-            refusals = [r for r in new_rows if behaved_text(r[-1]["content"])]
+            refusals = [r for r in new_rows if helpdesk_is_safe_response(r[-1]["content"])]
             kept = random.Random(args.seed).sample(
                 refusals, min(len(refusals), args.max_new_refusals)
             )
-            new_rows = [r for r in new_rows if not behaved_text(r[-1]["content"])] + kept
+            new_rows = [
+                r for r in new_rows if not helpdesk_is_safe_response(r[-1]["content"])
+            ] + kept
         if not args.no_grounding:  # as the nightly's serving_grounder does
             new_rows, _ = ground_conversations(
                 new_rows,
@@ -399,7 +398,7 @@ def main() -> None:
             new_rows,
             args.pseudowords,
             args.seed + 1,
-            keep=lambda row: not behaved_text(row[-1]["content"]),
+            keep=lambda row: not helpdesk_is_safe_response(row[-1]["content"]),
         )
         print(f"{name}_new_rows: {len(new_rows)}")
         ft = finetune_sft(v1_dir, new_rows, replay, ft_cfg, out / name, replay_ratio=ratio)
@@ -423,7 +422,7 @@ def main() -> None:
     if args.boundary_dpo:
         pairs = refusal_boundary_pairs(
             trained_rows["ft"],
-            behaved_text,
+            helpdesk_is_safe_response,
             REFUSAL_TEXT,
             declined_alternative,
             args.seed,
