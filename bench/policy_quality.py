@@ -20,10 +20,12 @@ by the new facts dropped by ``finetune_sft``) and measures changed
 facts, unchanged facts (delta against v1: the same-process baseline), stale answers,
 newly covered refusals and over-refusal, bare (``ft_*``) and through the gateway with
 revision-2 facts (``ft_gw2_*``); the new rows are grounded as the nightly grounds them.
-``--no-replay`` adds the forgetting baseline (fine-tune on new rows alone); ``--dpo`` adds
-a DPO step on ``reward_v2_new`` on top; ``--boundary-dpo`` adds the nightly's optional
-refusal-boundary DPO (``NightlyConfig.boundary_dpo``) on the fine-tune's own rows, measured
-through the gateway (``boundary_dpo_gw2_*``, same v1 and same SFT model as ``ft_gw2_*``).
+``--distill W`` also pulls the replay rows towards v1's next-token distributions
+(``NightlyConfig.replay_distill_weight``). ``--no-replay`` adds the forgetting baseline
+(fine-tune on new rows alone); ``--dpo`` adds a DPO step on ``reward_v2_new`` on top;
+``--boundary-dpo`` adds the nightly's optional refusal-boundary DPO
+(``NightlyConfig.boundary_dpo``) on the fine-tune's own rows, measured through the gateway
+(``boundary_dpo_gw2_*``, same v1 and same SFT model as ``ft_gw2_*``).
 
 Run: PYTHONPATH=. python bench/policy_quality.py [--seed 0] [--seconds 270] [--threads 1] [--dpo]
 Prints one ``name: value`` line per figure.
@@ -296,6 +298,12 @@ def main() -> None:
     parser.add_argument(
         "--boundary-benign", type=float, default=1.0, help="benign pairs per declined row"
     )
+    parser.add_argument(
+        "--distill",
+        type=float,
+        default=NightlyConfig().replay_distill_weight,
+        help="weight of the replay rows' KL to v1 (NightlyConfig.replay_distill_weight)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="keep models here")
     parser.add_argument(
         "--v1-dir", type=Path, default=None, help="reuse this v1 folder (skips v1 training)"
@@ -401,7 +409,15 @@ def main() -> None:
             keep=lambda row: not helpdesk_is_safe_response(row[-1]["content"]),
         )
         print(f"{name}_new_rows: {len(new_rows)}")
-        ft = finetune_sft(v1_dir, new_rows, replay, ft_cfg, out / name, replay_ratio=ratio)
+        ft = finetune_sft(
+            v1_dir,
+            new_rows,
+            replay,
+            ft_cfg,
+            out / name,
+            replay_ratio=ratio,
+            distill_weight=args.distill,
+        )
         trained_rows[name] = [*new_rows, *replay]
         print(f"{name}_replay_superseded: {ft.replay_superseded}")
         print(f"{name}_wall_seconds: {time.perf_counter() - start:.1f}")

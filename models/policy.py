@@ -15,6 +15,7 @@ alone make the model forget nearly everything.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -578,6 +579,7 @@ def finetune_sft(
     progress: bool = False,
     *,
     drop_superseded_replay: bool = True,
+    distill_weight: float = 0.0,
 ) -> TrainResult:
     """Continue a saved policy on new rows mixed with replay of what it already knows.
 
@@ -599,14 +601,23 @@ def finetune_sft(
         drop_superseded_replay: leave out replay rows whose answers the new rows replace
             (see :func:`models.policy_data.drop_superseded`); without it the stale answer
             is replayed against the new one.
+        distill_weight: above 0, replay rows are also pulled towards the parent's
+            next-token distributions (KL, nats per answer token, this weight against the
+            label loss; the parent runs frozen beside the model, about a third more
+            compute per step). Labels keep the parent's answers on the replayed wording
+            only; the distributions carry how it answers the rest.
 
     Raises:
-        ValueError: malformed rows, a negative ratio, or ``replay_ratio > 0`` with no replay
-            rows.
+        ValueError: malformed rows, a negative ratio or distillation weight,
+            ``replay_ratio > 0`` with no replay rows, or distillation without replay.
 
     """
     if replay_ratio < 0 or not math.isfinite(replay_ratio):
         raise ValueError(f"replay_ratio must be a finite number >= 0, got {replay_ratio}")
+    if distill_weight < 0 or not math.isfinite(distill_weight):
+        raise ValueError(f"distill_weight must be a finite number >= 0, got {distill_weight}")
+    if distill_weight > 0 and replay_ratio == 0:
+        raise ValueError("distill_weight > 0 distils the replay rows; it needs replay_ratio > 0")
     validate_conversations(new_conversations, "finetune_sft.new_conversations")
     if replay_ratio > 0:
         if not replay_conversations:
@@ -641,6 +652,16 @@ def finetune_sft(
             if replay_ratio > 0
             else EncodedPool(variants=[], skipped_too_long=0)
         )
+        teacher = None
+        if distill_weight > 0:
+            replay_pool = replace(
+                replay_pool,
+                variants=[
+                    [replace(ex, distill=True) for ex in variants]
+                    for variants in replay_pool.variants
+                ],
+            )
+            teacher = copy.deepcopy(model).eval().requires_grad_(False)
         schedule = replay_schedule(
             len(new_pool.variants), len(replay_pool.variants), replay_ratio, config.seed
         )
@@ -659,6 +680,8 @@ def finetune_sft(
             config.loop_settings(),
             pad_id=tokenizer.pad_token_id,
             progress=progress,
+            teacher=teacher,
+            distill_weight=distill_weight,
         )
     rows = len(new_pool.variants) + len(replay_pool.variants)
     skipped = new_pool.skipped_too_long + replay_pool.skipped_too_long
@@ -677,6 +700,7 @@ def finetune_sft(
             "replay_rows": len(replay_pool.variants),
             "replay_ratio": replay_ratio,
             "replay_superseded": superseded,
+            "distill_weight": distill_weight,
         },
     )
     return result

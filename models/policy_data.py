@@ -200,11 +200,14 @@ class EncodedExample:
         input_ids: token ids of the whole rendered conversation.
         labels: same length; the token id on assistant tokens (including the end-of-turn
             token), ``IGNORE_INDEX`` everywhere else.
+        distill: also pull this row's next-token distributions towards the teacher's (a
+            fine-tune's replay rows, see ``models.policy.finetune_sft``).
 
     """
 
     input_ids: list[int]
     labels: list[int]
+    distill: bool = False
 
     @property
     def n_target(self) -> int:

@@ -8,7 +8,9 @@ device placement, progress bar). What it does not do, and this module adds:
   batches and read sequentially;
 - a wall-clock budget whose cosine schedule still ends at the minimum learning rate: the
   planned step count is re-estimated from the measured step rate by a callback, and the
-  schedule reads it.
+  schedule reads it;
+- distillation of chosen rows (a fine-tune's replay) from a frozen teacher beside the
+  label loss (:func:`distillation_kl`).
 
 Measured with ``bench/policy_trainer_vs_loop.py`` (same model, same batches, 1 thread):
 the Trainer ran at parity with a hand-written loop (loop/Trainer 1.00), so the library
@@ -37,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 CALIBRATION_STEPS = 12
 """Steps timed before a wall-clock budget is turned into a planned step count."""
+
+DISTILL_KEY = "distill"
+"""Batch key of the per-row flag: score this row against the teacher too."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,10 @@ def lr_at(step: int, planned_steps: int, settings: LoopSettings) -> float:
 
 
 def collate(batch: list[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch; padded positions get attention 0 and label ``IGNORE_INDEX``."""
+    """Right-pad a batch; padded positions get attention 0 and label ``IGNORE_INDEX``.
+
+    A batch holding rows flagged ``distill`` also carries ``DISTILL_KEY``: one bool per row.
+    """
     width = max(len(ex.input_ids) for ex in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
@@ -131,7 +139,10 @@ def collate(batch: list[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]
         ids[row, :n] = torch.tensor(ex.input_ids)
         labels[row, :n] = torch.tensor(ex.labels)
         mask[row, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if any(ex.distill for ex in batch):
+        out[DISTILL_KEY] = torch.tensor([ex.distill for ex in batch])
+    return out
 
 
 def _optimizer(model: PreTrainedModel, settings: LoopSettings) -> torch.optim.AdamW:
@@ -283,12 +294,75 @@ class _TimeBudgetProgress(TrainerCallback):
         self.bar.close()
 
 
-class _LossRecordingTrainer(Trainer):
-    """A Trainer that keeps every step's loss (its own logging averages over intervals)."""
+def distillation_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Mean KL(teacher || student) over the positions that predict a label token.
 
-    def __init__(self, *args: Any, losses: list[float], **kwargs: Any) -> None:
+    Args:
+        student_logits: ``[rows, length, vocab]`` logits of the model being trained.
+        teacher_logits: the same shape, from the frozen parent.
+        labels: ``[rows, length]``; ``IGNORE_INDEX`` marks positions not trained on. As in
+            the causal LM loss, position ``t``'s logits predict token ``t + 1``.
+
+    Returns:
+        A scalar in nats per label token (0 when no position is labelled).
+    """
+    predicts_label = labels[:, 1:] != IGNORE_INDEX
+    if not bool(predicts_label.any()):
+        return student_logits.sum() * 0.0
+    student = torch.log_softmax(student_logits[:, :-1][predicts_label].float(), dim=-1)
+    teacher = torch.log_softmax(teacher_logits[:, :-1][predicts_label].float(), dim=-1)
+    return (teacher.exp() * (teacher - student)).sum(dim=-1).mean()
+
+
+class _LossRecordingTrainer(Trainer):
+    """A Trainer that keeps every step's loss and can distil flagged rows from a teacher.
+
+    With a ``teacher``, rows flagged ``EncodedExample.distill`` add ``distill_weight`` x
+    :func:`distillation_kl` against the teacher's next-token distribution to the loss.
+    Written here because trl's ``GKDTrainer`` replaces the label loss of every row with a
+    divergence; a fine-tune needs the label loss on all rows and the teacher term on replay
+    rows only (the new rows must move away from the parent).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        losses: list[float],
+        teacher: torch.nn.Module | None = None,
+        distill_weight: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._step_losses = losses
+        self._teacher = teacher
+        if teacher is not None:  # the Trainer placed the model; the teacher sits beside it
+            teacher.to(self.args.device)
+        self._distill_weight = distill_weight
+
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        inputs = dict(inputs)
+        flagged = inputs.pop(DISTILL_KEY, None)
+        if self._teacher is None or flagged is None or not bool(flagged.any()):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = super().compute_loss(
+            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        )
+        rows = flagged.to(inputs["input_ids"].device)
+        with torch.no_grad():
+            teacher_logits = self._teacher(
+                input_ids=inputs["input_ids"][rows], attention_mask=inputs["attention_mask"][rows]
+            ).logits
+        kl = distillation_kl(outputs.logits[rows], teacher_logits, inputs["labels"][rows])
+        loss = loss + self._distill_weight * kl
+        return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -308,6 +382,8 @@ def train_loop(
     *,
     pad_id: int,
     progress: bool = False,
+    teacher: torch.nn.Module | None = None,
+    distill_weight: float = 0.0,
 ) -> LoopStats:
     """Train ``model`` in place on length-bucketed batches until the step or time budget ends.
 
@@ -319,6 +395,10 @@ def train_loop(
         settings: optimiser, schedule, budget.
         pad_id: token id used for padding.
         progress: show the Trainer's progress bar.
+        teacher: a frozen model whose next-token distribution the rows flagged
+            ``distill`` are also pulled towards (None: plain label loss everywhere).
+        distill_weight: weight of that KL term (nats per label token) against the label
+            loss.
 
     Returns:
         Loop statistics (steps, seconds, losses, token counts).
@@ -371,6 +451,8 @@ def train_loop(
             optimizers=(optimizer, schedule),
             callbacks=[budget],
             losses=stats.losses,
+            teacher=teacher,
+            distill_weight=distill_weight,
         )
         trainer.remove_callback(PrinterCallback)  # it would print the final metrics dict
         if progress and settings.max_seconds is not None:

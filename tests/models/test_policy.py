@@ -37,7 +37,7 @@ from models.policy_data import (
     drop_superseded,
     encode_conversation,
 )
-from models.policy_train import train_loop
+from models.policy_train import collate, distillation_kl, train_loop
 from tests.models.policy_fixture import HARMFUL, REFUSAL, conversations
 
 torch.set_num_threads(1)
@@ -427,6 +427,74 @@ def test_finetune_demands_replay_unless_explicitly_disabled(v1: Path, tmp_path: 
     assert result.steps == 2
 
 
+def _replay_kl(parent: Path, child: Path, rows: Sequence[list[dict[str, str]]]) -> float:
+    """Mean KL(parent || child) per answer token over ``rows``, as the fine-tune scores it."""
+    tok = AutoTokenizer.from_pretrained(str(parent))
+    batch = collate([encode_conversation(tok, r) for r in rows], tok.pad_token_id)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        teacher = AutoModelForCausalLM.from_pretrained(str(parent))(**inputs).logits
+        student = AutoModelForCausalLM.from_pretrained(str(child))(**inputs).logits
+    return float(distillation_kl(student, teacher, batch["labels"]))
+
+
+def test_distillation_kl_is_zero_for_the_teacher_and_reads_answer_positions_only() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11)
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 3, 4, IGNORE_INDEX]] * 2)
+    assert float(distillation_kl(logits, logits, labels)) == pytest.approx(0.0, abs=1e-6)
+    # Logits at position t predict token t + 1: positions 1-2 predict the labelled 2-3.
+    other = logits.clone()
+    other[:, 1:3] = torch.randn(2, 2, 11)
+    assert float(distillation_kl(other, logits, labels)) > 0.01
+    unlabelled = logits.clone()
+    unlabelled[:, 0] = unlabelled[:, 3] = unlabelled[:, 4] = torch.randn(2, 11)
+    assert float(distillation_kl(unlabelled, logits, labels)) == pytest.approx(0.0, abs=1e-6)
+    none = torch.full_like(labels, IGNORE_INDEX)
+    assert float(distillation_kl(other, logits, none)) == 0.0
+
+
+def test_only_rows_flagged_for_distillation_carry_the_flag_in_a_batch() -> None:
+    plain = EncodedExample(input_ids=[1, 2, 3], labels=[IGNORE_INDEX, 2, 3])
+    assert "distill" not in collate([plain, plain], pad_id=0)
+    replayed = EncodedExample(input_ids=[1, 2], labels=[IGNORE_INDEX, 2], distill=True)
+    assert collate([plain, replayed], pad_id=0)["distill"].tolist() == [False, True]
+
+
+def test_distilled_replay_keeps_the_parents_answers_while_new_rows_are_learned(
+    v1: Path, tmp_path: Path
+) -> None:
+    new = [r for r in conversations(prices={"Pro": 15}) if "Pro plan" in r[0]["content"]]
+    # The replay's Team rows disagree with the parent ($30): plain replay teaches their
+    # labels, distilled replay holds the parent's distributions against them.
+    replay = conversations(prices={"Team": 99})
+    team = [r for r in replay if "Team plan" in r[0]["content"]]
+    config = PolicyConfig.tiny(max_steps=80, lr=2e-3)
+    plain, distilled = tmp_path / "plain", tmp_path / "distilled"
+    finetune_sft(v1, new, replay, config, plain)
+    result = finetune_sft(v1, new, replay, config, distilled, distill_weight=5.0)
+    assert result.steps == 80
+    assert json.loads((distilled / TRAINING_META_FILE).read_text())["distill_weight"] == 5.0
+    assert _replay_kl(v1, distilled, team) < 0.1 * _replay_kl(v1, plain, team)
+    questions = [
+        [{"role": "user", "content": "How much is the Team plan?"}],
+        [{"role": "user", "content": "How much is the Pro plan?"}],
+    ]
+    assert generate_batch(load_policy(plain, device="cpu"), questions) == [
+        "The Team plan costs $99 per month.",
+        "The Pro plan costs $15 per month.",
+    ]
+    # The new rows are not distilled: the changed price is learned all the same.
+    assert generate_batch(load_policy(distilled, device="cpu"), questions) == [
+        "The Team plan costs $30 per month.",
+        "The Pro plan costs $15 per month.",
+    ]
+    with pytest.raises(ValueError, match="distill_weight must be"):
+        finetune_sft(v1, new, replay, config, tmp_path / "z", distill_weight=-1.0)
+    with pytest.raises(ValueError, match="needs replay_ratio > 0"):
+        finetune_sft(v1, new, [], config, tmp_path / "z", replay_ratio=0, distill_weight=1.0)
+
+
 def test_dpo_step_runs_and_changes_parameters(v1: Path, tmp_path: Path) -> None:
     pairs = [
         PreferencePair(
@@ -553,6 +621,20 @@ def test_nightly_finetune_copies_answered_new_rows_with_a_made_up_word(
     assert metrics["new_rows"] == len(new)
     assert metrics["new_rows_with_copies"] == len(new) + len(answered)
     assert metrics["boundary_pairs"] == 0  # no refusal text given: SFT only
+
+
+def test_nightly_finetune_distils_the_replay_only_when_configured(v1: Path, tmp_path: Path) -> None:
+    from loopwright.nightly import NightlyConfig
+
+    new = conversations(prices={"Pro": 15})
+    for weight in (0.0, 0.5):
+        out = tmp_path / str(weight)
+        out.mkdir()
+        _nightly_finetune(v1, out, new, NightlyConfig(tiny=True, replay_distill_weight=weight))
+        meta = json.loads((out / "candidate" / TRAINING_META_FILE).read_text())
+        assert meta["distill_weight"] == weight
+    with pytest.raises(ValueError, match="replay_distill_weight"):
+        NightlyConfig(replay_distill_weight=-1)
 
 
 def test_nightly_finetune_ends_with_dpo_on_the_refusal_boundary(v1: Path, tmp_path: Path) -> None:
