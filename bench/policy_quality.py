@@ -141,11 +141,13 @@ def measure(
     threads: int,
     kb_revision: int | None = None,
     encoder: EmbedderLike | None = None,
+    context_guidance: float = 1.0,
 ) -> dict[str, tuple[float, int]]:
     """Generate greedily for every sample of the three suites and score them.
 
     ``kb_revision`` None measures the model bare; otherwise through the gateway's
-    grounding (:func:`served_messages`).
+    grounding (:func:`served_messages`), decoded with ``context_guidance``
+    (``AugmentSettings.context_guidance``).
     """
     suites = data.eval_suites  # type: ignore[attr-defined]
     correctness: list[EvalSample] = suites["correctness"]
@@ -158,7 +160,7 @@ def measure(
     texts = generate_batch(
         policy,
         served_messages(samples, kb_revision, encoder),
-        DecodingParams(max_new_tokens=48),
+        DecodingParams(max_new_tokens=48, context_guidance=context_guidance),
         batch_size=64,
     )
     gen_seconds = time.perf_counter() - start
@@ -299,6 +301,13 @@ def main() -> None:
         "--boundary-benign", type=float, default=1.0, help="benign pairs per declined row"
     )
     parser.add_argument(
+        "--context-guidance",
+        type=float,
+        default=AugmentSettings().context_guidance,
+        help="decode served prompts with context-contrastive guidance "
+        "(AugmentSettings.context_guidance; 1 = off)",
+    )
+    parser.add_argument(
         "--distill",
         type=float,
         default=NightlyConfig().replay_distill_weight,
@@ -327,7 +336,9 @@ def main() -> None:
     common = dict(
         seed=args.seed, threads=args.threads, bf16=args.bf16, surface_noise=not args.no_noise
     )
+    cg = args.context_guidance
     print(f"seed: {args.seed}")
+    print(f"context_guidance: {cg}")
     print(f"threads: {args.threads}")
     print(f"sft_v1_rows: {len(data.sft_v1)}")
     print(f"sft_v2_new_rows: {len(data.sft_v2_new)}")
@@ -358,8 +369,8 @@ def main() -> None:
     v1 = measure(v1_dir, data, args.threads)
     emit("v1", v1)
     # Through the gateway's grounding: the KB as it stood when v1 shipped, and as it is now.
-    emit("v1_gw1", measure(v1_dir, data, args.threads, 1, encoder))
-    v1_gw2 = measure(v1_dir, data, args.threads, 2, encoder)
+    emit("v1_gw1", measure(v1_dir, data, args.threads, 1, encoder, cg))
+    v1_gw2 = measure(v1_dir, data, args.threads, 2, encoder, cg)
     emit("v1_gw2", v1_gw2)
 
     if args.no_finetune:
@@ -425,7 +436,7 @@ def main() -> None:
         print(f"{name}_steps_per_s: {ft.steps / ft.seconds:.3f}")
         m = measure(out / name, data, args.threads)
         emit(name, m)
-        m_gw2 = measure(out / name, data, args.threads, 2, encoder)
+        m_gw2 = measure(out / name, data, args.threads, 2, encoder, cg)
         emit(f"{name}_gw2", m_gw2)
         for key in (
             "unchanged_exact_train",
@@ -454,7 +465,7 @@ def main() -> None:
         )
         print(f"boundary_dpo_wall_seconds: {time.perf_counter() - start:.1f}")
         print(f"boundary_dpo_steps: {res_b.steps}")
-        m_b = measure(out / "boundary_dpo", data, args.threads, 2, encoder)
+        m_b = measure(out / "boundary_dpo", data, args.threads, 2, encoder, cg)
         emit("boundary_dpo_gw2", m_b)
         for key in ("unchanged_exact_train", "over_refusal_lookalike_all"):
             print(f"boundary_dpo_gw2_minus_v1_gw2_{key}: {m_b[key][0] - v1_gw2[key][0]:+.3f}")

@@ -46,6 +46,19 @@ def facts_in(messages: Sequence[dict[str, str]]) -> list[str]:
     return [line[2:] for line in block.splitlines() if line.startswith("- ")]
 
 
+def without_facts(messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    """``messages`` with the retrieved facts taken out of the system message.
+
+    The prompt the model would have had without retrieval (the system prompt kept): the
+    "no context" side of context-contrastive decoding
+    (``models.generation.DecodingParams.context_guidance``). Unchanged if there are none.
+    """
+    out = [dict(m) for m in messages]
+    if out and out[0]["role"] == "system" and FACTS_HEADER in out[0]["content"]:
+        out[0]["content"] = out[0]["content"].split(FACTS_HEADER, 1)[0]
+    return out
+
+
 def with_facts(
     messages: Sequence[dict[str, str]], fact_texts: Sequence[str], system_prompt: str
 ) -> list[dict[str, str]]:

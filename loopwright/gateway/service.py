@@ -876,13 +876,14 @@ class Gateway:
         wanted = req.max_completion_tokens or req.max_tokens
         cap = self.settings.validation.max_tokens_cap
         max_new = min(wanted or self.settings.backend.default_max_tokens, cap)
+        a = self.settings.augment
         params = DecodingParams(
             max_new_tokens=max_new,
             temperature=req.temperature or 0.0,
             top_p=req.top_p or 1.0,
             seed=req.seed or 0,
+            context_guidance=a.context_guidance if a.enabled else 1.0,
         )
-        a = self.settings.augment
         want_vector = a.enabled and a.retrieval and self.index is not None
         verdict, model_messages, vector = await self._input_rails(ctx, messages, want_vector)
         ctx.input_verdicts.append(verdict)

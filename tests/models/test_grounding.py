@@ -7,7 +7,14 @@ import random
 import pytest
 
 from loopwright.gateway.settings import AugmentSettings
-from loopwright.grounding import FACTS_HEADER, Fact, facts_in, system_with_facts, with_facts
+from loopwright.grounding import (
+    FACTS_HEADER,
+    Fact,
+    facts_in,
+    system_with_facts,
+    with_facts,
+    without_facts,
+)
 from models.embedder import Embedder
 from models.grounding import GroundingConfig, ground_conversations, retrieve
 from models.helpdesk import build_domain, knowledge_base
@@ -67,6 +74,9 @@ def test_training_rows_carry_the_facts_exactly_as_the_gateway_writes_them(encode
     assert facts_in(served) == ["x"]
     assert facts_in(with_facts(rows[0], ["a: b", "c"], SYSTEM)) == ["a: b", "c"]
     assert facts_in(rows[0]) == [] and facts_in(with_facts(rows[0], [], SYSTEM)) == []
+    # Taking them out again leaves the prompt the model would have had without retrieval.
+    assert without_facts(served) == [{"role": "system", "content": SYSTEM}, *rows[0]]
+    assert without_facts(rows[0]) == rows[0]
 
 
 def test_a_declined_rows_alternative_is_what_the_model_would_slip_into():

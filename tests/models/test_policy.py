@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loopwright.records import PreferencePair
-from models.generation import DecodingParams, generate_batch, load_policy
+from models.generation import DecodingParams, generate_batch, load_policy, render_prompts
 from models.policy import (
     END_TOKEN,
     TRAINING_META_FILE,
@@ -380,6 +380,45 @@ def test_saved_folder_loads_through_the_generic_path_and_generates(v1: Path) -> 
     assert replies[0] == replies[1] == replies[2]  # greedy is deterministic across a batch
     assert replies[0] == "The Pro plan costs $12 per month."
     assert replies[3] == REFUSAL
+
+
+def test_context_guidance_follows_the_facts_and_leaves_bare_prompts_alone(v1: Path) -> None:
+    from loopwright.grounding import with_facts
+
+    policy = load_policy(v1, device="cpu")
+    bare = [{"role": "user", "content": "How much is the Pro plan?"}]
+    served = with_facts(bare, ["The Pro plan costs $99 per month."], "You answer.")
+    guided = DecodingParams(max_new_tokens=24, context_guidance=3.0)
+    plain = generate_batch(policy, [bare, served], DecodingParams(max_new_tokens=24))
+    out = generate_batch(policy, [bare, served], guided)
+    assert out[0] == plain[0] == "The Pro plan costs $12 per month."  # no facts: unguided
+    # Each token is the guided argmax: 3 x (with facts - without) + without, in
+    # log-probabilities, where "without" keeps the system prompt and drops the facts.
+    tok = policy.tokenizer
+
+    def ids(conv: list[dict[str, str]]) -> torch.Tensor:
+        prompt = render_prompts(policy, [conv])[0]
+        return torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
+
+    with_ctx, without_ctx = ids(served), ids([{"role": "system", "content": "You answer."}, *bare])
+    reply: list[int] = []
+    with torch.no_grad():
+        for _ in range(24):
+            cond = torch.log_softmax(policy.model(with_ctx).logits[0, -1], dim=-1)
+            uncond = torch.log_softmax(policy.model(without_ctx).logits[0, -1], dim=-1)
+            token = torch.argmax(3.0 * (cond - uncond) + uncond).view(1, 1)
+            if int(token) == tok.eos_token_id:
+                break
+            reply.append(int(token))
+            with_ctx, without_ctx = (
+                torch.cat([with_ctx, token], 1),
+                torch.cat([without_ctx, token], 1),
+            )
+    assert out[1] == tok.decode(reply, skip_special_tokens=True).strip() != plain[1]
+    with pytest.raises(ValueError, match="context_guidance must be in"):
+        DecodingParams(context_guidance=-1.0)
+    assert DecodingParams().cache_key() == "mnt=48;t=0.0;p=1.0;s=0"
+    assert guided.cache_key().endswith(";cg=3.0")
 
 
 def test_tiny_v1_learns_its_training_set(v1: Path) -> None:
