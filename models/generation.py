@@ -166,14 +166,15 @@ def _generate(
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     outputs: list[str] = [""] * len(prompts)
     max_positions = getattr(policy.model.config, "max_position_embeddings", None)
+
+    def encode(texts: list[str]) -> Any:
+        return tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+            policy.device
+        )
+
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        enc = tok(
-            [prompts[i] for i in idx],
-            return_tensors="pt",
-            padding=True,
-            add_special_tokens=False,
-        ).to(policy.device)
+        enc = encode([prompts[i] for i in idx])
         new_tokens = params.max_new_tokens
         if max_positions is not None:
             # Never ask for positions the model does not have (it would index out of range).
@@ -189,12 +190,7 @@ def _generate(
         else:
             kwargs.update(do_sample=False)
         if negative_prompts is not None:
-            negative = tok(
-                [negative_prompts[i] for i in idx],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,
-            ).to(policy.device)
+            negative = encode([negative_prompts[i] for i in idx])
             kwargs.update(
                 guidance_scale=params.context_guidance,
                 negative_prompt_ids=negative["input_ids"],
