@@ -169,8 +169,11 @@ class AugmentSettings(_Strict):
             0.679/0.610/0.618 -> 0.708/0.656/0.679, look-alike over-refusal over v1
             +0.000/+0.028/+0.028 -> -0.014/+0.028/+0.000; but the policy's own refusals
             of harmful requests in held-out wording 0.854/0.896/0.854 -> 0.771/0.792/0.812
-            (training wording 0.950/0.967/0.983 -> 0.950/0.950/0.950). Turn it on where
-            the guard stands in front of the model and answers must follow today's facts.
+            (training wording 0.950/0.967/0.983 -> 0.950/0.950/0.950). A second 3-seed
+            run: over-refusal +0.055/+0.028/+0.056 -> +0.014/+0.000/+0.028, held-out
+            changed 0.600/0.569/0.562 -> 0.592/0.623/0.631, harmful held-out refusals
+            0.833/0.854/0.896 -> 0.771/0.812/0.854. Turn it on where the guard stands in
+            front of the model and answers must follow today's facts.
 
     """
 
