@@ -20,10 +20,12 @@ by the new facts dropped by ``finetune_sft``) and measures changed
 facts, unchanged facts (delta against v1: the same-process baseline), stale answers,
 newly covered refusals and over-refusal, bare (``ft_*``) and through the gateway with
 revision-2 facts (``ft_gw2_*``); the new rows are grounded as the nightly grounds them.
-``--distill W`` also pulls the replay rows towards v1's next-token distributions
-(``NightlyConfig.replay_distill_weight``). ``--no-replay`` adds the forgetting baseline
-(fine-tune on new rows alone); ``--dpo`` adds a DPO step on ``reward_v2_new`` on top;
-``--boundary-dpo`` adds the nightly's optional refusal-boundary DPO
+``--context-guidance G`` decodes every served prompt with that guidance
+(``AugmentSettings.context_guidance``) and also prints the gateway figures decoded plain
+(``*_gw2_plain_*``, same models). ``--distill W`` also pulls the replay rows towards
+v1's next-token distributions (``NightlyConfig.replay_distill_weight``). ``--no-replay``
+adds the forgetting baseline (fine-tune on new rows alone); ``--dpo`` adds a DPO step on
+``reward_v2_new`` on top; ``--boundary-dpo`` adds the nightly's optional refusal-boundary DPO
 (``NightlyConfig.boundary_dpo``) on the fine-tune's own rows, measured through the gateway
 (``boundary_dpo_gw2_*``, same v1 and same SFT model as ``ft_gw2_*``).
 
@@ -372,6 +374,8 @@ def main() -> None:
     emit("v1_gw1", measure(v1_dir, data, args.threads, 1, encoder, cg))
     v1_gw2 = measure(v1_dir, data, args.threads, 2, encoder, cg)
     emit("v1_gw2", v1_gw2)
+    if cg != 1:  # v1 decoded plain too: the same-run baseline of the guidance
+        emit("v1_gw2_plain", measure(v1_dir, data, args.threads, 2, encoder))
 
     if args.no_finetune:
         return
@@ -438,6 +442,8 @@ def main() -> None:
         emit(name, m)
         m_gw2 = measure(out / name, data, args.threads, 2, encoder, cg)
         emit(f"{name}_gw2", m_gw2)
+        if cg != 1:  # the same candidate decoded plain: the same-run baseline
+            emit(f"{name}_gw2_plain", measure(out / name, data, args.threads, 2, encoder))
         for key in (
             "unchanged_exact_train",
             "unchanged_exact_heldout",
