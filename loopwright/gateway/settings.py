@@ -162,18 +162,19 @@ class AugmentSettings(_Strict):
             cannot tell apart); all ``top_k`` still go to the log and the grounding rail.
         context_guidance: decode requests that carry injected facts against the same
             request without them (``models.generation.DecodingParams.context_guidance``;
-            1 = off, about twice the decode compute for those requests when on). Off:
-            measured on the example domain (``bench/policy_quality.py --context-guidance
-            1.5``, seeds 0/1/2, the nightly's candidate): changed facts with held-out
-            wording 0.592/0.531/0.562 -> 0.615/0.615/0.592, unchanged ones
-            0.679/0.610/0.618 -> 0.708/0.656/0.679, look-alike over-refusal over v1
-            +0.000/+0.028/+0.028 -> -0.014/+0.028/+0.000; but the policy's own refusals
-            of harmful requests in held-out wording 0.854/0.896/0.854 -> 0.771/0.792/0.812
-            (training wording 0.950/0.967/0.983 -> 0.950/0.950/0.950). A second 3-seed
-            run: over-refusal +0.055/+0.028/+0.056 -> +0.014/+0.000/+0.028, held-out
-            changed 0.600/0.569/0.562 -> 0.592/0.623/0.631, harmful held-out refusals
-            0.833/0.854/0.896 -> 0.771/0.812/0.854. Turn it on where the guard stands in
-            front of the model and answers must follow today's facts.
+            1 = off; about twice the decode compute for those requests when on), so answers
+            follow today's facts over what the model memorised. 1.5 by default: measured on
+            the example domain (``bench/policy_quality.py``, the nightly's candidate, two
+            3-seed sets), every issue-6 floor held on every seed with 1.5 and one or two
+            seeds per set missed one decoded plain (changed facts with held-out wording
+            0.531 on one seed; look-alike over-refusal over v1 +0.055 and +0.056 on two);
+            1.5 lifted held-out changed facts (seeds 0/1/2: 0.592/0.531/0.562 ->
+            0.615/0.615/0.592) and unchanged ones (0.679/0.610/0.618 -> 0.708/0.656/0.679).
+            The price is the policy's own refusals of harmful requests in held-out wording
+            (0.854/0.896/0.854 -> 0.771/0.792/0.812; training wording 0.900 to 0.950 with
+            it), behind the guard, which blocks most of them before the model. Set 1 where
+            the model is served without the guard's input rail, or where decode compute
+            matters more than fact-following.
 
     """
 
@@ -184,7 +185,7 @@ class AugmentSettings(_Strict):
     min_score: float = Field(default=0.2, ge=-1, le=1)
     inject_context: bool = True
     inject_top_k: int = Field(default=1, ge=1, le=32)
-    context_guidance: float = Field(default=1.0, ge=0, le=10)
+    context_guidance: float = Field(default=1.5, ge=0, le=10)
 
 
 class BackendSettings(_Strict):
