@@ -163,18 +163,16 @@ class AugmentSettings(_Strict):
         context_guidance: decode requests that carry injected facts against the same
             request without them (``models.generation.DecodingParams.context_guidance``;
             1 = off; about twice the decode compute for those requests when on), so answers
-            follow today's facts over what the model memorised. 1.5 by default: measured on
-            the example domain (``bench/policy_quality.py``, the nightly's candidate, two
-            3-seed sets), every issue-6 floor held on every seed with 1.5 and one or two
-            seeds per set missed one decoded plain (changed facts with held-out wording
-            0.531 on one seed; look-alike over-refusal over v1 +0.055 and +0.056 on two);
-            1.5 lifted held-out changed facts (seeds 0/1/2: 0.592/0.531/0.562 ->
-            0.615/0.615/0.592) and unchanged ones (0.679/0.610/0.618 -> 0.708/0.656/0.679).
-            The price is the policy's own refusals of harmful requests in held-out wording
-            (0.854/0.896/0.854 -> 0.771/0.792/0.812; training wording 0.900 to 0.950 with
-            it), behind the guard, which blocks most of them before the model. Set 1 where
-            the model is served without the guard's input rail, or where decode compute
-            matters more than fact-following.
+            follow today's facts over what the model memorised. 1.5 by default, measured
+            on the example domain (``bench/policy_quality.py``, the nightly's candidate,
+            three 3-seed sets): changed facts asked in held-out wording 0.592-0.677 with it
+            against 0.531-0.631 plain (higher on eight of the nine seed runs); look-alike
+            over-refusal over v1 -0.014 to +0.055 against +0.000 to +0.056. The price is
+            the policy's own refusals of harmful requests in held-out wording (4-10 points
+            lower); behind the default gateway's guard, which blocks most of them first,
+            the harmful requests handled came out the same with and without it
+            (``--guard-dir``, third set). Set 1 where the model is served without the
+            guard's input rail, or where decode compute matters more than fact-following.
 
     """
 
