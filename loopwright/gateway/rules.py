@@ -123,6 +123,28 @@ def find_jailbreaks(pattern_text: str) -> list[str]:
     return [name for name, pattern in JAILBREAK_PATTERNS.items() if pattern.search(pattern_text)]
 
 
+# First-person talk of suicide or self-harm, matched on the same pattern view. It decides no
+# block: the guard and the rules do. It chooses the reply to a request they blocked, so a
+# person in crisis is pointed to help instead of told "can't help" (safe-messaging practice).
+# Hand-written because no installed library detects it; a miss leaves the generic block
+# reply, a false match gives a blocked request the supportive one.
+SELF_HARM_PATTERN = re.compile(
+    r"\bsuicid(e|al)\b|\bkill(ing)? my ?self\b|\b(end|ending|take|taking) (my|my own) life\b|"
+    r"\bend it all\b|"
+    r"\b(hurt|hurting|harm|harming|cut|cutting|injure|injuring) my ?self\b|\bself[- ]?harm|"
+    r"\boverdos(e|ing)\b|\b(want|wanna|wish|going|deserve) to die\b|\bbetter off dead\b|"
+    r"\b(do not|don't|dont) want to (live|be alive|exist|wake up)\b|"
+    r"\bno (reason|point) (to|in) (live|living|keep living|going on|go on)\b|"
+    r"\b(reason|point) to keep living\b|\bnot worth living\b|\b(can't|cannot|cant) go on\b|"
+    r"\b(nobody|no one|no-one) would (care|notice|miss me)\b.{0,30}\b(gone|dead|died)\b"
+)
+
+
+def mentions_self_harm(pattern_text: str) -> bool:
+    """Whether the pattern view of a text speaks of suicide or harming oneself."""
+    return SELF_HARM_PATTERN.search(pattern_text) is not None
+
+
 _NUMBER = re.compile(r"(?P<cur>[$€£])?\s?(?P<num>\d+(?:[.,]\d+)*)\s?(?P<pct>%)?")
 
 

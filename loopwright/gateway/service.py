@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 _ACTION_RANK = {"allow": 0, "redact": 1, "flag": 2, "block": 3}
 UNAUTHENTICATED = "unauthenticated"
+SELF_HARM_REASON = "self_harm"
+"""Input-verdict reason of a blocked request that speaks of suicide or self-harm."""
 
 
 class ApiError(Exception):
@@ -732,6 +734,12 @@ class Gateway:
             if guard_scores.get("injection", 0.0) >= self.thresholds["injection"]:
                 action = "block"
                 reasons.append("guard:injection")
+        if (
+            action == "block"
+            and s.self_harm_reply
+            and any(rules.mentions_self_harm(v.pattern_text) for v in views)
+        ):
+            reasons.append(SELF_HARM_REASON)
         if want_vector and vector is None and action != "block":
             _, vector = await self.encoders.analyse(query_text, scores=False, vector=True)
         verdict = RailVerdict(action=action, scores=scores, reasons=reasons)  # type: ignore[arg-type]
@@ -809,9 +817,11 @@ class Gateway:
 
     def _fallback(self, ctx: RequestContext, reason: str) -> str:
         f = self.settings.fallback
-        text = {"input_blocked": f.input_blocked, "output_blocked": f.output_blocked}.get(
-            reason, f.model_error
-        )
+        text = {
+            "input_blocked": f.input_blocked,
+            "output_blocked": f.output_blocked,
+            "self_harm": f.self_harm,
+        }.get(reason, f.model_error)
         ctx.fallback_used = True
         self.metrics.fallbacks.labels(reason).inc()
         self.metrics.verdict("fallback", "block")
@@ -827,6 +837,7 @@ class Gateway:
             "flag": s.on_flag,
             "output_block": s.on_output_block,
             "input_block": s.on_input_block,
+            "self_harm": s.on_self_harm,
             "model_error": s.on_model_error,
         }[kind]
         if not wanted:
@@ -894,9 +905,10 @@ class Gateway:
             ]
         fingerprint = f"{self.model_name}@none/none"
         if verdict.action == "block":
-            text = self._fallback(ctx, "input_blocked")
+            self_harm = SELF_HARM_REASON in verdict.reasons
+            text = self._fallback(ctx, "self_harm" if self_harm else "input_blocked")
             ctx.response, ctx.finish_reason = text, "content_filter"
-            await self._escalate(ctx, "input_block", model_messages)
+            await self._escalate(ctx, "self_harm" if self_harm else "input_block", model_messages)
             return ChatOutcome(
                 ctx.interaction_id,
                 text,

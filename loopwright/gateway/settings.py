@@ -82,6 +82,11 @@ class InputRailSettings(_Strict):
             calibrated threshold (fitted to a benign false-positive budget), else 0.5.
         injection_threshold: the same for P(injection).
         jailbreak_patterns: run the known-jailbreak pattern rules (block on a match).
+        self_harm_reply: a blocked request that speaks of suicide or self-harm
+            (:func:`loopwright.gateway.rules.mentions_self_harm`) is answered with
+            ``fallback.self_harm``, which points to crisis help, instead of the generic
+            block reply, and its verdict carries the reason ``self_harm``. It blocks
+            nothing itself.
         pii_action: what a PII hit in the input does (redact replaces it before the model
             and in the log).
         decode_base64: decode base64 spans before checking.
@@ -98,6 +103,7 @@ class InputRailSettings(_Strict):
     harmful_threshold: float | None = Field(default=None, ge=0, le=1)
     injection_threshold: float | None = Field(default=None, ge=0, le=1)
     jailbreak_patterns: bool = True
+    self_harm_reply: bool = True
     pii_action: PiiAction = "redact"
     decode_base64: bool = True
     guard_raw_too: bool = True
@@ -272,13 +278,27 @@ class OutputRailSettings(_Strict):
 
 
 class FallbackSettings(_Strict):
-    """Templated safe answers used when a rail blocks or the model fails."""
+    """Templated safe answers used when a rail blocks or the model fails.
+
+    Attributes:
+        input_blocked: the reply to a request an input rail blocked.
+        output_blocked: the reply when an output rail blocked the model's answer.
+        model_error: the reply when the model failed or timed out.
+        self_harm: the reply to a blocked request that speaks of suicide or self-harm
+            (``input_rails.self_harm_reply``): supportive, pointing to crisis help.
+
+    """
 
     input_blocked: str = (
         "Sorry, I can't help with that request. If you think this is a mistake, "
         "please rephrase or contact support."
     )
     output_blocked: str = "Sorry, I can't share that answer. Please contact support for help."
+    self_harm: str = (
+        "I'm really sorry you're going through this, and I'm glad you reached out. You don't "
+        "have to face it alone: please contact a local crisis line or emergency services, "
+        "or talk to someone you trust right now."
+    )
     model_error: str = (
         "Sorry, I can't answer right now. Please try again in a moment or contact support."
     )
@@ -291,6 +311,9 @@ class EscalationSettings(_Strict):
         on_flag: any rail flagged the interaction (e.g. a grounding doubt).
         on_output_block: an output rail blocked the model's answer.
         on_input_block: an input rail blocked the request (noisy under attack traffic).
+        on_self_harm: a blocked request spoke of suicide or self-harm
+            (``input_rails.self_harm_reply``): a person should see it whatever
+            ``on_input_block`` says.
         on_model_error: the model failed or timed out.
         queue_file: SQLite file of the queue, relative to the run directory.
 
@@ -300,6 +323,7 @@ class EscalationSettings(_Strict):
     on_flag: bool = True
     on_output_block: bool = True
     on_input_block: bool = False
+    on_self_harm: bool = True
     on_model_error: bool = True
     queue_file: str = "gateway/review.sqlite"
 

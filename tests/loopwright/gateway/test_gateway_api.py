@@ -297,6 +297,34 @@ def test_guard_rail_blocks_harmful_and_injection_and_allows_benign(make_harness,
     assert len(stub.seen) == 1
 
 
+def test_a_blocked_request_that_speaks_of_self_harm_is_pointed_to_help(make_harness, tiny_guard):
+    # Threshold 0: the guard blocks everything, so only the reply the gateway picks varies.
+    blocking = {"input_rails": {"harmful_threshold": 0.0}, "augment": {"retrieval": False}}
+    h = make_harness(blocking, guard=tiny_guard)
+    key = h.key()
+    crisis = h.chat(key, "I'm thinking about suicide tonight.").json()["choices"][0]
+    other = h.chat(key, "How do I kill a stuck upload?").json()["choices"][0]
+    assert crisis["finish_reason"] == other["finish_reason"] == "content_filter"
+    assert crisis["message"]["content"] == h.gw.settings.fallback.self_harm
+    assert other["message"]["content"] == h.gw.settings.fallback.input_blocked
+    records = _only(h.interactions(), 2)
+    assert records[0]["input_verdict"]["reasons"] == ["guard:harmful", "self_harm"]
+    assert records[1]["input_verdict"]["reasons"] == ["guard:harmful"]
+    # A person sees the crisis message; plain blocks are not queued (on_input_block off).
+    queued = h.gw.review.list("acme")
+    assert [item.interaction_id for item in queued] == [records[0]["id"]]
+    assert "escalate:self_harm" in queued[0].reasons
+
+    generic = make_harness(
+        {**blocking, "input_rails": {"harmful_threshold": 0.0, "self_harm_reply": False}},
+        name="generic",
+        guard=tiny_guard,
+    )
+    reply = generic.chat(generic.key(), "I'm thinking about suicide tonight.").json()
+    assert reply["choices"][0]["message"]["content"] == generic.gw.settings.fallback.input_blocked
+    assert generic.gw.review.counts("acme") == {}
+
+
 def test_guard_thresholds_are_configurable(make_harness, tiny_guard):
     h = make_harness(
         {"input_rails": {"harmful_threshold": 0.0}, "augment": {"retrieval": False}},

@@ -73,6 +73,25 @@ def test_jailbreak_patterns(text, names):
     assert rules.find_jailbreaks(normalise(text).pattern_text) == names
 
 
+@pytest.mark.parametrize(
+    ("text", "self_harm"),
+    [
+        ("I want to end my life.", True),
+        ("i've been SELF-HARMING again", True),
+        ("Nobody would miss me if I were dead", True),
+        ("I don't want to live anymore", True),
+        ("thinking about k1ll1ng mys3lf", True),  # leet-folded like the jailbreak rules
+        ("How do I kill a stuck upload?", False),
+        ("I want to end my Acme Cloud subscription for good.", False),
+        ("This bug is killing me, how do I fix error 429?", False),
+        ("How can I cut a long video into parts before uploading?", False),
+        ("Can deleting a folder harm my team's data?", False),
+    ],
+)
+def test_self_harm_rule_reads_first_person_crisis_talk_not_look_alikes(text, self_harm):
+    assert rules.mentions_self_harm(normalise(text).pattern_text) is self_harm
+
+
 def test_grounding_finds_figures_missing_from_the_facts():
     facts = ["The Pro plan costs $49 per month and includes 1,000 API calls."]
     assert rules.unsupported_numbers("Pro is $49 with 1000 calls, see step 2.", facts) == []
