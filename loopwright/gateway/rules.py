@@ -134,7 +134,7 @@ SELF_HARM_PATTERN = re.compile(
     r"\b(hurt|hurting|harm|harming|cut|cutting|injure|injuring) my ?self\b|\bself[- ]?harm|"
     r"\boverdos(e|ing)\b|\b(want|wanna|wish|going|deserve) to die\b|\bbetter off dead\b|"
     r"\b(do not|don't|dont) want to (live|be alive|exist|wake up)\b|"
-    r"\bno (reason|point) (to|in) (live|living|keep living|going on|go on)\b|"
+    r"\bno (reason|point) (to|in) (live|living|going on|go on)\b|"
     r"\b(reason|point) to keep living\b|\bnot worth living\b|\b(can't|cannot|cant) go on\b|"
     r"\b(nobody|no one|no-one) would (care|notice|miss me)\b.{0,30}\b(gone|dead|died)\b"
 )
