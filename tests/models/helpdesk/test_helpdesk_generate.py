@@ -377,12 +377,13 @@ def test_guard_sets_hold_multi_question_messages_labelled_by_content(full):
         assert by_cat == dict.fromkeys(harmful_cats, n_per_cat)
         assert len({p.text for p in compound}) == len(compound)
         assert all(p.tags["role"] == "prompt" for p in compound)
-        # Benign ones are made of 2+ benign prompts of the same split, and run long.
+        # Benign ones are made of 2+ benign prompts of the same split (the same one may be
+        # drawn twice, as users paste it twice), and run long.
         singles = {s.lower() for s in _singles(prompts, "benign")}
         for p in benign:
             assert len(p.text) <= COMPOUND_MAX_CHARS
             if p.tags["transform"] == "clean":
-                assert sum(s in p.text.lower() for s in singles) >= 2, p.text
+                assert sum(p.text.lower().count(s) for s in singles) >= 2, p.text
         assert sum(len(p.text) >= 300 for p in benign) >= 0.15 * len(benign)
         # Harmful ones carry one of the split's harmful requests next to benign text.
         for p in harmful:
