@@ -178,6 +178,14 @@ def nightly(
     ] = None,
     tiny: Annotated[bool, typer.Option(help="tiny training budgets (smoke runs)")] = False,
     seed: int = 0,
+    finetune_steps: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="fine-tune for exactly this many steps instead of 120 s (the candidate "
+            "then does not depend on the machine's speed)",
+        ),
+    ] = None,
 ) -> None:
     """Production log -> checked, versioned data -> reward refresh -> candidate (resumable)."""
     from loopwright.client_env import apply_client_env
@@ -192,7 +200,7 @@ def nightly(
     apply_client_env(settings)
     from flows.nightly import nightly_flow, nightly_stage_flow
 
-    config = NightlyConfig(tiny=tiny, seed=seed)
+    config = NightlyConfig(tiny=tiny, seed=seed, finetune_steps=finetune_steps)
     if stage is not None:
         typer.echo(f"{stage}: {nightly_stage_flow(settings, cast(NightlyStage, stage), config)}")
         return

@@ -20,11 +20,14 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from loopwright.config import Settings
+
+if TYPE_CHECKING:
+    from models.policy import PolicyConfig
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +38,20 @@ class NightlyConfig(BaseModel):
     Attributes:
         seed: seeds training and splits.
         tiny: tiny training budgets (tests and smoke runs).
-        finetune_seconds: wall-clock budget of the SFT fine-tune, seconds.
+        finetune_seconds: wall-clock budget of the SFT fine-tune, seconds (unless
+            ``finetune_steps`` is set).
+        finetune_steps: a step budget instead: the SFT fine-tune runs exactly this many
+            optimiser steps and ``finetune_seconds`` is ignored, so the candidate does not
+            depend on how fast or busy the machine is (however long that takes), and a
+            rerun with the same data, seed and thread count reproduces it bit for bit
+            (``models.policy.PolicyConfig.max_steps``). Unset by default (the recipe was
+            measured with 120 s). With seconds, the candidate depends on the machine's
+            speed: on the example domain one 2-core machine ran 312-322 steps in 120 s and
+            another 254-305, and the slower one's seed 5 fell to 0.875 on newly covered
+            refusals (training templates); 320 steps from the same v1s gave 0.958-1.000 on
+            them, with look-alike over-refusal over v1 +0.043/-0.017/+0.068 against
+            +0.000/-0.017/-0.017 in 120 s (seeds 3/4/5, ``bench/policy_quality.py
+            --ft-steps``): more steps teach the refusals and spread them.
         replay_ratio: replay rows per new row (4:1 kept old facts; 0 forgets them).
         replay_distill_weight: above 0, the replay rows are also pulled towards the
             champion's next-token distributions (``models.policy.finetune_sft``'s
@@ -98,6 +114,7 @@ class NightlyConfig(BaseModel):
     seed: int = 0
     tiny: bool = False
     finetune_seconds: float = Field(default=120.0, gt=0)
+    finetune_steps: int | None = Field(default=None, ge=1)
     replay_ratio: float = Field(default=4.0, ge=0)
     replay_distill_weight: float = Field(default=0.0, ge=0)
     replay_file: str = "helpdesk/sft/replay.jsonl"
@@ -346,6 +363,31 @@ def serving_grounder(settings: Settings, share: float, seed: int) -> Grounder | 
     return ground
 
 
+def finetune_configs(config: NightlyConfig) -> tuple[PolicyConfig, PolicyConfig]:
+    """The SFT and boundary-DPO recipes of a night: tiny, step-budgeted or time-budgeted.
+
+    Returns:
+        ``(sft, dpo)``: the SFT has ``config.finetune_steps`` steps and no time limit when
+        those are set, else ``config.finetune_seconds``; tiny runs take the tiny recipes.
+    """
+    from models.policy import PolicyConfig
+
+    if config.tiny:
+        return (
+            PolicyConfig.tiny(seed=config.seed, max_steps=20),
+            PolicyConfig.dpo(seed=config.seed, max_steps=4, batch_size=4, threads=1),
+        )
+    budget: dict[str, Any] = (
+        {"max_seconds": None, "max_steps": config.finetune_steps}
+        if config.finetune_steps is not None
+        else {"max_seconds": config.finetune_seconds}
+    )
+    return (
+        PolicyConfig.finetune(seed=config.seed, threads=config.finetune_threads, **budget),
+        PolicyConfig.dpo(seed=config.seed, threads=config.finetune_threads),
+    )
+
+
 def finetune_candidate(
     parent_dir: Path,
     sft_path: Path,
@@ -380,7 +422,7 @@ def finetune_candidate(
             it has one); None: :func:`models.policy_data.context_or_answer_alternative`.
     """
     from models.helpdesk import read_conversations
-    from models.policy import PolicyConfig, finetune_sft, train_dpo_conversations
+    from models.policy import finetune_sft, train_dpo_conversations
     from models.policy_data import (
         context_or_answer_alternative,
         refusal_boundary_pairs,
@@ -403,14 +445,7 @@ def finetune_candidate(
     replay = with_pseudowords(
         read_conversations(replay_path), config.pseudoword_share, config.seed, answered
     )
-    if config.tiny:
-        sft_config = PolicyConfig.tiny(seed=config.seed, max_steps=20)
-        dpo_config = PolicyConfig.dpo(seed=config.seed, max_steps=4, batch_size=4, threads=1)
-    else:
-        sft_config = PolicyConfig.finetune(
-            seed=config.seed, max_seconds=config.finetune_seconds, threads=config.finetune_threads
-        )
-        dpo_config = PolicyConfig.dpo(seed=config.seed, threads=config.finetune_threads)
+    sft_config, dpo_config = finetune_configs(config)
     trained_rows = [*new_rows, *replay]
     pairs = (
         refusal_boundary_pairs(

@@ -676,6 +676,21 @@ def test_nightly_finetune_distils_the_replay_only_when_configured(v1: Path, tmp_
         NightlyConfig(replay_distill_weight=-1)
 
 
+def test_nightly_finetune_budget_is_seconds_by_default_or_exact_steps_when_set() -> None:
+    from loopwright.nightly import NightlyConfig, finetune_configs
+
+    sft, _ = finetune_configs(NightlyConfig())
+    assert (sft.max_seconds, sft.max_steps) == (120.0, None)
+    # A step budget: no time limit, so a seed and thread count reproduce the candidate.
+    sft, dpo = finetune_configs(NightlyConfig(finetune_steps=320, finetune_seconds=5))
+    assert (sft.max_seconds, sft.max_steps, sft.lr) == (None, 320, PolicyConfig.finetune().lr)
+    assert dpo == PolicyConfig.dpo(seed=0, threads=NightlyConfig().finetune_threads)
+    sft, _ = finetune_configs(NightlyConfig(tiny=True, finetune_steps=320))
+    assert sft.max_steps == 20  # tiny runs keep the tiny recipe
+    with pytest.raises(ValueError, match="finetune_steps"):
+        NightlyConfig(finetune_steps=0)
+
+
 def test_nightly_finetune_ends_with_dpo_on_the_refusal_boundary(v1: Path, tmp_path: Path) -> None:
     from loopwright.nightly import NightlyConfig
 
