@@ -366,6 +366,10 @@ def serving_grounder(settings: Settings, share: float, seed: int) -> Grounder | 
 def finetune_configs(config: NightlyConfig) -> tuple[PolicyConfig, PolicyConfig]:
     """The SFT and boundary-DPO recipes of a night: tiny, step-budgeted or time-budgeted.
 
+    Args:
+        config: the night's knobs (``tiny``, ``finetune_steps``, ``finetune_seconds``,
+            ``finetune_threads``, ``seed``).
+
     Returns:
         ``(sft, dpo)``: the SFT has ``config.finetune_steps`` steps and no time limit when
         those are set, else ``config.finetune_seconds``; tiny runs take the tiny recipes.
