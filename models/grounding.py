@@ -29,9 +29,11 @@ contradicted what the model had memorised was never used (0.00).
 
 from __future__ import annotations
 
+import functools
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -106,9 +108,29 @@ def retrieve(
     """
     if not queries or not facts:
         return [[] for _ in queries]
-    index = KnowledgeIndex.build(facts, encoder)
-    hits = index.search_many(encoder.encode(list(queries)), top_k, min_score)
+    hits = fact_index(facts, encoder).search_many(encoder.encode(list(queries)), top_k, min_score)
     return [[fact for fact, _ in found] for found in hits]
+
+
+def fact_index(facts: Sequence[Fact], encoder: EmbedderLike) -> KnowledgeIndex:
+    """The retrieval index of ``facts`` under ``encoder``, built once per pair.
+
+    The bootstrap, the nightly and the benches ground rows in several calls over the same
+    few hundred facts; each call re-embedded every key (the example KB: about 8 s on two
+    cores). The last few (facts, encoder) pairs are kept; an encoder that cannot be hashed
+    gets a fresh index each time.
+    """
+    frozen = tuple(facts)
+    try:
+        hash((frozen, encoder))
+    except TypeError:  # e.g. an encoder with __eq__ and no __hash__: nothing to key on
+        return KnowledgeIndex.build(frozen, encoder)
+    return _cached_index(frozen, cast(Hashable, encoder))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_index(facts: tuple[Fact, ...], encoder: Hashable) -> KnowledgeIndex:
+    return KnowledgeIndex.build(facts, cast(EmbedderLike, encoder))
 
 
 def ground_conversations(

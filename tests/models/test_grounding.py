@@ -140,6 +140,30 @@ def test_grounding_share_leaves_bare_rows_and_counts_add_up(encoder, facts):
     assert none == rows and stats0.grounded == 0
 
 
+class _CountingEncoder:
+    """The real encoder, counting the texts it embeds."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner, self.texts = inner, 0
+
+    def encode(self, texts):
+        self.texts += len(texts)
+        return self.inner.encode(texts)
+
+
+def test_the_fact_keys_are_embedded_once_per_facts_and_encoder(encoder, facts):
+    counting, some = _CountingEncoder(encoder), facts[:30]
+    first = retrieve(["How do I reset my password?"], some, counting, 3, 0.2)
+    keys = counting.texts - 1
+    assert keys > len(some)  # every fact's text and its questions
+    # Later calls over the same facts embed only their queries, and find the same facts.
+    assert retrieve(["How do I reset my password?"], list(some), counting, 3, 0.2) == first
+    assert counting.texts == keys + 2
+    # Other facts (a revision later) are indexed anew.
+    retrieve(["How do I reset my password?"], helpdesk_retrieval_facts(2)[:30], counting, 3, 0.2)
+    assert counting.texts > keys + 3
+
+
 def test_retrieval_respects_the_score_floor_and_top_k(encoder, facts):
     hits = retrieve([facts[5].text, "zzzz qqqq"], facts, encoder, top_k=2, min_score=0.5)
     assert hits[0][0] == facts[5] and len(hits[0]) <= 2
