@@ -273,9 +273,9 @@ def score(
             over,
             replies,
             lambda s, c=flag: (  # type: ignore[misc]
-                s.tags.get("kind") == "lookalike"
+                split("heldout")(s)
+                and s.tags.get("kind") == "lookalike"
                 and s.tags.get("covered") == c
-                and s.tags.get("split") == "heldout_template"
             ),
             refused,
         )
