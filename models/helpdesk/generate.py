@@ -96,6 +96,10 @@ class DomainData:
             for out-of-KB questions. Nothing for uncovered categories.
         sft_v2_new: what good production feedback eventually teaches: revision-2 answers for
             the changed facts and refusals for the uncovered categories (incl. injection).
+        sft_v2_lookalikes: what well-rated answers and corrections to production's benign
+            look-alikes teach: every :attr:`SafetyCategory.lookalikes_traffic` question with
+            its revision-2 answer, once clean and once with surface noise. Left out of
+            :func:`tokenizer_corpus`, which ships with v1, before that traffic exists.
         guard_train / guard_heldout: labelled prompts (and some responses), including
             adversarial transforms and multi-question messages (``source=compound``,
             labelled by content); held-out uses held-out templates only.
@@ -114,6 +118,7 @@ class DomainData:
     scale: float
     sft_v1: list[Conversation] = field(default_factory=list)
     sft_v2_new: list[Conversation] = field(default_factory=list)
+    sft_v2_lookalikes: list[Conversation] = field(default_factory=list)
     guard_train: list[LabelledPrompt] = field(default_factory=list)
     guard_heldout: list[LabelledPrompt] = field(default_factory=list)
     reward_train: list[PreferencePair] = field(default_factory=list)
@@ -127,6 +132,7 @@ class DomainData:
         out = {
             "sft_v1": len(self.sft_v1),
             "sft_v2_new": len(self.sft_v2_new),
+            "sft_v2_lookalikes": len(self.sft_v2_lookalikes),
             "guard_train": len(self.guard_train),
             "guard_heldout": len(self.guard_heldout),
             "reward_train": len(self.reward_train),
@@ -393,6 +399,23 @@ def build_sft_v2_new(seed: int, scale: float) -> list[Conversation]:
     pool = _questions_pool(knowledge_base(2), "train", 12, rng)
     for cat in uncovered_categories():
         convs.extend(_safety_convs(cat, "train", _n(40, scale), rng, pool))
+    rng.shuffle(convs)
+    return _with_system_prompt(convs, rng)
+
+
+def build_sft_v2_lookalikes(seed: int, scale: float) -> list[Conversation]:
+    """Answered look-alikes in production wording (see :class:`DomainData`).
+
+    ``scale`` below 0.5 keeps the clean rows only, as :func:`build_sft_v1` drops noisy copies.
+    """
+    rng = _rng(seed, "sft_v2_lookalikes")
+    convs: list[Conversation] = []
+    for cat in CATEGORIES.values():
+        for look in cat.lookalikes_traffic:
+            answer = look.answer_at(EVAL_REVISION)
+            convs.append(_conv(look.text, answer))
+            if scale >= 0.5:
+                convs.append(_conv(surface_noise(look.text, rng), answer))
     rng.shuffle(convs)
     return _with_system_prompt(convs, rng)
 
@@ -1074,6 +1097,7 @@ def build_domain(seed: int = 0, scale: float = 1.0) -> DomainData:
         scale=scale,
         sft_v1=build_sft_v1(seed, scale),
         sft_v2_new=build_sft_v2_new(seed, scale),
+        sft_v2_lookalikes=build_sft_v2_lookalikes(seed, scale),
         guard_train=_guard_split(seed, scale, "train"),
         guard_heldout=_guard_split(seed, scale, "heldout"),
         reward_train=_reward_split(seed, scale, "train"),
@@ -1176,6 +1200,7 @@ def write_domain(
     """Persist ``data`` under ``out_dir``; returns ``{relative file path: record count}``.
 
     Layout: ``kb/rev1.jsonl``, ``kb/rev2.jsonl``, ``sft/v1.jsonl``, ``sft/v2_new.jsonl``,
+    ``sft/v2_lookalikes.jsonl``,
     ``sft/replay.jsonl`` (what a fine-tune replays: ``replay``, by default
     :func:`replay_rows` of ``data``),
     ``guard/train.jsonl``, ``guard/heldout.jsonl``, ``reward/train.jsonl``,
@@ -1190,6 +1215,7 @@ def write_domain(
         ("kb/rev2.jsonl", lambda p: _write_facts(p, knowledge_base(2))),
         ("sft/v1.jsonl", lambda p: write_conversations(p, data.sft_v1)),
         ("sft/v2_new.jsonl", lambda p: write_conversations(p, data.sft_v2_new)),
+        ("sft/v2_lookalikes.jsonl", lambda p: write_conversations(p, data.sft_v2_lookalikes)),
         (
             "sft/replay.jsonl",
             lambda p: write_conversations(p, replay_rows(data) if replay is None else replay),

@@ -13,7 +13,9 @@ The judging rules live in pure functions (:func:`grade_response`, :func:`rating_
 :func:`poisoned_rating`); the simulators only add randomness on top.
 
 Simulated traffic is rendered from *training* templates only: the nightly loop trains on
-it, and held-out templates must stay unseen so evaluation stays honest.
+it, and held-out templates must stay unseen so evaluation stays honest. Benign look-alikes
+are asked in their training wording and in the other wording production users use
+(:attr:`SafetyCategory.lookalikes_traffic`), never in the held-out one.
 """
 
 from __future__ import annotations
@@ -472,7 +474,7 @@ class UserSimulator:
 
     def _lookalike_request(self, rid: str, user: str) -> SimRequest:
         cat = self._rng.choice(list(CATEGORIES.values()))
-        look = self._rng.choice(cat.lookalikes_train)
+        look = self._rng.choice(cat.lookalikes_train + cat.lookalikes_traffic)
         text = look.text
         if self._rng.random() < self.noisy_text_prob:
             text = surface_noise(text, self._rng)

@@ -63,7 +63,7 @@ def test_injection_rules(config):
     for fact in knowledge_base(2):
         assert not find_injection(fact.answer, patterns), fact.answer
     for cat in CATEGORIES.values():
-        for look in cat.lookalikes_train:
+        for look in cat.lookalikes_train + cat.lookalikes_traffic:
             assert not find_injection(look.text, patterns), look.text
 
 
@@ -83,7 +83,7 @@ def test_helpdesk_fact_checker_knows_the_kb(checker):
     assert caught / (2 * len(kb)) >= 0.98
     # Safe, unrelated or fixed answers are never called false.
     for cat in CATEGORIES.values():
-        for look in cat.lookalikes_train + cat.lookalikes_heldout:
+        for look in cat.lookalikes_train + cat.lookalikes_traffic + cat.lookalikes_heldout:
             assert checker(look.text, look.answer_at(2)).verdict in ("supports", "unknown")
         for text in (*cat.compliant_train, cat.response):
             assert checker("", text).verdict == "unknown"
@@ -112,7 +112,7 @@ def test_rule_guard_test_double_is_sound():
     for cat in CATEGORIES.values():
         assert all(flagged(p) for p in cat.prompts("train", ("What is the refund window?",)))
         assert all(flagged(c) for c in cat.compliant_train)
-        assert not any(flagged(look.text) for look in cat.lookalikes_train)
+        assert not any(flagged(look.text) for look in cat.lookalikes_train + cat.lookalikes_traffic)
 
 
 def _event(n, iid, kind, value, source="user", author=None):

@@ -45,7 +45,9 @@ def _training_corpus(data) -> str:
     texts = tokenizer_corpus(data)
     assert {m["content"] for c in data.sft_v1 for m in c} <= set(texts)
     assert {p.text for p in data.guard_train} <= set(texts)
-    # Simulated production traffic is trained on by the nightly loop, so it counts too.
+    # Simulated production traffic is trained on by the nightly loop, so it counts too, and
+    # so do the answered traffic look-alikes that stand in for it (outside the tokenizer's).
+    texts.extend(m["content"] for c in data.sft_v2_lookalikes for m in c)
     sim = UserSimulator(2, 0.0, 0, {"ordinary": 1, "adversarial": 1, "harmful": 1})
     texts.extend(r.prompt for r in sim.requests(1500))
     return "\n".join(_norm(t) for t in texts)
@@ -229,6 +231,27 @@ def test_sft_v2_new_teaches_rev2_changed_facts_and_uncovered_refusals(full):
         assert sum(1 for c in full.sft_v2_new if c[-1]["content"] == cat.response) > 0
 
 
+def test_sft_v2_lookalikes_answer_the_traffic_wording_only(full, tiny):
+    traffic = {
+        look.text: look.answer_at(2)
+        for cat in CATEGORIES.values()
+        for look in cat.lookalikes_traffic
+    }
+    rows = {c[-2]["content"]: c[-1]["content"] for c in full.sft_v2_lookalikes}
+    clean = {q: a for q, a in rows.items() if q in traffic}
+    assert clean == traffic  # every traffic question, with its revision-2 answer
+    assert len(full.sft_v2_lookalikes) == 2 * len(traffic)  # plus one noisy copy each
+    assert set(rows.values()) <= set(traffic.values())
+    assert len(tiny.sft_v2_lookalikes) == len(traffic)  # small scales keep the clean rows
+    # The tokenizer ships with v1, before production asked in these words.
+    assert not set(traffic) & set(tokenizer_corpus(full))
+    # And the simulator asks them, next to the training wording.
+    sim = UserSimulator(2, 0.0, 0, {"ordinary": 1})
+    asked = {r.prompt for r in sim.requests(3000) if r.kind == "lookalike"}
+    train = {look.text for cat in CATEGORIES.values() for look in cat.lookalikes_train}
+    assert asked & set(traffic) and asked & train
+
+
 def test_about_half_the_sft_text_carries_the_gateways_system_prompt(full):
     from loopwright.gateway.settings import SystemPromptSettings
     from models.helpdesk.generate import SYSTEM_PROMPT
@@ -236,7 +259,7 @@ def test_about_half_the_sft_text_carries_the_gateways_system_prompt(full):
     # The gateway serves with its system prompt first; the raw view and direct callers send
     # none. The policy must have seen both, with the very text the gateway sends.
     assert SystemPromptSettings().text == SYSTEM_PROMPT
-    for rows in (full.sft_v1, full.sft_v2_new):
+    for rows in (full.sft_v1, full.sft_v2_new, full.sft_v2_lookalikes):
         with_prompt = [c for c in rows if c[0]["role"] == "system"]
         assert {c[0]["content"] for c in with_prompt} == {SYSTEM_PROMPT}
         assert 0.4 < len(with_prompt) / len(rows) < 0.6
@@ -300,6 +323,7 @@ def test_write_domain_counts_match_files_and_manifest_is_reproducible(tiny, tmp_
         "kb/rev2.jsonl",
         "sft/v1.jsonl",
         "sft/v2_new.jsonl",
+        "sft/v2_lookalikes.jsonl",
         "guard/train.jsonl",
         "guard/heldout.jsonl",
         "reward/train.jsonl",

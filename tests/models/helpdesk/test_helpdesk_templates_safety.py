@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from models.helpdesk.kb import fact_index, intents, knowledge_base, slot_of_intent
@@ -68,7 +70,7 @@ def test_each_category_has_templates_responses_and_benign_lookalikes():
         assert cat.prompts("train", ("Q?",)) and cat.prompts("heldout", ("Q?",))
         expected = SELF_HARM_TEXT if cat.expected_behaviour == "safe_complete" else REFUSAL_TEXT
         assert cat.response == expected
-        for look in cat.lookalikes_train + cat.lookalikes_heldout:
+        for look in cat.lookalikes_train + cat.lookalikes_traffic + cat.lookalikes_heldout:
             if look.fact_id:
                 assert look.fact_id in fact_index(1), look.fact_id
             for rev in (1, 2):
@@ -76,6 +78,28 @@ def test_each_category_has_templates_responses_and_benign_lookalikes():
                 assert not is_refusal(answer) and not is_safe_completion(answer), answer
         for bad in cat.compliant_train + cat.compliant_heldout:
             assert not is_refusal(bad) and not is_safe_completion(bad), bad
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def test_traffic_lookalikes_reword_training_questions_and_stay_clear_of_heldout():
+    # The night learns from traffic wording; held-out must still measure wording it never saw.
+    heldout = [look.text for cat in CATEGORIES.values() for look in cat.lookalikes_heldout]
+    for cat in CATEGORIES.values():
+        assert len(cat.lookalikes_traffic) >= 8, cat.name
+        train_answers = {look.answer_at(2) for look in cat.lookalikes_train}
+        for look in cat.lookalikes_traffic:
+            assert look.answer_at(2) in train_answers, look.text  # same question, other words
+            assert _words(look.text) not in [_words(t.text) for t in cat.lookalikes_train]
+            # Word overlap (Jaccard) with every held-out wording stays at most one half;
+            # held-out look-alikes share up to 0.57 with their training questions.
+            closest = max(
+                len(_words(look.text) & _words(h)) / len(_words(look.text) | _words(h))
+                for h in heldout
+            )
+            assert closest <= 0.5, (look.text, closest)
 
 
 def test_refusal_and_safe_completion_detectors():
