@@ -16,7 +16,9 @@ revision 2 (``v1_gw2_*``, the world now):
   refusals the night teaches).
 
 Then fine-tunes v1 on ``sft_v2_new`` (injection rows left out by default, see
-``--skip-new-category``) with 4:1 replay of ``sft_v1`` (benign look-alike rows weighted
+``--skip-new-category``) and ``sft_v2_lookalikes`` (the benign look-alikes production asks
+in other words, answered; ``--no-traffic-lookalikes`` adds the same-v1 baseline without
+them, ``ft_notraffic_*``) with 4:1 replay of ``sft_v1`` (benign look-alike rows weighted
 6x, answered rows also copied with one made-up word as the nightly does; rows superseded
 by the new facts dropped by ``finetune_sft``) and measures changed
 facts, unchanged facts (delta against v1: the same-process baseline), stale answers,
@@ -373,6 +375,11 @@ def main() -> None:
     )
     parser.add_argument("--no-finetune", action="store_true")
     parser.add_argument("--no-replay", action="store_true", help="add the forgetting baseline")
+    parser.add_argument(
+        "--no-traffic-lookalikes",
+        action="store_true",
+        help="add the baseline fine-tuned without sft_v2_lookalikes (ft_notraffic_*, same v1)",
+    )
     parser.add_argument("--dpo", action="store_true", help="add DPO on reward_v2_new")
     parser.add_argument(
         "--boundary-dpo",
@@ -432,6 +439,7 @@ def main() -> None:
     print(f"threads: {args.threads}")
     print(f"sft_v1_rows: {len(data.sft_v1)}")
     print(f"sft_v2_new_rows: {len(data.sft_v2_new)}")
+    print(f"sft_v2_lookalikes_rows: {len(data.sft_v2_lookalikes)}")
     print(f"replay_rows: {len(replay_source)}")
     print(f"load_avg_1min_before: {os.getloadavg()[0]:.2f}")
     blocked = None
@@ -472,8 +480,10 @@ def main() -> None:
     if args.no_finetune:
         return
     trained_rows: dict[str, list[list[dict[str, str]]]] = {}
-    arms = [("ft", 4.0)] + ([("ft_noreplay", 0.0)] if args.no_replay else [])
-    for name, ratio in arms:
+    arms = [("ft", 4.0, True)]
+    arms += [("ft_noreplay", 0.0, True)] if args.no_replay else []
+    arms += [("ft_notraffic", 4.0, False)] if args.no_traffic_lookalikes else []
+    for name, ratio, traffic in arms:
         ft_budget = (
             {"max_seconds": None, "max_steps": args.ft_steps}
             if args.ft_steps
@@ -492,6 +502,8 @@ def main() -> None:
         )
         skip = [c for c in args.skip_new_category.split(",") if c]
         new_rows = without_categories(data.sft_v2_new, skip)
+        if traffic:
+            new_rows = [*new_rows, *data.sft_v2_lookalikes]
         if args.max_new_refusals is not None:
             refusals = [r for r in new_rows if helpdesk_is_safe_response(r[-1]["content"])]
             kept = random.Random(args.seed).sample(
