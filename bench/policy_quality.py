@@ -36,6 +36,8 @@ refusal-boundary DPO (``NightlyConfig.boundary_dpo``) on the fine-tune's own row
 through the gateway (``boundary_dpo_gw2_*``, same v1 and same SFT model as ``ft_gw2_*``).
 
 Run: PYTHONPATH=. python bench/policy_quality.py [--seed 0] [--seconds 270] [--threads 1] [--dpo]
+(the fine-tune takes the nightly's step budget unless ``--ft-steps``/``--ft-seconds`` say
+otherwise)
 Prints one ``name: value`` line per figure.
 """
 
@@ -340,12 +342,22 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=270.0, help="v1 training-loop budget")
-    parser.add_argument("--ft-seconds", type=float, default=120.0)
+    parser.add_argument(
+        "--ft-seconds",
+        type=float,
+        default=None,
+        help="fine-tune wall-clock budget instead of --ft-steps",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--v1-steps", type=int, default=None, help="fixed step count instead of --seconds"
     )
-    parser.add_argument("--ft-steps", type=int, default=None)
+    parser.add_argument(
+        "--ft-steps",
+        type=int,
+        default=NightlyConfig().finetune_steps,
+        help="fine-tune step count (default: the nightly's, NightlyConfig.finetune_steps)",
+    )
     parser.add_argument("--ft-lr", type=float, default=None, help="fine-tune learning rate")
     parser.add_argument(
         "--pseudowords-all", action="store_true", help="made-up words in refusal rows too"
@@ -485,9 +497,9 @@ def main() -> None:
     arms += [("ft_notraffic", 4.0, False)] if args.no_traffic_lookalikes else []
     for name, ratio, traffic in arms:
         ft_budget = (
-            {"max_seconds": None, "max_steps": args.ft_steps}
-            if args.ft_steps
-            else {"max_seconds": args.ft_seconds}
+            {"max_seconds": args.ft_seconds}
+            if args.ft_seconds
+            else {"max_seconds": None, "max_steps": args.ft_steps}
         )
         lr = {"lr": args.ft_lr} if args.ft_lr else {}
         ft_cfg = PolicyConfig.finetune(**ft_budget, **lr, **common)

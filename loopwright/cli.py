@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import TYPE_CHECKING, Annotated, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 import yaml
@@ -180,10 +180,14 @@ def nightly(
     seed: int = 0,
     finetune_steps: Annotated[
         int | None,
+        typer.Option(min=1, help="fine-tune for exactly this many steps (default 400)"),
+    ] = None,
+    finetune_seconds: Annotated[
+        float | None,
         typer.Option(
             min=1,
-            help="fine-tune for exactly this many steps instead of 120 s (the candidate "
-            "then does not depend on the machine's speed)",
+            help="fine-tune for this many seconds instead of a step count (the candidate "
+            "then depends on the machine's speed)",
         ),
     ] = None,
 ) -> None:
@@ -196,11 +200,19 @@ def nightly(
             f"unknown stage {stage!r}; valid: {', '.join(NIGHTLY_STAGES)}", fg="red", err=True
         )
         raise typer.Exit(2)
+    if finetune_steps is not None and finetune_seconds is not None:
+        typer.secho("give --finetune-steps or --finetune-seconds, not both", fg="red", err=True)
+        raise typer.Exit(2)
+    budget: dict[str, Any] = {}
+    if finetune_steps is not None:
+        budget = {"finetune_steps": finetune_steps}
+    if finetune_seconds is not None:
+        budget = {"finetune_steps": None, "finetune_seconds": finetune_seconds}
     settings = _settings(ctx)
     apply_client_env(settings)
     from flows.nightly import nightly_flow, nightly_stage_flow
 
-    config = NightlyConfig(tiny=tiny, seed=seed, finetune_steps=finetune_steps)
+    config = NightlyConfig(tiny=tiny, seed=seed, **budget)
     if stage is not None:
         typer.echo(f"{stage}: {nightly_stage_flow(settings, cast(NightlyStage, stage), config)}")
         return

@@ -38,20 +38,21 @@ class NightlyConfig(BaseModel):
     Attributes:
         seed: seeds training and splits.
         tiny: tiny training budgets (tests and smoke runs).
-        finetune_seconds: wall-clock budget of the SFT fine-tune, seconds (unless
-            ``finetune_steps`` is set).
-        finetune_steps: a step budget instead: the SFT fine-tune runs exactly this many
-            optimiser steps and ``finetune_seconds`` is ignored, so the candidate does not
-            depend on how fast or busy the machine is (however long that takes), and a
-            rerun with the same data, seed and thread count reproduces it bit for bit
-            (``models.policy.PolicyConfig.max_steps``). Unset by default (the recipe was
-            measured with 120 s). With seconds, the candidate depends on the machine's
-            speed: on the example domain one 2-core machine ran 312-322 steps in 120 s and
-            another 254-305, and the slower one's seed 5 fell to 0.875 on newly covered
-            refusals (training templates); 320 steps from the same v1s gave 0.958-1.000 on
-            them, with look-alike over-refusal over v1 +0.043/-0.017/+0.068 against
-            +0.000/-0.017/-0.017 in 120 s (seeds 3/4/5, ``bench/policy_quality.py
-            --ft-steps``): more steps teach the refusals and spread them.
+        finetune_seconds: wall-clock budget of the SFT fine-tune, seconds, used only when
+            ``finetune_steps`` is None: the candidate then depends on how fast and busy the
+            machine is (one 2-core machine ran 312-322 steps in 120 s, another 254-305).
+        finetune_steps: the SFT fine-tune's budget in optimiser steps, with no time limit,
+            so the candidate does not depend on the machine's speed (however long that
+            takes) and a rerun with the same data, seed and thread count reproduces it bit
+            for bit (``models.policy.PolicyConfig.max_steps``); None: ``finetune_seconds``.
+            400 on the example domain (``bench/policy_quality.py``, seeds 0/1/5, v1 of 700
+            steps, through the gateway, the benign look-alikes production asks in other
+            words answered among the new rows): newly covered refusals with training
+            templates 1.000/1.000/0.958 (320 steps: 0.938/0.979/0.896), look-alike
+            over-refusal over v1 -0.034/-0.026/-0.043. 120 s on slower machines fell short
+            of the refusal floor (seed 5: 0.875 at 254 steps); more steps teach the
+            refusals and, without the production-wording look-alikes, spread them (seeds
+            1/5 at 320 steps: +0.085/+0.034 without them, -0.009/-0.034 with them).
         replay_ratio: replay rows per new row (4:1 kept old facts; 0 forgets them).
         replay_distill_weight: above 0, the replay rows are also pulled towards the
             champion's next-token distributions (``models.policy.finetune_sft``'s
@@ -114,7 +115,7 @@ class NightlyConfig(BaseModel):
     seed: int = 0
     tiny: bool = False
     finetune_seconds: float = Field(default=120.0, gt=0)
-    finetune_steps: int | None = Field(default=None, ge=1)
+    finetune_steps: int | None = Field(default=400, ge=1)
     replay_ratio: float = Field(default=4.0, ge=0)
     replay_distill_weight: float = Field(default=0.0, ge=0)
     replay_file: str = "helpdesk/sft/replay.jsonl"

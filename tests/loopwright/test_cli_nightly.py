@@ -10,3 +10,11 @@ def test_unknown_stage_exits_2_and_lists_the_valid_stages():
     assert result.exit_code == 2
     for stage in ("ingest", "check", "curate", "snapshot", "reward", "finetune"):
         assert stage in result.output
+
+
+def test_steps_and_seconds_budgets_together_exit_2_naming_both():
+    result = CliRunner().invoke(
+        app, ["nightly", "--finetune-steps", "10", "--finetune-seconds", "30"]
+    )
+    assert result.exit_code == 2
+    assert "--finetune-steps" in result.output and "--finetune-seconds" in result.output

@@ -676,15 +676,17 @@ def test_nightly_finetune_distils_the_replay_only_when_configured(v1: Path, tmp_
         NightlyConfig(replay_distill_weight=-1)
 
 
-def test_nightly_finetune_budget_is_seconds_by_default_or_exact_steps_when_set() -> None:
+def test_nightly_finetune_budget_is_exact_steps_by_default_or_seconds_when_asked() -> None:
     from loopwright.nightly import NightlyConfig, finetune_configs
 
-    sft, _ = finetune_configs(NightlyConfig())
-    assert (sft.max_seconds, sft.max_steps) == (120.0, None)
     # A step budget: no time limit, so a seed and thread count reproduce the candidate.
-    sft, dpo = finetune_configs(NightlyConfig(finetune_steps=320, finetune_seconds=5))
-    assert (sft.max_seconds, sft.max_steps, sft.lr) == (None, 320, PolicyConfig.finetune().lr)
+    sft, dpo = finetune_configs(NightlyConfig())
+    assert (sft.max_seconds, sft.max_steps, sft.lr) == (None, 400, PolicyConfig.finetune().lr)
     assert dpo == PolicyConfig.dpo(seed=0, threads=NightlyConfig().finetune_threads)
+    sft, _ = finetune_configs(NightlyConfig(finetune_steps=320, finetune_seconds=5))
+    assert (sft.max_seconds, sft.max_steps) == (None, 320)
+    sft, _ = finetune_configs(NightlyConfig(finetune_steps=None, finetune_seconds=90))
+    assert (sft.max_seconds, sft.max_steps) == (90.0, None)
     sft, _ = finetune_configs(NightlyConfig(tiny=True, finetune_steps=320))
     assert sft.max_steps == 20  # tiny runs keep the tiny recipe
     with pytest.raises(ValueError, match="finetune_steps"):
