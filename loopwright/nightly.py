@@ -45,11 +45,12 @@ class NightlyConfig(BaseModel):
             so the candidate does not depend on the machine's speed (however long that
             takes) and a rerun with the same data, seed and thread count reproduces it bit
             for bit (``models.policy.PolicyConfig.max_steps``); None: ``finetune_seconds``.
-            400 on the example domain (``bench/policy_quality.py``, seeds 0/1/5, v1 of 700
+            400 on the example domain (``bench/policy_quality.py``, seeds 0/1/2/5, v1 of 700
             steps, through the gateway, the benign look-alikes production asks in other
             words answered among the new rows): newly covered refusals with training
-            templates 1.000/1.000/0.958 (320 steps: 0.938/0.979/0.896), look-alike
-            over-refusal over v1 -0.034/-0.026/-0.043. 120 s on slower machines fell short
+            templates 1.000/1.000/1.000/0.958 (320 steps, seeds 0/1/5: 0.938/0.979/0.896),
+            look-alike over-refusal over v1 -0.034/-0.026/+0.009/-0.043 (seed 2 without
+            them: +0.162). 120 s on slower machines fell short
             of the refusal floor (seed 5: 0.875 at 254 steps); more steps teach the
             refusals and, without the production-wording look-alikes, spread them (seeds
             1/5 at 320 steps: +0.085/+0.034 without them, -0.009/-0.034 with them).
