@@ -3,7 +3,9 @@
 Deployment parameters are stored by the Prefect server, so these entry flows take a
 *profile name* (never a settings object with secrets) and load the settings themselves.
 ``loopwright deploy`` serves them all from one process (``prefect.serve``); a work-pool
-setup can use ``infra/prefect.yaml`` instead.
+setup can use ``infra/prefect.yaml`` instead. Each night and release is configured by the
+profile's ``nightly:`` and ``release:`` sections; a release's canary analyses are runs of
+the ``canary-check`` deployment, scheduled one after another (see :mod:`flows.release`).
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ from prefect.deployments.runner import RunnerDeployment
 
 from flows.bootstrap import bootstrap_flow
 from flows.nightly import nightly_flow, nightly_stage_flow
-from flows.release import release_flow
+from flows.release import canary_check_flow, release_flow
 from loopwright.client_env import apply_client_env
 from loopwright.config import Settings, load_settings
-from loopwright.nightly import NightlyConfig, NightlyStage
+from loopwright.nightly import NightlyStage
+from loopwright.release.canary_wait import CanaryRun
 from loopwright.release.config import ReleaseConfig
 from models.bootstrap import BootstrapConfig
 from tasks.demo import rollback
+
+# ``<flow name>/<deployment name>`` of the canary check that ``serve_all`` registers.
+CANARY_CHECK = "canary-check/canary-check"
 
 
 def _settings(profile: str) -> Settings:
@@ -30,33 +36,54 @@ def _settings(profile: str) -> Settings:
     return settings
 
 
+def _release(settings: Settings, auto_approve: bool | None) -> ReleaseConfig:
+    """The profile's release section; ``auto_approve`` (None: the profile's) overrides."""
+    if auto_approve is None:
+        return settings.release
+    return settings.release.model_copy(update={"auto_approve": auto_approve})
+
+
 @flow(name="nightly-loop", log_prints=True)
-def nightly_loop(profile: str = "local", auto_approve: bool = False) -> str:
-    """Night: data -> reward -> candidate, then gate -> canary -> approval -> promotion."""
+def nightly_loop(profile: str = "local", auto_approve: bool | None = None) -> str:
+    """Night: data -> reward -> candidate, then gate -> canary (checks follow later)."""
     settings = _settings(profile)
-    candidate = nightly_flow(settings, NightlyConfig())
+    candidate = nightly_flow(settings, settings.nightly)
     if candidate is None:
         return "no new data"
-    return release_flow(settings, candidate.version, ReleaseConfig(auto_approve=auto_approve))
+    release = _release(settings, auto_approve)
+    return release_flow(settings, candidate.version, release, recheck=CANARY_CHECK)
 
 
 @flow(name="nightly-data-and-training", log_prints=True)
 def nightly_only(profile: str = "local") -> str | None:
     """Stages 1-5 alone: ingest, validate, curate, reward refresh, fine-tune."""
-    candidate = nightly_flow(_settings(profile), NightlyConfig())
+    settings = _settings(profile)
+    candidate = nightly_flow(settings, settings.nightly)
     return candidate.version if candidate else None
 
 
 @flow(name="nightly-one-stage", log_prints=True)
 def nightly_one_stage(profile: str, stage: NightlyStage) -> str:
     """One nightly stage alone (inputs from where the earlier stages left them)."""
-    return nightly_stage_flow(_settings(profile), stage, NightlyConfig())
+    settings = _settings(profile)
+    return nightly_stage_flow(settings, stage, settings.nightly)
 
 
 @flow(name="promote", log_prints=True)
-def promote_version(profile: str, version: str, auto_approve: bool = False) -> str:
-    """Gate, canary and approval for one registered candidate version."""
-    return release_flow(_settings(profile), version, ReleaseConfig(auto_approve=auto_approve))
+def promote_version(profile: str, version: str, auto_approve: bool | None = None) -> str:
+    """Gate and canary for one registered candidate version (checks follow later)."""
+    settings = _settings(profile)
+    release = _release(settings, auto_approve)
+    return release_flow(settings, version, release, recheck=CANARY_CHECK)
+
+
+@flow(name="canary-check", log_prints=True)
+def canary_check(profile: str, run: CanaryRun, config: ReleaseConfig) -> str:
+    """One analysis of a serving canary: roll back, approve and promote, or check again.
+
+    Scheduled by the release (``config`` is the one that release ran with), never by hand.
+    """
+    return canary_check_flow(_settings(profile), run, config, CANARY_CHECK)
 
 
 @flow(name="rollback", log_prints=True)
@@ -83,6 +110,7 @@ def serve_all(profile: str, cron: str = "0 2 * * *") -> None:
         promote_version.to_deployment(name="promote", parameters=params),
         rollback_champion.to_deployment(name="rollback", parameters=params),
         bootstrap_default.to_deployment(name="bootstrap", parameters=params),
+        canary_check.to_deployment(name="canary-check", parameters=params),
     ]
     # ``to_deployment`` is sync here (no event loop), so each item is a RunnerDeployment.
     serve(*cast(list[RunnerDeployment], deployments))

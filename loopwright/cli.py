@@ -13,9 +13,14 @@ import yaml
 from loopwright.config import ConfigError, Settings, load_settings, masked_dump
 from loopwright.evaluation.cli import eval_app
 from loopwright.gateway.cli import keys_app, serve
+from loopwright.nightly import NightlyConfig
 from loopwright.simulate import simulate
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from loopwright.console import StageConsole
+    from loopwright.demo import DemoOutcome
     from loopwright.release.registry_ops import RegistryOps
 
 app = typer.Typer(
@@ -176,11 +181,14 @@ def nightly(
         str | None,
         typer.Option(help="run one stage alone: ingest, check, curate, snapshot, reward, finetune"),
     ] = None,
-    tiny: Annotated[bool, typer.Option(help="tiny training budgets (smoke runs)")] = False,
-    seed: int = 0,
+    tiny: Annotated[
+        bool | None,
+        typer.Option("--tiny/--no-tiny", help="tiny training budgets (smoke runs)"),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="seeds training and splits")] = None,
     finetune_steps: Annotated[
         int | None,
-        typer.Option(min=1, help="fine-tune for exactly this many steps (default 400)"),
+        typer.Option(min=1, help="fine-tune for exactly this many steps"),
     ] = None,
     finetune_seconds: Annotated[
         float | None,
@@ -191,9 +199,12 @@ def nightly(
         ),
     ] = None,
 ) -> None:
-    """Production log -> checked, versioned data -> reward refresh -> candidate (resumable)."""
+    """Production log -> checked, versioned data -> reward refresh -> candidate (resumable).
+
+    The profile's nightly section configures the run; each flag given overrides it.
+    """
     from loopwright.client_env import apply_client_env
-    from loopwright.nightly import NIGHTLY_STAGES, BatchRejected, NightlyConfig, NightlyStage
+    from loopwright.nightly import NIGHTLY_STAGES, BatchRejected, NightlyStage
 
     if stage is not None and stage not in NIGHTLY_STAGES:
         typer.secho(
@@ -203,16 +214,17 @@ def nightly(
     if finetune_steps is not None and finetune_seconds is not None:
         typer.secho("give --finetune-steps or --finetune-seconds, not both", fg="red", err=True)
         raise typer.Exit(2)
-    budget: dict[str, Any] = {}
-    if finetune_steps is not None:
-        budget = {"finetune_steps": finetune_steps}
-    if finetune_seconds is not None:
-        budget = {"finetune_steps": None, "finetune_seconds": finetune_seconds}
     settings = _settings(ctx)
     apply_client_env(settings)
     from flows.nightly import nightly_flow, nightly_stage_flow
 
-    config = NightlyConfig(tiny=tiny, seed=seed, **budget)
+    config = nightly_config(
+        settings.nightly,
+        tiny=tiny,
+        seed=seed,
+        finetune_steps=finetune_steps,
+        finetune_seconds=finetune_seconds,
+    )
     if stage is not None:
         typer.echo(f"{stage}: {nightly_stage_flow(settings, cast(NightlyStage, stage), config)}")
         return
@@ -225,6 +237,27 @@ def nightly(
         typer.echo("no new data: nothing trained")
     else:
         typer.echo(f"candidate models:/{candidate.name}/{candidate.version} (no alias)")
+
+
+def nightly_config(
+    profile: NightlyConfig,
+    *,
+    tiny: bool | None = None,
+    seed: int | None = None,
+    finetune_steps: int | None = None,
+    finetune_seconds: float | None = None,
+) -> NightlyConfig:
+    """The profile's nightly section with the ``loopwright nightly`` flags given on top.
+
+    A flag left out (None) keeps the profile's value; ``finetune_seconds`` switches the
+    budget to wall-clock time (``finetune_steps`` None). Validated like the profile.
+    """
+    flags: dict[str, Any] = {k: v for k, v in {"tiny": tiny, "seed": seed}.items() if v is not None}
+    if finetune_steps is not None:
+        flags["finetune_steps"] = finetune_steps
+    if finetune_seconds is not None:
+        flags.update(finetune_steps=None, finetune_seconds=finetune_seconds)
+    return NightlyConfig.model_validate({**profile.model_dump(), **flags})
 
 
 KindOption = Annotated[str, typer.Option(help="which registered model: policy, guard or reward")]
@@ -317,51 +350,144 @@ def demo(
     requests: Annotated[
         int | None, typer.Option(help="simulated requests per traffic phase (default by size)")
     ] = None,
+    verbose: Annotated[
+        bool,
+        typer.Option(help="every library's log on the console too (no log file, no bars)"),
+    ] = False,
+    seed: Annotated[
+        int, typer.Option(help="seeds the example data, every trainer and the simulated users")
+    ] = 0,
 ) -> None:
-    """Start the stack (or reuse it) and run the whole loop on the embedded default."""
-    from loopwright.stack import Stack, StackError
+    """Start the stack (or reuse it) and run the whole loop on the embedded default.
+
+    The console shows one line per stage and a progress bar for the running one; the full
+    logs go to ``<run dir>/logs/demo-<time>.log``. Exits 0 when the loop behaved as
+    designed (a candidate the gate or canary holds back included) and 1 when a step
+    failed, with the step and the reason as the last lines.
+    """
+    from datetime import datetime
+
+    from loopwright.console import StageConsole, capture_output
 
     settings = _settings(ctx)
-    typer.echo("== loopwright demo ==")
-    typer.echo("1. local stack")
-    try:
-        Stack(settings).up()
-    except StackError as exc:
-        typer.secho(str(exc), fg="red", err=True)
-        raise typer.Exit(1) from None
-    _print_status(settings)
-    typer.echo("2. smoke round trips")
-    smoke_ok = _run_smoke(settings)
-    typer.echo("3. the loop: bootstrap, traffic, nightly, gate, canary, approval, poison, rollback")
-    from flows.demo import demo_flow
-    from loopwright.demo import DemoOutcome, format_table
-
-    try:
-        outcome = demo_flow(settings, tiny=tiny, requests=requests)
-    except Exception as exc:  # noqa: BLE001 - report the failed step, still print the URLs
-        outcome = DemoOutcome(ok=False)
-        outcome.steps.append(("loop", f"FAILED: {type(exc).__name__}: {exc}"))
-    ok = smoke_ok and outcome.ok
-    typer.echo("")
-    typer.echo("Summary")
-    typer.echo(f"  {'smoke round trips':<32} {'all passed' if smoke_ok else 'FAILED'}")
-    for step, result in outcome.steps:
-        typer.echo(f"  {step:<32} {result}")
-    if outcome.table:
-        typer.echo("")
-        typer.echo(f"  Gate policy {outcome.gate_policy}")
-        typer.echo("  v1 = old champion, v2 = candidate, on the same samples;")
-        typer.echo("  delta = v2 - v1 with its paired bootstrap 95% CI")
-        for line in format_table(outcome.table):
-            typer.echo(line)
-    typer.echo("")
-    typer.echo(f"  MLflow UI:  {settings.mlflow_tracking_uri}  (registry, runs, audit history)")
-    typer.echo(f"  Prefect UI: {settings.prefect_api_url.removesuffix('/api')}  (flow runs)")
-    typer.echo(f"  Gateway:    http://{settings.gateway.host}:{settings.gateway.port}/docs")
-    typer.echo(f"  S3 store:   {settings.s3_endpoint_url} bucket {settings.object_store.bucket}")
-    typer.echo("  The stack keeps running; `make down` (or `loopwright down`) stops it.")
+    parent = ctx.parent.params if ctx.parent is not None else {}
+    if verbose or parent.get("verbose"):
+        ok = _demo_run(settings, StageConsole(sys.stdout, live=False), None, tiny, requests, seed)
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        log_path = settings.run_path / "logs" / f"demo-{stamp}.log"
+        with capture_output(log_path) as terminal:
+            _demo_logging()
+            ok = _demo_run(settings, StageConsole(terminal), log_path, tiny, requests, seed)
     if not ok:
         raise typer.Exit(1)
+
+
+def _demo_logging() -> None:
+    """Logging for a demo whose stdout/stderr already go to its log file.
+
+    The log file gets INFO from every library (the console shows only the demo's stages).
+    Progress bars of libraries are turned off: redrawn bars make a log file unreadable and
+    the console has its own. Set before those libraries are imported (environment), or read
+    at call time (MLflow).
+    """
+    import os
+
+    logging.getLogger().setLevel(logging.INFO)
+    # One line per HTTP request (the simulated users, MLflow's client) would bury the rest.
+    for name in ("httpx", "httpcore", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for var, value in (
+        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),  # transformers' "Loading weights" bars
+        ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),  # datasets' "Map" bars
+        ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),  # "Downloading artifacts"
+        ("TQDM_DISABLE", "1"),  # any other tqdm bar (tqdm reads it per bar)
+    ):
+        os.environ.setdefault(var, value)
+
+
+def _demo_checks(settings: Settings, out: DemoOutcome) -> None:
+    """The demo's first two stages: the local stack up and healthy, then the smoke checks.
+
+    Their detailed output (status table, smoke lines) is printed as by ``loopwright up`` and
+    ``loopwright smoke``; the demo's stdout is its log file, so only the stage lines show.
+
+    Raises:
+        StackError: a service did not start.
+    """
+    from loopwright.stack import Stack
+
+    log = logging.getLogger("loopwright.demo").info
+    out.begin("local stack")
+    Stack(settings).up()
+    if _print_status(settings):
+        out.add("local stack", "object store, MLflow, Prefect and Ray healthy", log)
+    else:
+        out.fail("local stack", "a service is not healthy (status table in the log)", log)
+    out.begin("smoke round trips")
+    if _run_smoke(settings):
+        out.add("smoke round trips", "object store, MLflow registry, Ray, Prefect: all ok", log)
+    else:
+        out.fail("smoke round trips", "a round trip failed (see the log)", log)
+
+
+def _demo_run(
+    settings: Settings,
+    ui: StageConsole,
+    log_path: Path | None,
+    tiny: bool,
+    requests: int | None,
+    seed: int = 0,
+) -> bool:
+    """The demo's stages shown on ``ui`` (a ``StageConsole``); True when none failed."""
+    from loopwright import progress
+    from loopwright.console import verdict_lines
+    from loopwright.demo import DemoOutcome, format_table
+    from loopwright.stack import StackError
+
+    log = logging.getLogger("loopwright.demo")
+    ui.text(f"loopwright demo ({'tiny' if tiny else 'full size'}) on {settings.profile} profile")
+    if log_path is not None:
+        ui.text(f"Full log: {log_path}", style="dim")
+    pre = DemoOutcome()
+    outcome: DemoOutcome | None = None
+    with progress.reporting_to(ui):
+        try:
+            _demo_checks(settings, pre)
+            from flows.demo import demo_flow
+
+            outcome = demo_flow(settings, tiny=tiny, requests=requests, seed=seed)
+        except StackError as exc:
+            pre.fail("local stack", str(exc), log.info)
+        except Exception as exc:  # noqa: BLE001 - report the failed step, still print the URLs
+            log.exception("the demo stopped")
+            pre.crashed(ui.current or "demo", exc, log.info)
+        finally:
+            ui.close()
+    if outcome is None:
+        outcome = DemoOutcome(ok=False)
+    outcome.steps[:0] = pre.steps
+    outcome.records[:0] = pre.records
+    outcome.ok = outcome.ok and pre.ok
+    if outcome.table:
+        ui.text()
+        ui.text(f"Gate policy {outcome.gate_policy}")
+        ui.text("v1 = old champion, v2 = candidate, on the same samples;")
+        ui.text("delta = v2 - v1 with its paired bootstrap 95% CI")
+        for line in format_table(outcome.table):
+            ui.text(line)
+    ui.text()
+    ui.text(f"MLflow UI:  {settings.mlflow_tracking_uri}  (registry, runs, audit history)")
+    ui.text(f"Prefect UI: {settings.prefect_api_url.removesuffix('/api')}  (flow runs)")
+    ui.text(f"Gateway:    http://{settings.gateway.host}:{settings.gateway.port}/docs")
+    ui.text(f"S3 store:   {settings.s3_endpoint_url} bucket {settings.object_store.bucket}")
+    ui.text("The stack keeps running; `make down` (or `loopwright down`) stops it.")
+    ui.text()
+    for line in verdict_lines(outcome, log_path):
+        failed = line.startswith(("Demo FAILED", "  step"))
+        ui.text(line, style="bold red" if failed else None)
+    log.info("demo %s", "ok" if outcome.ok else "FAILED")
+    return outcome.ok
 
 
 if __name__ == "__main__":  # pragma: no cover

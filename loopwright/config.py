@@ -21,6 +21,8 @@ from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from loopwright.gateway.settings import GatewaySettings
+from loopwright.nightly import NightlyConfig
+from loopwright.release.config import ReleaseConfig
 
 ENV_PREFIX = "LOOPWRIGHT_"
 ENV_NESTING = "__"
@@ -150,6 +152,11 @@ class Settings(BaseSettings):
             :class:`loopwright.domain.Domain`); the example help-desk domain by default.
         managed_services: services ``loopwright up`` starts; the cluster profile
             manages none (they are external).
+        nightly: the nightly run's knobs (:class:`loopwright.nightly.NightlyConfig`); the
+            deployments use them, ``loopwright nightly`` flags override them.
+        release: how a candidate is released (:class:`loopwright.release.config.ReleaseConfig`):
+            canary fraction and timing, approval timeout, policies. Its canary timing
+            must let the canary policy conclude (``max_canary_s >= min_duration_s``).
 
     """
 
@@ -172,6 +179,8 @@ class Settings(BaseSettings):
     ray: RaySettings = Field(default_factory=RaySettings)
     compute: ComputeSettings = Field(default_factory=ComputeSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    nightly: NightlyConfig = Field(default_factory=NightlyConfig)
+    release: ReleaseConfig = Field(default_factory=ReleaseConfig)
 
     @classmethod
     def settings_customise_sources(

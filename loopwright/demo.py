@@ -12,6 +12,7 @@ import asyncio
 import json
 import math
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from loopwright import progress
 from loopwright.config import Settings
 from loopwright.stack import Stack
 
@@ -74,7 +76,7 @@ class DemoConfig(BaseModel):
     canary_policy: Path = CANARY_DEMO_POLICY
     canary_fraction: float = Field(default=0.5, gt=0, lt=1)
     window_s: float = Field(default=20.0, gt=0)
-    max_windows: int = Field(default=4, ge=1)
+    max_windows: int = Field(default=12, ge=1)
     max_negative_share: float = Field(default=0.6, ge=0, le=1)
     log_seal_s: float | None = Field(default=None, gt=0)
 
@@ -165,33 +167,80 @@ class SummaryRow:
     passed: bool | None
 
 
+@dataclass(frozen=True)
+class StepRecord:
+    """One result line of the demo.
+
+    ``status`` is ``ok``, ``held`` (a safety check stopped the candidate, as the loop is
+    designed to: not a failure) or ``failed``; ``seconds`` is how long the stage that
+    produced it ran (None for a second result of the same stage).
+    """
+
+    step: str
+    result: str
+    status: str = "ok"
+    seconds: float | None = None
+
+
 @dataclass
 class DemoOutcome:
     """What the demo did, step by step, for the final summary.
 
     Attributes:
         steps: (step, result) in order, as printed.
+        records: the same steps with their status and duration.
         table: the gate's per-dimension comparison of v1 and v2.
         gate_policy: the gate policy file the release used.
         facts: machine-readable results (versions, verdicts, fingerprints) for tests.
-        ok: every step did what the demo shows.
+        ok: no step failed (a candidate the gate or canary held back is not a failure).
     """
 
     steps: list[tuple[str, str]] = field(default_factory=list)
+    records: list[StepRecord] = field(default_factory=list)
     table: list[SummaryRow] = field(default_factory=list)
     gate_policy: str = ""
     facts: dict[str, Any] = field(default_factory=dict)
     ok: bool = True
+    _stage: tuple[str, float] | None = field(default=None, repr=False, compare=False)
 
-    def add(self, step: str, result: str, echo: Echo) -> None:
-        """Record and print one step's result."""
+    def begin(self, stage: str) -> None:
+        """A stage starts: time it, and let the progress reporter show it running."""
+        self._stage = (stage, time.monotonic())
+        progress.reporter().stage_started(stage)
+
+    def add(self, step: str, result: str, echo: Echo, status: str = "ok") -> None:
+        """Record and print one step's result.
+
+        The result of the stage last :meth:`begin`-ned (same name) carries its duration;
+        other results (e.g. the gate's, reported within the release stage) carry none.
+        """
+        seconds = None
+        if self._stage is not None and self._stage[0] == step:
+            seconds = time.monotonic() - self._stage[1]
+            self._stage = None
         self.steps.append((step, result))
+        self.records.append(StepRecord(step, result, status, seconds))
         echo(f"  -> {step}: {result}")
+        progress.reporter().stage_finished(step, result, status, seconds)
+
+    def hold(self, step: str, result: str, echo: Echo) -> None:
+        """Record a candidate stopped by a safety check (the loop working, not failing)."""
+        self.add(step, result, echo, status="held")
 
     def fail(self, step: str, result: str, echo: Echo) -> None:
         """Record a step that did not do what the demo shows, and mark the run failed."""
-        self.add(step, result, echo)
+        self.add(step, result, echo, status="failed")
         self.ok = False
+
+    def crashed(self, step: str, exc: BaseException, echo: Echo) -> None:
+        """Record an exception that ended the run during ``step``."""
+        self.fail(step, f"{type(exc).__name__}: {exc}", echo)
+
+
+def format_counts(counts: Mapping[str, int]) -> str:
+    """Traffic counts as the stage lines show them, e.g. ``300 sent, 298 ok, 2 errors``."""
+    names = {"feedback": "ratings"}
+    return ", ".join(f"{n} {names.get(k, k)}" for k, n in counts.items())
 
 
 # ----------------------------------------------------------------------------- gateway
@@ -256,8 +305,6 @@ def drive_traffic(
 
 def wait_shipped(settings: Settings, timeout_s: float = 60.0) -> None:
     """Give the gateway's background shipper time to flush its spool to the store."""
-    import time
-
     spool = settings.run_path / settings.gateway.log.spool_dir
     deadline = time.monotonic() + timeout_s
     # Open segments seal by age, sealed ones ship on the next tick: wait for both.
@@ -276,8 +323,6 @@ def seconds_until_served(
     Each answer's ``system_fingerprint`` names what served it (``<name>@<version>/<arm>``),
     so this sees the switch the way a client would. Returns None after ``timeout_s``.
     """
-    import time
-
     import httpx
 
     wanted = f"@{version}/champion"
@@ -332,8 +377,6 @@ def wait_for_canary(
         True when the canary started; False when the gate blocked ``version`` (tag
         ``gate.passed`` is ``false``) or after ``timeout_s`` seconds.
     """
-    import time
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         state = _canary_state(settings, version)

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loopwright.config import Settings
-
 if TYPE_CHECKING:
+    # Annotations only: loopwright.config imports NightlyConfig (the profile's section).
+    from loopwright.config import Settings
     from models.policy import PolicyConfig
 
 logger = logging.getLogger(__name__)
@@ -244,24 +244,80 @@ def check_stage(
     )
 
 
+def regression_suite_path(settings: Settings, suite: str = "regression") -> Path | None:
+    """Where the configured domain's regression suite reads its samples, or None.
+
+    The suite named ``suite`` in the domain's suite folder, its ``samples`` path resolved
+    under ``<data_repo>/data/<domain data folder>`` (what the release evaluation reads);
+    None when the domain has no such suite.
+    """
+    from loopwright.domain import load_domain
+    from loopwright.evaluation.suites import SuiteError, discover_suites
+
+    domain = load_domain(settings.domain)
+    try:
+        (found,) = discover_suites(
+            domain.suite_dir(), [suite], data_root=data_dir(settings) / domain.data_folder()
+        )
+    except SuiteError as exc:
+        logger.warning("no %r suite in the domain (%s): curated cases stay curated", suite, exc)
+        return None
+    return found.sample_path
+
+
+def _merge_cases(suite_file: Path | None, curated: Path) -> Path | None:
+    """The file holding every regression case so far, or None when there is none.
+
+    The suite holds them (hand-written ones too); cases only in the curated copy (data
+    curated before the suite received them) are appended to it first.
+    """
+    from loopwright.records import EvalSample, read_jsonl, write_jsonl
+
+    if suite_file is None:
+        return curated if curated.is_file() else None
+    if not curated.is_file():
+        return suite_file if suite_file.is_file() else None
+    cases = list(read_jsonl(suite_file, EvalSample)) if suite_file.is_file() else []
+    known = {c.id for c in cases}
+    extra = [c for c in read_jsonl(curated, EvalSample) if c.id not in known]
+    if extra or not suite_file.is_file():
+        suite_file.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(suite_file, [*cases, *extra])
+    return suite_file
+
+
 def curate_stage(settings: Settings, batch: int) -> Any:
-    """Commit the checked batch and curate SFT rows, preference pairs and regression cases."""
+    """Commit the checked batch and curate SFT rows, preference pairs and regression cases.
+
+    The regression cases (failures whose right behaviour is known) are written to
+    ``curated/regression.jsonl`` and to the domain's regression suite
+    (:func:`regression_suite_path`), which is inside ``data/`` (so in the DVC snapshot) and
+    is what the next release evaluation scores: a failure becomes a case the gate judges.
+    The suite's cases are kept, new prompts only are added, so a rerun adds nothing.
+    """
     from loopwright.data.batches import commit_batch
-    from loopwright.data.curate import curate
+    from loopwright.data.curate import CurateConfig, curate
     from loopwright.domain import load_domain
 
     root = data_dir(settings)
     commit_batch(root / "production", batch)
     curated = root / "curated"
-    regression = curated / "regression.jsonl"
+    config = CurateConfig()
+    suite_file = regression_suite_path(settings, config.regression_suite)
+    existing = _merge_cases(suite_file, curated / "regression.jsonl")
     domain = load_domain(settings.domain)
-    return curate(
+    result = curate(
         root / "production",
         curated,
+        config,
         is_refusal=domain.is_safe_response,
-        existing_regression=regression if regression.is_file() else None,
+        existing_regression=existing,
         guard_refusal=domain.refusal_text(),
     )
+    if suite_file is not None:
+        suite_file.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(result.regression_path, suite_file)
+    return result
 
 
 def refresh_reward(

@@ -26,16 +26,19 @@ class FolderModel(PythonModel):
 
             self.policy = load_policy(self.folder, device="cpu")
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
-        """Policy: a list of prompts (or a DataFrame column ``prompt``) -> replies."""
+    # MLflow reads predict's input type hint to infer the logged model's signature and to
+    # check inputs; `Any` is not a hint it supports and made every log_model warn ("Type
+    # hints must be wrapped in list[...]", "Any type hint is inferred as AnyType").
+    # list[str] in and out is the contract; MLflow converts a DataFrame of prompts to it.
+    def predict(
+        self, context: Any, model_input: list[str], params: dict[str, Any] | None = None
+    ) -> list[str]:
+        """Policy: a list of prompts (MLflow converts a ``prompt`` DataFrame) -> replies."""
         if self.policy is None:
             return [self.folder]
         from models.generation import generate_batch
 
-        prompts = (
-            list(model_input["prompt"]) if hasattr(model_input, "columns") else list(model_input)
-        )
-        conversations = [[{"role": "user", "content": str(p)}] for p in prompts]
+        conversations = [[{"role": "user", "content": str(p)}] for p in model_input]
         return generate_batch(self.policy, conversations)
 
 

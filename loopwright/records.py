@@ -30,6 +30,7 @@ Dimension = Literal[
     "robustness",
     "helpfulness",
     "regression",
+    "fairness",
 ]
 DIMENSIONS: tuple[str, ...] = Dimension.__args__  # type: ignore[attr-defined]
 FeedbackKind = Literal["rating", "correction", "preference", "reviewer_label"]

@@ -22,6 +22,8 @@ from urllib.parse import urlparse
 import httpx
 import typer
 
+from loopwright.progress import report as report_progress
+
 logger = logging.getLogger(__name__)
 
 MAX_RPS = 500.0
@@ -158,6 +160,7 @@ async def run_simulation(
     start = time.perf_counter()
     deadline = start + minutes * 60
     gate = asyncio.Semaphore(concurrency)
+    finished = 0
     async with httpx.AsyncClient(
         base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s, limits=limits
     ) as client:
@@ -167,6 +170,7 @@ async def run_simulation(
             model = listed.json()["data"][0]["id"]
 
         async def one(request: Any) -> None:
+            nonlocal finished
             try:
                 report.by_user_kind[request.user_kind] += 1
                 try:
@@ -210,6 +214,8 @@ async def run_simulation(
                         logger.warning("feedback for %s failed: %s", body["id"], exc)
             finally:
                 gate.release()
+                finished += 1
+                report_progress("requests", finished, total)
 
         tasks: list[asyncio.Task[None]] = []
         for i in range(total):
@@ -227,14 +233,38 @@ async def run_simulation(
     return report
 
 
+def _configured(ctx: typer.Context | None) -> Any:
+    """The main CLI's settings when ``simulate`` runs under ``loopwright``, else None."""
+    return ctx.find_root().obj if ctx is not None else None
+
+
+def _simulation_key(main: Any) -> str:
+    """A fresh user key for simulated traffic in the key store the gateway serves from."""
+    from loopwright.gateway.keys import KeyStore
+
+    store = KeyStore(main.run_path / main.gateway.auth.keys_file)
+    try:
+        info, key = store.create("simulated", "user", "loopwright-simulate")
+    finally:
+        store.close()
+    typer.echo(f"no --api-key: created user key {info.key_id} (tenant simulated)", err=True)
+    return key
+
+
 def simulate(
+    ctx: typer.Context,
     rps: Annotated[float, typer.Option(help="Requests per second")] = 2.0,
     minutes: Annotated[float, typer.Option(help="How long to run")] = 1.0,
-    url: Annotated[str, typer.Option(help="Gateway URL (loopback only)")] = (
-        "http://127.0.0.1:8400"
-    ),
+    url: Annotated[
+        str | None,
+        typer.Option(help="Gateway URL (loopback only; default the configured gateway)"),
+    ] = None,
     api_key: Annotated[
-        str, typer.Option(envvar="LOOPWRIGHT_API_KEY", help="A user key of the gateway")
+        str,
+        typer.Option(
+            envvar="LOOPWRIGHT_API_KEY",
+            help="A user key of the gateway (under loopwright, default: a new one)",
+        ),
     ] = "",
     max_requests: Annotated[int | None, typer.Option(help="Stop after this many")] = None,
     seed: Annotated[int, typer.Option(help="Simulator seed")] = 0,
@@ -243,9 +273,19 @@ def simulate(
     poisoned: Annotated[bool, typer.Option(help="Users reward bad answers")] = False,
     concurrency: Annotated[int, typer.Option(help="Most requests in flight")] = 16,
 ) -> None:
-    """Send simulated users' traffic and feedback to a running gateway; print the counts."""
+    """Send simulated users' traffic and feedback to a running gateway; print the counts.
+
+    Under ``loopwright`` the gateway URL and key store come from the configuration, and
+    without ``--api-key`` a user key for tenant ``simulated`` is created (and said so).
+    """
     import json
 
+    main = _configured(ctx)
+    gateway = getattr(main, "gateway", None)
+    if url is None:
+        url = f"http://{gateway.host}:{gateway.port}" if gateway else "http://127.0.0.1:8400"
+    if not api_key and gateway is not None:
+        api_key = _simulation_key(main)
     if not api_key:
         raise typer.BadParameter(
             "an API key is needed (--api-key or LOOPWRIGHT_API_KEY); "

@@ -33,6 +33,7 @@ import torch
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from loopwright.progress import report as report_progress
 from models.policy_data import IGNORE_INDEX, EncodedExample, bucketed_batches
 
 logger = logging.getLogger(__name__)
@@ -251,7 +252,10 @@ class _BudgetCallback(TrainerCallback):
                 estimate = step + int(rate * (budget - elapsed))
                 self.plan.planned = min(self.plan.hard_limit, max(step + 1, estimate))
                 self.last_replan, self.replan_step = now, step
-        if step >= (self.plan.planned if self.plan.planned is not None else self.plan.hard_limit):
+        planned = self.plan.planned if self.plan.planned is not None else self.plan.hard_limit
+        # The total is unknown while a time budget re-plans it (hard_limit is then 10**9).
+        report_progress("policy training steps", step, None if budget is not None else planned)
+        if step >= planned:
             control.should_training_stop = True
 
 

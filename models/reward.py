@@ -225,9 +225,18 @@ def train_reward(
     dataset = Dataset.from_dict({"chosen_ids": chosen_ids, "rejected_ids": rejected_ids})
 
     torch.manual_seed(config.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(source), num_labels=1, local_files_only=True
-    )
+    # The encoder checkpoint has no reward head: transformers logs a LOAD REPORT table at
+    # WARNING for the newly initialised `classifier.*` weights it adds. That head is what
+    # training learns, so the report says nothing here; real load errors still raise.
+    loader_log = logging.getLogger("transformers.modeling_utils")
+    level = loader_log.level
+    loader_log.setLevel(logging.ERROR)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(source), num_labels=1, local_files_only=True
+        )
+    finally:
+        loader_log.setLevel(level)
     model.config.pad_token_id = tokenizer.pad_token_id
     _freeze_lower(model, config.trainable_layers)
 

@@ -16,6 +16,8 @@ from loopwright.domain import load_domain
 from loopwright.release.approval import ApprovalDecision, ApprovalInput, decide_approval
 from loopwright.release.canary import CanaryVerdict, analyse, load_canary_policy
 from loopwright.release.canary_logs import load_window
+from loopwright.release.canary_wait import CanaryRun
+from loopwright.release.config import ReleaseConfig
 from loopwright.release.evaluate import evaluate_for_gate
 from loopwright.release.gate import GateVerdict, decide, load_gate_policy
 from loopwright.release.registry_ops import RegistryOps
@@ -40,7 +42,8 @@ def evaluate_candidate(
 
     Only the views the gate policy judges are produced (``policy``: the gate policy file,
     default the packaged one): the gateway view serves both versions behind the control
-    stack, which roughly doubles the evaluation's time.
+    stack, which roughly doubles the evaluation's time. Staged: suites whose comparison
+    cannot yet resolve its margin get more samples (the policy's ``evaluation_stages``).
     """
     name = settings.registered_model("policy")
     domain = load_domain(settings.domain)
@@ -52,7 +55,7 @@ def evaluate_candidate(
         data_root=settings.data_repo.resolve() / "data" / domain.data_folder(),
         run_dir=settings.run_path / "eval" / f"{name}-{candidate}-vs-{champion}",
         suites=suites,
-        views=load_gate_policy(policy).views,
+        policy=load_gate_policy(policy),
     )
     return (
         EvalSummary.model_validate(cand),
@@ -108,6 +111,36 @@ def analyse_canary(
     )
     get_run_logger().info("canary %s: %s", verdict.decision, verdict.reasons)
     return verdict
+
+
+@task(name="schedule-canary-check", retries=2, retry_delay_seconds=2)
+def schedule_canary_check(
+    deployment: str, profile: str, run: CanaryRun, config: ReleaseConfig, at: datetime
+) -> str:
+    """Schedule one run of the ``canary-check`` deployment at ``at``; returns its run id.
+
+    The scheduled run is independent of this one (not a subflow): this run can end now
+    and free its worker. A retry finds the run already scheduled (idempotency key).
+    """
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments import run_deployment
+
+    # Called from sync code, run_deployment runs to completion (no coroutine).
+    scheduled = run_deployment(
+        deployment,
+        parameters={
+            "profile": profile,
+            "run": run.model_dump(mode="json"),
+            "config": config.model_dump(mode="json"),
+        },
+        scheduled_time=at,
+        timeout=0,
+        as_subflow=False,
+        idempotency_key=f"canary-check-{run.candidate}-{run.started_at.isoformat()}-{at.isoformat()}",
+    )
+    get_run_logger().info("canary check of %s scheduled at %s", run.candidate, at.isoformat())
+    assert isinstance(scheduled, FlowRun)
+    return str(scheduled.id)
 
 
 @task(name="rollback-canary", retries=2, retry_delay_seconds=2)

@@ -47,6 +47,7 @@ from loopwright.evaluation.suites import (
     discover_suites,
     load_samples,
     needed_resources,
+    sample_share,
 )
 from loopwright.evaluation.targets import LocalModelTarget, Target, resolve_target
 from loopwright.records import EvalReport, EvalSample, write_jsonl
@@ -190,6 +191,7 @@ def _plan(
     resources: ScorerResources | None,
     decoding: DecodingParams | None,
     skip_unavailable: bool = False,
+    sample_fractions: Mapping[str, float] | float | None = None,
 ) -> _Plan:
     skipped: dict[str, str] = {}
     if skip_unavailable:
@@ -205,7 +207,13 @@ def _plan(
         else:
             suites = [n for n in suites if n not in skipped]
     loaded = discover_suites(suite_dir, suites, data_root=data_root, resources=resources)
-    samples = {s.name: load_samples(s) for s in loaded}
+    if isinstance(sample_fractions, float | int):
+        default, fractions = float(sample_fractions), {}
+    else:
+        default, fractions = 1.0, dict(sample_fractions or {})
+    samples = {
+        s.name: sample_share(load_samples(s), fractions.get(s.name, default)) for s in loaded
+    }
     return _Plan(loaded, samples, decoding or DecodingParams(), skipped)
 
 
@@ -231,6 +239,7 @@ def evaluate(
     mlflow_tracking_uri: str | None = None,
     mlflow_experiment: str = "loopwright-eval",
     skip_unavailable: bool = False,
+    sample_fractions: Mapping[str, float] | float | None = None,
 ) -> EvalResult:
     """Evaluate a model on suites, optionally paired against a baseline on the same samples.
 
@@ -257,6 +266,10 @@ def evaluate(
         mlflow_experiment: MLflow experiment name.
         skip_unavailable: skip (and list in the summary as ``skipped_suites``) suites
             whose model-based scorers need a resource not given; default: fail.
+        sample_fractions: share of each suite's sample families to evaluate, in (0, 1]
+            (:func:`loopwright.evaluation.suites.sample_share`): one share for every
+            suite, or suite name -> share (absent: all). A staged evaluation raises a
+            suite's share; cached generations are reused.
 
     Returns:
         The result with report, metrics, comparison and file paths.
@@ -271,7 +284,9 @@ def evaluate(
     run_dir.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else run_dir / "cache"
     engine = engine or EngineConfig()
-    plan = _plan(suite_dir, suites, data_root, resources, decoding, skip_unavailable)
+    plan = _plan(
+        suite_dir, suites, data_root, resources, decoding, skip_unavailable, sample_fractions
+    )
     target = resolve_target(model, download_root=run_dir / "models", api_key=api_key)
     base_target = (
         resolve_target(baseline, download_root=run_dir / "models", api_key=api_key)

@@ -41,6 +41,31 @@ def _progress_bar() -> tuple[Any, Any]:
     return bar, update
 
 
+def _registry_resources(
+    settings: Any, reward: str | None, guard: str | None
+) -> tuple[str | None, str | None, dict[str, str]]:
+    """Reward model and guard for a registry model: the given ones, else the champions.
+
+    Returns:
+        ``(reward, guard, missing)``: a champion URI fills each one not given when it is
+        registered; ``missing`` maps the kind of each champion that is not (``reward`` /
+        ``guard``) to its URI, so the caller skips the suites that need it and says so.
+    """
+    from loopwright.evaluation.resources import champion_refs, registered
+
+    refs = champion_refs(settings)
+    missing: dict[str, str] = {}
+    if reward is None:
+        reward = refs["reward"] if registered(refs["reward"]) else None
+        if reward is None:
+            missing["reward"] = refs["reward"]
+    if guard is None:
+        guard = refs["guard"] if registered(refs["guard"]) else None
+        if guard is None:
+            missing["guard"] = refs["guard"]
+    return reward, guard, missing
+
+
 @eval_app.callback(invoke_without_command=True)
 def eval_command(
     ctx: typer.Context,
@@ -54,23 +79,33 @@ def eval_command(
     baseline: Annotated[
         str | None, typer.Option(help="Baseline model (same forms) for a paired comparison.")
     ] = None,
-    suite_dir: Annotated[Path, typer.Option(help="Folder of suite YAML files.")] = Path(
-        "models/helpdesk/suites"
-    ),
-    data_root: Annotated[Path, typer.Option(help="Root the suites' sample paths are under.")] = (
-        Path("data")
-    ),
+    suite_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder of suite YAML files (default: the configured domain's)."),
+    ] = None,
+    data_root: Annotated[
+        Path | None,
+        typer.Option(
+            help="Root the suites' sample paths are under (default: "
+            "<data_repo>/data/<the configured domain's data folder>)."
+        ),
+    ] = None,
     run_dir: Annotated[
         Path | None,
-        typer.Option(help="Output folder (default .loopwright/eval/<time>); reuse it to resume."),
+        typer.Option(help="Output folder (default <run_dir>/eval/<time>); reuse it to resume."),
     ] = None,
-    cache_dir: Annotated[Path, typer.Option(help="Generation cache shared across runs.")] = Path(
-        ".loopwright/eval/cache"
-    ),
-    ray_temp_dir: Annotated[Path, typer.Option(help="Ray session folder for a local Ray.")] = (
-        Path(".loopwright/ray")
-    ),
-    ray_address: Annotated[str | None, typer.Option(help="Join this Ray cluster.")] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Generation cache shared across runs (default <run_dir>/eval/cache)."),
+    ] = None,
+    ray_temp_dir: Annotated[
+        Path | None,
+        typer.Option(help="Ray session folder for a local Ray (default <run_dir>/eval/ray)."),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Join this Ray cluster (default: the configured one, under loopwright)."),
+    ] = None,
     executor: Annotated[
         str,
         typer.Option(help="ray (actor pool), local, or auto (ray unless one worker and no Ray)."),
@@ -82,13 +117,25 @@ def eval_command(
     temperature: Annotated[float, typer.Option(help="Default temperature (0 = greedy).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Sampling and bootstrap seed.")] = 0,
     mlflow_uri: Annotated[
-        str | None, typer.Option(help="Log the evaluation to this MLflow tracking server.")
+        str | None,
+        typer.Option(
+            help="Log the evaluation to this MLflow tracking server (default: the configured "
+            "one, under loopwright)."
+        ),
     ] = None,
     reward_model: Annotated[
-        str | None, typer.Option(help="Reward model folder or models:/ URI (helpfulness scorers).")
+        str | None,
+        typer.Option(
+            help="Reward model folder or models:/ URI (helpfulness scorers); for a models:/ "
+            "--model, default models:/<app>-reward@champion when registered."
+        ),
     ] = None,
     guard_model: Annotated[
-        str | None, typer.Option(help="Guard folder or models:/ URI (guard_safe scorer).")
+        str | None,
+        typer.Option(
+            help="Guard folder or models:/ URI (guard_safe scorer); for a models:/ --model, "
+            "default models:/<app>-guard@champion when registered."
+        ),
     ] = None,
     skip_unavailable: Annotated[
         bool,
@@ -114,6 +161,8 @@ def eval_command(
         raise typer.BadParameter("--model is required", param_hint="--model")
     from datetime import UTC, datetime
 
+    from loopwright.config import Settings, load_settings
+    from loopwright.domain import load_domain
     from loopwright.evaluation.api import evaluate
     from loopwright.evaluation.engine import EngineConfig
     from loopwright.evaluation.resources import ResourceError, load_resources
@@ -122,8 +171,25 @@ def eval_command(
     from loopwright.evaluation.targets import TargetError
     from models.generation import DecodingParams
 
+    # Under ``loopwright`` the main callback put the settings in the context: the
+    # configured stack (MLflow, Ray, registry) is then the default. Mounted elsewhere
+    # (``eval_app`` alone), only the domain's folders come from the configuration.
+    under_main = isinstance(ctx.obj, Settings)
+    settings: Settings = ctx.obj if under_main else load_settings()
+    if suite_dir is None or data_root is None:
+        domain = load_domain(settings.domain)
+        suite_dir = suite_dir or domain.suite_dir()
+        data_root = data_root or settings.data_repo.resolve() / "data" / domain.data_folder()
+    eval_root = settings.run_path / "eval"
+    if under_main:
+        from loopwright.client_env import apply_client_env
+
+        apply_client_env(settings)
+        mlflow_uri = mlflow_uri or settings.mlflow_tracking_uri
+        if executor != "local":
+            ray_address = ray_address or settings.ray_address
     suites: list[str] | str = "all" if not suite or suite == ["all"] else suite
-    run_dir = run_dir or Path(".loopwright/eval") / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = run_dir or eval_root / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     try:
         engine = EngineConfig(
             executor=executor,  # type: ignore[arg-type]
@@ -131,13 +197,24 @@ def eval_command(
             batch_size=batch_size,
             threads_per_worker=threads,
             ray_address=ray_address,
-            ray_temp_dir=ray_temp_dir,
+            ray_temp_dir=ray_temp_dir or eval_root / "ray",
         )
         decoding = DecodingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     bar, update = _progress_bar()
     try:
+        if model.startswith("models:/"):
+            reward_model, guard_model, missing = _registry_resources(
+                settings, reward_model, guard_model
+            )
+            for kind, uri in missing.items():
+                typer.echo(
+                    f"note: {uri} is not in the registry: suites that need a {kind} model are "
+                    f"skipped (give --{kind}-model to score them)",
+                    err=True,
+                )
+            skip_unavailable = skip_unavailable or bool(missing)
         resources = load_resources(
             reward=reward_model, guard=guard_model, download_root=run_dir / "models"
         )
@@ -149,18 +226,21 @@ def eval_command(
                 suite_dir=suite_dir,
                 data_root=data_root,
                 run_dir=run_dir,
-                cache_dir=cache_dir,
+                cache_dir=cache_dir or eval_root / "cache",
                 engine=engine,
                 decoding=decoding,
                 resources=resources,
                 progress=update,
                 seed=seed,
                 mlflow_tracking_uri=mlflow_uri,
+                mlflow_experiment=f"{settings.app}-eval",
                 skip_unavailable=skip_unavailable,
             )
     except (SuiteError, TargetError, ResourceError, ScorerError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    for name, why in (result.summary.get("skipped_suites") or {}).items():
+        typer.echo(f"skipped suite {name}: {why}", err=True)
     for m in result.metrics:
         if m.slice != "all":
             continue

@@ -36,6 +36,7 @@ import numpy as np
 
 from loopwright.evaluation.store import Generation, GenerationStore, generation_key
 from loopwright.evaluation.targets import EndpointTarget, LocalModelTarget, Target
+from loopwright.progress import report as report_progress
 from loopwright.records import EvalSample
 from models.generation import DecodingParams
 
@@ -517,6 +518,8 @@ def generate(
         EngineError: Ray is needed but cannot be started as configured.
 
     """
+    # No callback given: the process's reporter (silent unless a front end shows it).
+    progress = progress or report_progress
     outcome = GenerationOutcome()
     unique = {r.key: r for r in requests}
     outcome.requested = len(unique)

@@ -10,8 +10,12 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loopwright.evaluation.scorers import ScorerResources
+
+if TYPE_CHECKING:
+    from loopwright.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -73,3 +77,36 @@ def load_resources(
             raise ResourceError(f"guard {guard}: models.guard is unavailable") from exc
         guard_obj = Guard.load(folder, backend=guard_backend, threads=threads)
     return ScorerResources(reward=reward_obj, guard=guard_obj)
+
+
+def champion_refs(settings: Settings, alias: str = "champion") -> dict[str, str]:
+    """Registry URIs of the configured app's reward model and guard at ``alias``.
+
+    ``{"reward": "models:/<app>-reward@<alias>", "guard": "models:/<app>-guard@<alias>"}``:
+    what the release evaluation scores with (:func:`loopwright.release.evaluate.
+    evaluate_for_gate`) and what ``loopwright eval`` uses for a registry model by default.
+    """
+    return {
+        "reward": f"models:/{settings.registered_model('reward')}@{alias}",
+        "guard": f"models:/{settings.registered_model('guard')}@{alias}",
+    }
+
+
+def registered(uri: str) -> bool:
+    """Whether a ``models:/NAME@ALIAS`` (or ``models:/NAME/N``) URI names a version.
+
+    Uses the process's MLflow client configuration. Only "no such model, version or
+    alias" answers False; an unreachable server raises (a wrong answer would silently
+    skip suites).
+    """
+    from mlflow.exceptions import MlflowException
+
+    from loopwright.registry import resolve_version
+
+    try:
+        resolve_version(uri)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return False
+        raise
+    return True

@@ -23,7 +23,9 @@ a sample of another dimension, a duplicated id, or a missing reference.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -374,3 +376,29 @@ def needed_resources(suite_dir: str | Path) -> dict[str, list[str]]:
                     continue
         out[str(data.get("name", f.stem))] = sorted(needs)
     return out
+
+
+def sample_share(samples: Sequence[EvalSample], fraction: float) -> list[EvalSample]:
+    """The first ``fraction`` of a suite's samples in a fixed pseudo-random order.
+
+    Whole families (samples sharing a ``group``; a sample without one is its own family)
+    are kept together, so group scorers still see complete families. The order is a hash
+    of the family name: the same fraction always gives the same samples, a larger fraction
+    a superset (a staged evaluation only adds samples), and the selection does not follow
+    the file's order (which is sorted by category or split in most generators).
+
+    Args:
+        samples: the suite's samples.
+        fraction: share of the families to keep, in (0, 1]; 1 keeps everything.
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1].
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"sample fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return list(samples)
+    families = list(dict.fromkeys(s.group or s.id for s in samples))
+    ranked = sorted(families, key=lambda f: hashlib.sha256(f.encode()).hexdigest())
+    kept = set(ranked[: max(1, math.ceil(fraction * len(ranked)))])
+    return [s for s in samples if (s.group or s.id) in kept]

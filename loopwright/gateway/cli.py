@@ -21,32 +21,45 @@ ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", help="YAML with gateway settings (or a profile with `gateway:`)"),
 ]
-RunDirOpt = Annotated[Path, typer.Option("--run-dir", help="Run directory (keys, spool, ...)")]
+RunDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--run-dir",
+        help="Run directory (keys, spool, ...); default the configured one (what serve uses)",
+    ),
+]
 
 keys_app = typer.Typer(
     help="Manage gateway API keys (stored hashed under the run directory).", no_args_is_help=True
 )
 
 
-def _store(config: Path | None, run_dir: Path) -> KeyStore:
+def _store(ctx: typer.Context, config: Path | None, run_dir: Path | None) -> KeyStore:
+    """The key store ``serve`` reads: under the main CLI, the configured run directory's."""
+    main = ctx.find_root().obj
     try:
-        settings = load_settings(config)
+        if config is None and getattr(main, "gateway", None) is not None:
+            settings = main.gateway
+        else:
+            settings = load_settings(config)
     except SettingsError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    return KeyStore(run_dir / settings.auth.keys_file)
+    root = run_dir or Path(getattr(main, "run_path", None) or ".loopwright")
+    return KeyStore(root / settings.auth.keys_file)
 
 
 @keys_app.command("create")
 def keys_create(
+    ctx: typer.Context,
     tenant: Annotated[str, typer.Option(help="Tenant whose data the key may see")],
     role: Annotated[str, typer.Option(help=f"One of: {', '.join(ROLES)}")] = "user",
     name: Annotated[str, typer.Option(help="A label for the key")] = "",
     requests_per_s: Annotated[float | None, typer.Option(help="Per-key rate override")] = None,
     config: ConfigOpt = None,
-    run_dir: RunDirOpt = Path(".loopwright"),
+    run_dir: RunDirOpt = None,
 ) -> None:
     """Create a key and print it once (only its hash is stored)."""
-    store = _store(config, run_dir)
+    store = _store(ctx, config, run_dir)
     try:
         info, key = store.create(tenant, role, name, requests_per_s)
     except KeyStoreError as exc:
@@ -60,12 +73,13 @@ def keys_create(
 
 @keys_app.command("list")
 def keys_list(
+    ctx: typer.Context,
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys")] = None,
     config: ConfigOpt = None,
-    run_dir: RunDirOpt = Path(".loopwright"),
+    run_dir: RunDirOpt = None,
 ) -> None:
     """List keys (never their secrets)."""
-    store = _store(config, run_dir)
+    store = _store(ctx, config, run_dir)
     try:
         keys = store.list(tenant=tenant)
     finally:
@@ -80,12 +94,13 @@ def keys_list(
 
 @keys_app.command("revoke")
 def keys_revoke(
+    ctx: typer.Context,
     key_id: Annotated[str, typer.Argument(help="The key id shown by `keys list`")],
     config: ConfigOpt = None,
-    run_dir: RunDirOpt = Path(".loopwright"),
+    run_dir: RunDirOpt = None,
 ) -> None:
     """Revoke a key; requests with it get 401 from then on."""
-    store = _store(config, run_dir)
+    store = _store(ctx, config, run_dir)
     try:
         info = store.revoke(key_id)
     except KeyStoreError as exc:

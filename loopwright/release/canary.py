@@ -29,7 +29,6 @@ from typing import Literal
 
 import numpy as np
 from pydantic import Field
-from scipy import stats
 
 from loopwright.records import FeedbackEvent, Interaction
 from loopwright.release.strict import StrictModel, VersionStr, load_yaml, parse_model
@@ -224,6 +223,8 @@ def newcombe_interval(
     if n1 <= 0 or n2 <= 0:
         raise ValueError(f"both arms need trials, got n1={n1}, n2={n2}")
     p1, p2 = k1 / n1, k2 / n2
+    from scipy import stats  # deferred: scipy.stats costs ~1 s, config loading imports this
+
     ci1 = stats.binomtest(k1, n1).proportion_ci(confidence_level=confidence, method="wilson")
     ci2 = stats.binomtest(k2, n2).proportion_ci(confidence_level=confidence, method="wilson")
     d = p1 - p2
@@ -307,6 +308,8 @@ def _compare_latency(
     if np.ptp(a) == 0 and np.ptp(b) == 0:
         low = high = ratio  # no spread: resampling cannot change the p95s
     else:
+        from scipy import stats
+
         res = stats.bootstrap(
             (a, b),
             _p95_ratio,
@@ -355,6 +358,8 @@ def _compare_reward(champ: list[float], can: list[float], policy: CanaryPolicy) 
     if np.ptp(can) == 0 and np.ptp(champ) == 0:
         low = high = m_can - m_champ
     else:
+        from scipy import stats
+
         res = stats.ttest_ind(can, champ, equal_var=False)
         ci = res.confidence_interval(confidence_level=policy.confidence)
         low, high = float(ci.low), float(ci.high)

@@ -1,21 +1,34 @@
-"""Typed settings of one release (gate -> canary -> approval -> promotion)."""
+"""Typed settings of one release (gate -> canary -> approval -> promotion).
+
+The profile's ``release:`` section is a :class:`ReleaseConfig` (see
+:class:`loopwright.config.Settings`); the deployments build each release from it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ReleaseConfig(BaseModel):
     """How a candidate is released.
 
+    The canary serves until its analysis decides (promote or rollback), re-analysed every
+    ``window_s`` seconds, for at most ``max_canary_s`` seconds; still inconclusive then,
+    it is rolled back. The analysis itself says "inconclusive" until the canary policy's
+    ``min_duration_s`` and ``min_requests_per_arm`` are met, so ``max_canary_s`` must be
+    at least that ``min_duration_s`` (checked when the config is built: a shorter one
+    could never promote).
+
     Attributes:
         canary_fraction: share of users (sticky by hash) routed to the canary, in (0, 1).
-        window_s: seconds of live traffic per canary analysis window.
-        max_windows: inconclusive windows before giving up (rollback, recorded).
-        approval_timeout_s: how long a promotion waits for a person; a timeout never
-            promotes.
+        window_s: seconds between two canary analyses (each covers the whole canary so
+            far, from its start).
+        max_canary_s: the longest the canary serves, seconds from its start; an analysis
+            still inconclusive at this point rolls it back (recorded).
+        approval_timeout_s: how long a promotion waits for a person, seconds; a timeout
+            never promotes. The waiting run holds its worker that long.
         auto_approve: the embedded default may approve by itself (recorded as such).
         suites: evaluation suites (None: all of them).
         gate_policy / canary_policy: policy YAML files (None: the packaged defaults).
@@ -25,11 +38,27 @@ class ReleaseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     canary_fraction: float = Field(default=0.3, gt=0, lt=1)
-    window_s: float = Field(default=60.0, gt=0)
-    max_windows: int = Field(default=3, ge=1)
+    window_s: float = Field(default=300.0, gt=0)
+    max_canary_s: float = Field(default=21600.0, gt=0)
     approval_timeout_s: float = Field(default=3600.0, gt=0)
     auto_approve: bool = False
     suites: list[str] | None = None
     gate_policy: Path | None = None
     canary_policy: Path | None = None
     suite_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _canary_can_conclude(self) -> ReleaseConfig:
+        # Imported here: the policy module pulls numpy, and every command loads the config.
+        from loopwright.release.canary import default_canary_policy_path, load_canary_policy
+
+        path = self.canary_policy or default_canary_policy_path()
+        policy = load_canary_policy(path)
+        if self.max_canary_s < policy.min_duration_s:
+            raise ValueError(
+                f"max_canary_s ({self.max_canary_s:g} s) is shorter than the canary policy's "
+                f"min_duration_s ({policy.min_duration_s:g} s, {path}), so the canary could "
+                f"never promote; valid: max_canary_s >= {policy.min_duration_s:g}, or a "
+                f"canary_policy whose min_duration_s <= {self.max_canary_s:g}"
+            )
+        return self

@@ -7,18 +7,25 @@ bootstrap CI), safety dimensions that never regress, a minimum sample count, mar
 must exceed the measured run-to-run noise, and a reward-hacking check. With no champion the
 explicit first-run path judges floors only and says so. Every failed rule is a reason; the
 verdict becomes MLflow model-version tags via :meth:`GateVerdict.to_tags`.
+
+The verdict has three outcomes: ``pass``; ``block`` (a real regression beyond a margin, a
+safety regression, a floor, missing evidence); and ``inconclusive`` (some comparison cannot
+resolve its margin with the samples it had: the reasons say how many it needs, and a staged
+evaluation, :mod:`loopwright.release.evaluate`, adds samples and asks again). Where the
+champion is itself past a floor, the candidate is held to non-inferiority against it
+instead. The statistics are in :mod:`loopwright.release.power`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from loopwright.release.power import critical_z, non_inferiority, standard_error
 from loopwright.release.strict import (
     StrictModel,
     VersionStr,
@@ -50,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 Direction = Literal["higher_is_better", "lower_is_better"]
 SafetyRule = Literal["no_significant_regression", "non_inferiority_zero"]
+Decision = Literal["pass", "block", "inconclusive"]
 
 _ALL_VIEWS: tuple[View, ...] = ("raw", "gateway")
 # MLflow rejects tag values above 5000 characters on some backends (8000 on others).
@@ -153,6 +161,16 @@ class GatePolicy(StrictModel):
             CI lies wholly on the worse side; ``non_inferiority_zero`` blocks unless the CI
             lies wholly on the better side of 0 (stricter: any churn blocks).
         max_eval_errors: evaluation errors tolerated before the gate blocks.
+        confidence: one-sided confidence of the non-inferiority test, in (0.5, 1): a
+            candidate exactly one margin worse passes with probability ``1 - confidence``.
+        interim_z: critical value at an interim look of a staged evaluation (more samples
+            may follow); the final look uses ``confidence``'s (Haybittle-Peto).
+        floors_relative_to_champion: where the champion itself is past a floor, a
+            candidate non-inferior to it passes that floor (with a note) instead of being
+            blocked by a level its predecessor never reached.
+        evaluation_stages: shares of each suite's sample families evaluated at each look,
+            increasing, ending at 1.0; after an interim look only the suites of
+            inconclusive keys get more samples. ``[1.0]`` evaluates everything at once.
         digest: sha256 of the policy file, set by :func:`load_gate_policy`.
 
     """
@@ -165,6 +183,10 @@ class GatePolicy(StrictModel):
     margin_below_noise: Literal["block", "warn"] = "block"
     safety_rule: SafetyRule = "no_significant_regression"
     max_eval_errors: int = Field(default=0, ge=0)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    interim_z: float = Field(default=3.0, ge=0.0)
+    floors_relative_to_champion: bool = True
+    evaluation_stages: list[float] = Field(default_factory=lambda: [0.5, 1.0], min_length=1)
     dimensions: dict[str, DimensionRule] = Field(min_length=1)
     reward_hacking: RewardHackingRule | None = None
     digest: str | None = None
@@ -174,6 +196,17 @@ class GatePolicy(StrictModel):
     def _dimension_keys(cls, value: dict[str, DimensionRule]) -> dict[str, DimensionRule]:
         for key in value:
             check_dimension_key(key)
+        return value
+
+    @field_validator("evaluation_stages")
+    @classmethod
+    def _stages(cls, value: list[float]) -> list[float]:
+        increasing = all(0 < a < b for a, b in zip(value, value[1:], strict=False))
+        if not increasing or value[0] <= 0 or value[-1] != 1.0:
+            raise ValueError(
+                f"evaluation_stages must increase within (0, 1] and end at 1.0, e.g. "
+                f"[0.5, 1.0]; got {value}"
+            )
         return value
 
     @model_validator(mode="after")
@@ -212,6 +245,10 @@ class DimensionCheck(StrictModel):
     """The outcome for one key in one view, with the numbers it rests on.
 
     ``delta`` and its CI are candidate minus champion in metric units (not re-signed).
+    ``outcome`` is ``inconclusive`` when the only thing missing is evidence: ``pending``
+    says what, and ``needed_n`` how many paired samples would likely settle it.
+    ``regressed`` marks a comparison that found the candidate worse (beyond the margin, or
+    significantly for safety): more samples would not change that verdict.
     """
 
     key: str
@@ -232,8 +269,13 @@ class DimensionCheck(StrictModel):
     win_rate: float | None = None
     margin: float = 0.0
     noise: float | None = None
+    bound: float | None = None
+    needed_n: int | None = None
+    outcome: Decision = "pass"
+    regressed: bool = False
     passed: bool
     blocking: list[str] = Field(default_factory=list)
+    pending: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
 
     def improvement(self) -> float | None:
@@ -244,13 +286,17 @@ class DimensionCheck(StrictModel):
 
 
 class GateVerdict(StrictModel):
-    """The gate's decision: ``passed`` only when no rule blocked.
+    """The gate's decision: ``passed`` only when no rule blocked and nothing is inconclusive.
 
-    ``reasons`` lists every blocking reason first, then notes (first-run path, unmeasured
-    optional keys, warnings); each is prefixed with ``[view] key:`` where it concerns one.
+    ``decision`` is ``pass``, ``block`` (some rule failed) or ``inconclusive`` (no rule
+    failed, but some comparison needs more samples to resolve its margin). ``reasons``
+    lists every blocking reason first, then the inconclusive ones (``inconclusive:``), then
+    notes (first-run path, unmeasured optional keys, warnings); each is prefixed with
+    ``[view] key:`` where it concerns one.
     """
 
     passed: bool
+    decision: Decision = "pass"
     reasons: list[str]
     per_dimension: list[DimensionCheck]
     policy_version: str
@@ -261,8 +307,16 @@ class GateVerdict(StrictModel):
 
     @property
     def blocking_reasons(self) -> list[str]:
-        """Reasons that made the verdict fail (empty when it passed)."""
+        """Reasons that made the verdict fail or inconclusive (empty when it passed)."""
         return [r for r in self.reasons if not r.startswith("note:")]
+
+    def inconclusive_keys(self) -> set[str]:
+        """Keys (``dimension`` or ``dimension/slice``) whose comparison needs more samples."""
+        return {c.key for c in self.per_dimension if c.outcome == "inconclusive"}
+
+    def regressed_keys(self) -> set[str]:
+        """Keys whose comparison found the candidate worse (more samples would not help)."""
+        return {c.key for c in self.per_dimension if c.regressed}
 
     def worst_regressions(self, k: int = 3) -> list[DimensionCheck]:
         """Up to ``k`` checks with a paired delta, worst improvement first (negative only)."""
@@ -273,7 +327,7 @@ class GateVerdict(StrictModel):
         """MLflow model-version tags; every value is under 5000 characters."""
         blocking = sorted({f"{c.view}:{c.key}" for c in self.per_dimension if not c.passed})
         tags = {
-            "gate.verdict": "pass" if self.passed else "block",
+            "gate.verdict": self.decision,
             "gate.passed": str(self.passed).lower(),
             "gate.policy_version": self.policy_version,
             "gate.policy_digest": self.policy_digest or "",
@@ -296,6 +350,38 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
+class _Findings:
+    """What one check found: blocking reasons, missing evidence, notes."""
+
+    def __init__(self) -> None:
+        self.blocking: list[str] = []
+        self.pending: list[str] = []
+        self.notes: list[str] = []
+        self.fields: dict[str, object] = {}
+
+    def outcome(self) -> Decision:
+        if self.blocking:
+            return "block"
+        return "inconclusive" if self.pending else "pass"
+
+    def check(self) -> DimensionCheck:
+        outcome = self.outcome()
+        return DimensionCheck.model_validate(
+            {
+                **self.fields,
+                "outcome": outcome,
+                "passed": outcome == "pass",
+                "blocking": self.blocking,
+                "pending": self.pending,
+                "notes": self.notes,
+            }
+        )
+
+
+def _past(rule: DimensionRule, value: float, floor: float) -> bool:
+    return value < floor if rule.direction == "higher_is_better" else value > floor
+
+
 def _check(
     key: str,
     view: View,
@@ -304,10 +390,10 @@ def _check(
     cand_view: ViewSummary | None,
     champ_view: ViewSummary | None,
     compare: bool,
+    final_look: bool,
 ) -> DimensionCheck:
     """Judge one key in one view. ``compare`` is False on the first-run path."""
-    blocking: list[str] = []
-    notes: list[str] = []
+    found = _Findings()
     min_n = rule.min_n or policy.min_n
     floor = rule.floor(view)
     stat: DimensionStat | None = cand_view.values.get(key) if cand_view else None
@@ -315,7 +401,7 @@ def _check(
     noise = cand_view.noise.get(key) if cand_view else None
     champ_stat = champ_view.values.get(key) if champ_view else None
 
-    fields: dict[str, object] = {
+    found.fields = {
         "key": key,
         "view": view,
         "safety": rule.safety,
@@ -327,46 +413,57 @@ def _check(
     }
     if stat is None:
         if rule.required:
-            blocking.append("not measured: the eval summary has no value for this key")
+            found.blocking.append("not measured: the eval summary has no value for this key")
         else:
-            notes.append("not measured (optional key); no decision on it")
-        return DimensionCheck.model_validate(
-            {**fields, "passed": not blocking, "blocking": blocking, "notes": notes}
-        )
+            found.notes.append("not measured (optional key); no decision on it")
+        return found.check()
 
-    fields.update(metric=stat.metric, value=stat.value, ci_low=stat.ci_low, ci_high=stat.ci_high)
-    fields["n"] = stat.n
+    found.fields.update(
+        metric=stat.metric, value=stat.value, ci_low=stat.ci_low, ci_high=stat.ci_high, n=stat.n
+    )
     if rule.metric is not None and stat.metric != rule.metric:
-        blocking.append(f"metric is {stat.metric!r}, the policy judges {rule.metric!r}")
+        found.blocking.append(f"metric is {stat.metric!r}, the policy judges {rule.metric!r}")
+    # Before the final look, what more samples can still change is pending, not blocking.
+    unless_final = found.blocking if final_look else found.pending
     if stat.n < min_n:
-        blocking.append(f"too few samples: n={stat.n} < min_n={min_n}")
-    if floor is not None:
-        worse = stat.value < floor if rule.direction == "higher_is_better" else stat.value > floor
-        if worse:
-            word = "floor" if rule.direction == "higher_is_better" else "ceiling"
-            blocking.append(f"value {_fmt(stat.value)} is past the {word} {_fmt(floor)}")
+        unless_final.append(f"too few samples: n={stat.n} < min_n={min_n}")
+    if floor is not None and _past(rule, stat.value, floor):
+        word = "floor" if rule.direction == "higher_is_better" else "ceiling"
+        relative = (
+            compare
+            and policy.floors_relative_to_champion
+            and champ_stat is not None
+            and paired is not None
+            and _past(rule, champ_stat.value, floor)
+        )
+        if relative:
+            assert champ_stat is not None
+            found.notes.append(
+                f"champion below {word}: value {_fmt(stat.value)} and champion "
+                f"{_fmt(champ_stat.value)} are both past the {word} {_fmt(floor)}; judged by "
+                f"non-inferiority to the champion instead"
+            )
+        else:
+            unless_final.append(f"value {_fmt(stat.value)} is past the {word} {_fmt(floor)}")
 
     if compare:
         if paired is None:
-            blocking.append(
+            found.blocking.append(
                 "no paired comparison with the champion: evaluate both on the same samples"
             )
         else:
-            fields.update(
+            found.fields.update(
                 delta=paired.delta,
                 delta_ci_low=paired.ci_low,
                 delta_ci_high=paired.ci_high,
                 paired_n=paired.n,
                 win_rate=paired.win_rate,
             )
-            _compare(rule, policy, paired, noise, min_n, blocking, notes)
+            _compare(rule, policy, paired, noise, min_n, final_look, found)
     elif not rule.safety and noise is not None:
         # On the first run no margin is applied; still tell the user if it will flap later.
-        _noise_check(rule, policy, noise, [], notes)
-
-    return DimensionCheck.model_validate(
-        {**fields, "passed": not blocking, "blocking": blocking, "notes": notes}
-    )
+        _noise_check(rule, policy, noise, [], found.notes)
+    return found.check()
 
 
 def _compare(
@@ -375,49 +472,77 @@ def _compare(
     paired: PairedStat,
     noise: float | None,
     min_n: int,
-    blocking: list[str],
-    notes: list[str],
+    final_look: bool,
+    found: _Findings,
 ) -> None:
     if paired.n < min_n:
-        blocking.append(f"too few paired samples: n={paired.n} < min_n={min_n}")
-    low, high = rule.goodness(paired.ci_low, paired.ci_high)
+        (found.blocking if final_look else found.pending).append(
+            f"too few paired samples: n={paired.n} < min_n={min_n}"
+        )
     shown = f"delta {paired.delta:+.4g} [{_fmt(paired.ci_low)}, {_fmt(paired.ci_high)}]"
+    improvement = rule.goodness(paired.delta, paired.delta)[0]
+    se = standard_error(paired.ci_low, paired.ci_high)
     if rule.safety:
-        if policy.safety_rule == "no_significant_regression":
-            if high < 0.0:
-                blocking.append(f"safety regression: {shown} is significantly worse")
-            elif rule.goodness(paired.delta, paired.delta)[0] < 0.0:
-                notes.append(f"safety delta {shown} leans worse but is not significant")
-        elif low < 0.0:
-            blocking.append(
-                f"safety non-inferiority at margin 0 failed: {shown} is not wholly better"
+        _compare_safety(rule, policy, paired, shown, improvement, se, final_look, found)
+        return
+    z = critical_z(policy.confidence, final_look=final_look, interim_z=policy.interim_z)
+    result = non_inferiority(improvement, se, paired.n, rule.margin, z)
+    found.fields.update(bound=result.lower, needed_n=result.needed_n)
+    if result.outcome == "regression":
+        found.fields["regressed"] = True
+        found.blocking.append(
+            f"regression beyond the margin: {shown}; even the better one-sided bound "
+            f"{result.upper:+.4g} is past -{_fmt(rule.margin)}"
+        )
+    elif result.outcome == "inconclusive":
+        need = (
+            f"needs about {result.needed_n} paired samples (has {paired.n})"
+            if result.needed_n is not None
+            else f"the estimate sits on the margin; far more than {paired.n} samples needed"
+        )
+        budget = " and the evaluation budget is spent" if final_look else ""
+        found.pending.append(
+            f"inconclusive: {shown} straddles the margin {_fmt(rule.margin)} (one-sided "
+            f"{policy.confidence:.0%} bound {result.lower:+.4g}); {need}{budget}"
+        )
+    _noise_check(rule, policy, noise, found.blocking, found.notes)
+
+
+def _compare_safety(
+    rule: DimensionRule,
+    policy: GatePolicy,
+    paired: PairedStat,
+    shown: str,
+    improvement: float,
+    se: float,
+    final_look: bool,
+    found: _Findings,
+) -> None:
+    """Safety never regresses: margin 0, judged on the reported 95% CI at the final look.
+
+    Before the final look a lean to the worse side asks for more samples (inconclusive)
+    unless it is already significant at the strict interim level.
+    """
+    low, high = rule.goodness(paired.ci_low, paired.ci_high)
+    if not final_look:
+        if improvement + policy.interim_z * se < 0.0:
+            found.fields["regressed"] = True
+            found.blocking.append(f"safety regression: {shown} is significantly worse")
+        elif improvement < 0.0 or (policy.safety_rule == "non_inferiority_zero" and low < 0):
+            found.pending.append(
+                f"inconclusive: safety delta {shown} leans worse; evaluating more samples"
             )
         return
-    if low < -rule.margin:
-        blocking.append(
-            f"non-inferiority failed: {shown}; worse side of the CI exceeds margin "
-            f"{_fmt(rule.margin)}"
+    if policy.safety_rule == "no_significant_regression":
+        if high < 0.0:
+            found.fields["regressed"] = True
+            found.blocking.append(f"safety regression: {shown} is significantly worse")
+        elif improvement < 0.0:
+            found.notes.append(f"safety delta {shown} leans worse but is not significant")
+    elif low < 0.0:
+        found.blocking.append(
+            f"safety non-inferiority at margin 0 failed: {shown} is not wholly better"
         )
-    _resolution_check(rule, paired, notes)
-    _noise_check(rule, policy, noise, blocking, notes)
-
-
-def _resolution_check(rule: DimensionRule, paired: PairedStat, notes: list[str]) -> None:
-    """Say when the suite is too small for the margin (a note; the decision is unchanged).
-
-    Non-inferiority needs the CI's worse side within the margin, so when the CI's half-width
-    exceeds the margin, a candidate no different from the champion fails: only a clear
-    improvement passes. The half-width shrinks as 1/sqrt(n), hence the sample estimate.
-    """
-    half_width = (paired.ci_high - paired.ci_low) / 2
-    if rule.margin <= 0 or half_width <= rule.margin:
-        return
-    needed = math.ceil(paired.n * (half_width / rule.margin) ** 2)
-    notes.append(
-        f"suite too small for the margin: CI half-width {_fmt(half_width)} > margin "
-        f"{_fmt(rule.margin)} at n={paired.n}, so a candidate equal to the champion fails "
-        f"here; about {needed} paired samples bring the half-width to the margin"
-    )
 
 
 def _noise_check(
@@ -477,7 +602,13 @@ def _reward_hacking(
     )
 
 
-def decide(candidate: EvalSummary, champion: EvalSummary | None, policy: GatePolicy) -> GateVerdict:
+def decide(
+    candidate: EvalSummary,
+    champion: EvalSummary | None,
+    policy: GatePolicy,
+    *,
+    final_look: bool = True,
+) -> GateVerdict:
     """Decide whether ``candidate`` passes the offline gate. Pure; never raises on data.
 
     Args:
@@ -486,12 +617,17 @@ def decide(candidate: EvalSummary, champion: EvalSummary | None, policy: GatePol
         champion: the serving model's summary, or None for the explicit first-run path
             (floors, sample counts and eval errors only; the reasons say so).
         policy: the validated gate policy.
+        final_look: False at an interim look of a staged evaluation (more samples can
+            follow): the strict interim critical value applies and a safety delta that
+            leans worse is inconclusive rather than passed.
 
     Returns:
-        A :class:`GateVerdict`; ``passed`` is True only when no rule blocked.
+        A :class:`GateVerdict`; ``passed`` is True only when no rule blocked and nothing is
+        inconclusive.
 
     """
     blocking: list[str] = []
+    pending: list[str] = []
     notes: list[str] = []
     first_run = champion is None
     compare = not first_run
@@ -540,9 +676,11 @@ def decide(candidate: EvalSummary, champion: EvalSummary | None, policy: GatePol
                 candidate.views.get(view),
                 champion.views.get(view) if champion else None,
                 compare,
+                final_look,
             )
             checks[(view, key)] = check
             blocking.extend(f"[{view}] {key}: {r}" for r in check.blocking)
+            pending.extend(f"[{view}] {key}: {r}" for r in check.pending)
             notes.extend(f"note: [{view}] {key}: {r}" for r in check.notes)
 
     if compare:
@@ -551,9 +689,11 @@ def decide(candidate: EvalSummary, champion: EvalSummary | None, policy: GatePol
             if hacked:
                 blocking.append(hacked)
 
+    decision: Decision = "block" if blocking else ("inconclusive" if pending else "pass")
     verdict = GateVerdict(
-        passed=not blocking,
-        reasons=blocking + notes,
+        passed=decision == "pass",
+        decision=decision,
+        reasons=blocking + pending + notes,
         per_dimension=list(checks.values()),
         policy_version=policy.version,
         policy_digest=policy.digest,
@@ -562,10 +702,11 @@ def decide(candidate: EvalSummary, champion: EvalSummary | None, policy: GatePol
         baseline_uri=champion.model_uri if champion else None,
     )
     logger.info(
-        "gate %s for %s (policy %s): %d blocking reason(s)",
-        "PASS" if verdict.passed else "BLOCK",
+        "gate %s for %s (policy %s): %d blocking, %d inconclusive reason(s)",
+        decision.upper(),
         candidate.model_uri,
         policy.version,
         len(blocking),
+        len(pending),
     )
     return verdict

@@ -106,8 +106,25 @@ class ViewSummary(StrictModel):
         return value
 
 
+class Look(StrictModel):
+    """One look of a staged evaluation: what was evaluated and what the gate said then.
+
+    Attributes:
+        fractions: suite name -> share of its sample families evaluated, in (0, 1].
+        decision: the gate's decision at this look (``pass``, ``block``, ``inconclusive``).
+        extended: keys that were inconclusive, so their suites got more samples next.
+    """
+
+    fractions: dict[str, float]
+    decision: str
+    extended: list[str] = Field(default_factory=list)
+
+
 class EvalSummary(StrictModel):
-    """The JSON summary of one evaluation, as the gate reads it. See the module docstring."""
+    """The JSON summary of one evaluation, as the gate reads it. See the module docstring.
+
+    ``looks`` records a staged evaluation's looks in order (empty: one look at everything).
+    """
 
     schema_version: int = 1
     model_uri: str
@@ -116,6 +133,7 @@ class EvalSummary(StrictModel):
     errors: int = Field(default=0, ge=0)
     eval_run_id: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    looks: list[Look] = Field(default_factory=list)
 
     @field_validator("schema_version")
     @classmethod

@@ -39,6 +39,7 @@ from models.helpdesk.kb import (
     slot_of_intent,
     unknown_entities,
 )
+from models.helpdesk.personas import ATTRIBUTES, FRAMES, ask_as, random_persona, swap
 from models.helpdesk.records import Conversation, LabelledPrompt, write_conversations
 from models.helpdesk.safety import (
     CATEGORIES,
@@ -73,6 +74,7 @@ SUITES: tuple[str, ...] = (
     "robustness",
     "helpfulness",
     "regression",
+    "fairness",
 )
 BENIGN_TRANSFORMS: tuple[str, ...] = tuple(
     sorted(name for name in TRANSFORMS if name not in INJECTING_TRANSFORMS)
@@ -1059,6 +1061,7 @@ def build_eval_suites(seed: int, scale: float) -> dict[str, list[EvalSample]]:
         q = _question(fact, "heldout", rng)[0]
         helpfulness.add(fact.id, q, [fact.answer], group=fact.id, **_fact_tags(fact.id, "heldout"))
 
+    _extend_for_power(seed, scale, over_refusal, hallucination, robustness)
     suites = {
         "correctness": correctness.samples,
         "hallucination": hallucination.samples,
@@ -1068,9 +1071,120 @@ def build_eval_suites(seed: int, scale: float) -> dict[str, list[EvalSample]]:
         "robustness": robustness.samples,
         "helpfulness": helpfulness.samples,
         "regression": [],
+        # Its own RNG stream: adding the suite left every other suite byte-identical.
+        "fairness": build_fairness_suite(seed, scale),
     }
     assert tuple(suites) == SUITES
     return suites
+
+
+# Robustness groups added for power (each a clean prompt and every transform of it).
+POWER_ROBUSTNESS_FACTS = 15
+
+
+def _extend_for_power(
+    seed: int,
+    scale: float,
+    over_refusal: _SuiteBuilder,
+    hallucination: _SuiteBuilder,
+    robustness: _SuiteBuilder,
+) -> None:
+    """More samples where the gate's margins need them (docs/decisions/0001-gate-power.md).
+
+    With the paired spread night-1 candidates show, over-refusal (177 samples), hallucination
+    (144) and robustness (363) could not resolve a 0.05 margin: an unchanged candidate
+    failed the gate by chance. Appended after the original samples with their own RNG
+    stream (``eval_power``), so every existing sample, and every other suite, is unchanged:
+    over-refusal asks every procedure/policy/error-code fact in each held-out wording;
+    hallucination asks the facts it did not yet cover (the supported reply states the
+    fact); robustness gets more stable-fact groups.
+    """
+    rng = _rng(seed, "eval_power")
+    kb2 = knowledge_base(EVAL_REVISION)
+    asked = {s.messages[-1].content for s in over_refusal.samples}
+    sensitive = [f for f in kb2 if f.intent in ("procedure", "policy", "error_code")]
+    for fact in _subset(sensitive, _n(len(sensitive), scale), rng):
+        for tmpl in templates(fact.intent, "heldout"):
+            q = render(tmpl, fact.slots)
+            if q not in asked:
+                asked.add(q)
+                over_refusal.add(fact.id, q, [fact.answer], **_fact_tags(fact.id, "heldout"))
+
+    covered = {s.tags.get("fact_id") for s in hallucination.samples}
+    for fact in _subset([f for f in kb2 if f.id not in covered], _n(120, scale), rng):
+        split = rng.choice(("train", "heldout"))
+        q = _question(fact, split, rng)[0]
+        hallucination.add(fact.id, q, [fact.answer], group=fact.id, **_fact_tags(fact.id, split))
+
+    used = {s.tags.get("fact_id") for s in robustness.samples}
+    stable = [f for f in kb2 if f.id not in changed_fact_ids() and f.id not in used]
+    start = len({s.group for s in robustness.samples if "/fact/" in (s.group or "")})
+    for i, fact in enumerate(_subset(stable, _n(POWER_ROBUSTNESS_FACTS, scale), rng), start):
+        q = _question(fact, "train", rng)[0]
+        group = f"robustness/fact/{i:03d}"
+        robustness.add(fact.id, q, [fact.answer], group=group, **_fact_tags(fact.id, "train"))
+        for name in sorted(TRANSFORMS):
+            robustness.add(
+                fact.id,
+                apply_transform(name, q, rng),
+                [fact.answer],
+                group=group,
+                **{**_fact_tags(fact.id, "train"), "transform": name},
+            )
+
+
+FAIRNESS_FACTS = 70
+FAIRNESS_LOOKALIKES = 30
+FAIRNESS_HARMFUL_PER_CATEGORY = 7
+
+
+def build_fairness_suite(seed: int, scale: float) -> list[EvalSample]:
+    """Counterfactual families: one request asked by a reference persona and 3 variants.
+
+    Each family (``group`` = ``fairness/<i>``) is a KB question (training wording), a
+    benign look-alike of a harmful category, or a harmful request (every harmful
+    category, both splits), asked by a random persona (tag ``swapped=none``) and then by
+    the same persona with its name, its gender or its origin changed (``swapped`` names
+    which; see :mod:`models.helpdesk.personas`). The reply, and whether it refuses, must
+    not depend on who asks. Full size: 156 families, 624 prompts. Uses its own RNG stream
+    (``eval_fairness``), so it never shifts another suite's draws.
+    """
+    rng = _rng(seed, "eval_fairness")
+    kb2 = knowledge_base(EVAL_REVISION)
+    requests: list[tuple[str, str, list[str], str, dict[str, str]]] = []
+    for fact in _subset(kb2, _n(FAIRNESS_FACTS, scale), rng):
+        q = _question(fact, "train", rng)[0]
+        requests.append((fact.id, q, [fact.answer], "answer", _fact_tags(fact.id, "train")))
+    looks = [(cat, look) for cat in CATEGORIES.values() for look in cat.lookalikes("train")]
+    for cat, look in _subset(looks, _n(FAIRNESS_LOOKALIKES, scale), rng):
+        tags = {**_category_tags(cat, "train"), "kind": "lookalike"}
+        if look.fact_id:
+            tags["fact_id"] = look.fact_id
+        requests.append((cat.name, look.text, [look.answer_at(EVAL_REVISION)], "answer", tags))
+    for cat in CATEGORIES.values():
+        if cat.label != "harmful":
+            continue
+        prompts = [(split, p) for split in ("train", "heldout") for p in cat.prompts(split)]
+        for split, p in _subset(prompts, _n(FAIRNESS_HARMFUL_PER_CATEGORY, scale), rng):
+            tags = _category_tags(cat, split)
+            requests.append((cat.name, p, [cat.response], cat.expected_behaviour, tags))
+
+    fairness = _SuiteBuilder("fairness")
+    for i, (key, request, references, behaviour, tags) in enumerate(requests):
+        group = f"fairness/{i:03d}"
+        frame = rng.randrange(len(FRAMES))
+        reference = random_persona(rng)
+        variants = [("none", reference)] + [(a, swap(reference, a, rng)) for a in ATTRIBUTES]
+        for swapped, persona in variants:
+            fairness.add(
+                key,
+                ask_as(persona, request, frame),
+                references,
+                behaviour=behaviour,
+                group=group,
+                **{**tags, **persona.tags(), "swapped": swapped, "frame": str(frame)},
+            )
+    return fairness.samples
 
 
 # ----------------------------------------------------------------------------- API

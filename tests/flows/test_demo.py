@@ -82,7 +82,7 @@ def test_candidate_promoted_with_recorded_auto_approval_then_rolled_back(demo_ru
     assert client.get_model_version_by_alias(name, "champion").version == v1
     tags = client.get_model_version(name, v2).tags
     assert tags["gate.passed"] == "true"
-    assert tags["gate.policy_version"] == "demo-tiny-2"
+    assert tags["gate.policy_version"] == "demo-tiny-3"
     assert tags["canary.verdict"] == "promote"
     assert (tags["approval"], tags["approval.channel"], tags["approval.by"]) == (
         "approved",

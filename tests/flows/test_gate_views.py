@@ -125,6 +125,7 @@ def _first_run(settings, candidate: str, run_dir, view: str):
     """The harmlessness suite for a candidate with no champion, in one view."""
     from loopwright.domain import load_domain
     from loopwright.release.evaluate import evaluate_for_gate
+    from loopwright.release.gate import load_gate_policy
 
     return evaluate_for_gate(
         settings,
@@ -134,7 +135,7 @@ def _first_run(settings, candidate: str, run_dir, view: str):
         data_root=settings.data_repo.resolve() / "data" / "helpdesk",
         run_dir=run_dir,
         suites=["harmlessness"],
-        views=[view],
+        policy=load_gate_policy().model_copy(update={"views": [view]}),
     )
 
 

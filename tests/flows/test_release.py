@@ -56,7 +56,7 @@ def test_release_promotes_after_approval_through_the_api(bootstrapped, nightly_c
     config = ReleaseConfig(
         canary_fraction=0.5,
         window_s=3,
-        max_windows=3,
+        max_canary_s=9,
         approval_timeout_s=300,
         suites=["correctness", "harmlessness", "over_refusal"],
         gate_policy=FIXTURES / "gate_permissive.yaml",

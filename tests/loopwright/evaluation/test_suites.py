@@ -188,6 +188,7 @@ def test_helpdesk_suites_load_over_real_domain_samples(tmp_path: Path) -> None:
         "robustness",
         "helpfulness",
         "regression",
+        "fairness",
     }
     counts = {s.name: len(load_samples(s)) for s in suites}
     assert counts["regression"] == 0  # starts empty
