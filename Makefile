@@ -6,14 +6,19 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-all bench lint up down status
 
+INSTALL_LOG := $(VENV)/install.log
+
+# pip's own warnings (index locations, setuptools deprecations) go to $(INSTALL_LOG); it is
+# printed whole if a step fails.
 $(STAMP): pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade "pip>=24"
-	# The CPU wheel first: with torch 2.13.0 present, nothing later pulls a CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
-	$(BIN)/pip check
-	touch $(STAMP)
+	@echo "installing into $(VENV) (log: $(INSTALL_LOG))"
+	@$(PYTHON) -m venv $(VENV)
+	@# The CPU wheel of torch goes first: with torch 2.13.0 present, nothing pulls a CUDA build.
+	@( $(BIN)/pip install -q --upgrade "pip>=24" && \
+	  $(BIN)/pip install -q torch==2.13.0 && \
+	  $(BIN)/pip install -q -c constraints.txt -e '.[dev]' && \
+	  $(BIN)/pip check ) > $(INSTALL_LOG) 2>&1 || { cat $(INSTALL_LOG); exit 1; }
+	@touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/loopwright demo $(if $(SEED),--seed $(SEED))

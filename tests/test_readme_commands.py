@@ -62,6 +62,11 @@ BARE_WITH = {
     "bootstrap": ("--tiny", "the full-size bootstrap trains v1 for ~8 minutes"),
     "nightly": ("--tiny", "a full-size night fine-tunes 400 steps and refreshes the reward"),
 }
+# State a command needs that no README command before it makes, and why it is made here.
+PRECONDITIONS = {
+    "rollback": "a rollback returns to @previous, which only a promotion sets (the release "
+    "flow, minutes): the night's candidate is promoted the way the release promotes it",
+}
 # Commands that run until stopped: started, checked to work, then stopped.
 BLOCKING = {"serve": "the gateway answers", "deploy": "deployments are registered"}
 
@@ -143,6 +148,9 @@ class Runner:
             LOOPWRIGHT_DATA_REPO=str(data_repo),
             LOOPWRIGHT_GATEWAY__PORT=str(gateway_port),
             PYTHONPATH=str(REPO),
+            # The tiny models answer badly, so simulated users rate most answers down and
+            # the batch contract rejects the night by design; the tiny demo allows the same.
+            LOOPWRIGHT_NIGHTLY__MAX_NEGATIVE_SHARE="0.95",
         )
         self.gateway_url = f"http://127.0.0.1:{gateway_port}"
         self.background: dict[str, subprocess.Popen[str]] = {}
@@ -233,8 +241,12 @@ def test_every_readme_command_runs_as_written(runner: Runner) -> None:
     forms = [f for c in commands for f in expand(c)]
     forms.sort(key=lambda f: ORDER.index(subcommand(f)))  # stable: README order within one
     ran: list[str] = []
+    prepared: set[str] = set()
     for form in forms:
         name = subcommand(form)
+        if name in PRECONDITIONS and name not in prepared:
+            prepared.add(name)
+            _promote_candidate(runner.settings)
         if name == "serve":
             runner.start(form)
             runner.wait_until(
@@ -256,6 +268,26 @@ def test_every_readme_command_runs_as_written(runner: Runner) -> None:
                 runner.stop(started)
         ran.append(form)
     assert {subcommand(f) for f in ran} == {subcommand(c) for c in commands}
+
+
+def _promote_candidate(settings) -> None:
+    """Promote the newest policy version (the night's candidate), as the release does."""
+    from datetime import UTC, datetime
+
+    from mlflow import MlflowClient
+
+    from loopwright.release.approval import ApprovalDecision
+    from loopwright.release.registry_ops import RegistryOps
+
+    name = "helpdesk-policy"  # the app README's commands name
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    newest = max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    decision = ApprovalDecision(
+        approved=True, by="readme-test", at=datetime.now(UTC), reason="test", channel="auto"
+    )
+    ops = RegistryOps(client, "helpdesk", settings.run_path / "locks")
+    ops.promote(name, str(newest), decision, actor="readme-test")
+    assert client.get_model_version_by_alias(name, "previous") is not None
 
 
 def _check_output(name: str, form: str, done, runner: Runner) -> None:
