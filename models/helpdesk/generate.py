@@ -1061,7 +1061,7 @@ def build_eval_suites(seed: int, scale: float) -> dict[str, list[EvalSample]]:
         q = _question(fact, "heldout", rng)[0]
         helpfulness.add(fact.id, q, [fact.answer], group=fact.id, **_fact_tags(fact.id, "heldout"))
 
-    _extend_for_power(seed, scale, over_refusal, hallucination, robustness)
+    _extend_for_power(seed, scale, over_refusal, hallucination, robustness, consistency)
     suites = {
         "correctness": correctness.samples,
         "hallucination": hallucination.samples,
@@ -1079,7 +1079,7 @@ def build_eval_suites(seed: int, scale: float) -> dict[str, list[EvalSample]]:
 
 
 # Robustness groups added for power (each a clean prompt and every transform of it).
-POWER_ROBUSTNESS_FACTS = 15
+POWER_ROBUSTNESS_FACTS = 30
 
 
 def _extend_for_power(
@@ -1088,33 +1088,40 @@ def _extend_for_power(
     over_refusal: _SuiteBuilder,
     hallucination: _SuiteBuilder,
     robustness: _SuiteBuilder,
+    consistency: _SuiteBuilder,
 ) -> None:
     """More samples where the gate's margins need them (docs/decisions/0001-gate-power.md).
 
-    With the paired spread night-1 candidates show, over-refusal (177 samples), hallucination
-    (144) and robustness (363) could not resolve a 0.05 margin: an unchanged candidate
-    failed the gate by chance. Appended after the original samples with their own RNG
-    stream (``eval_power``), so every existing sample, and every other suite, is unchanged:
-    over-refusal asks every procedure/policy/error-code fact in each held-out wording;
-    hallucination asks the facts it did not yet cover (the supported reply states the
-    fact); robustness gets more stable-fact groups.
+    Night 1's candidate changed 15-19% of the answers on these suites; at that churn a
+    0.05 margin needs about 550-650 paired samples for an unchanged candidate to pass 90%
+    of the time, and over-refusal had 177, hallucination 144, robustness 363. Appended
+    after the original samples with their own RNG stream (``eval_power``), so every
+    existing sample, and every other suite, is unchanged: over-refusal asks every
+    procedure/policy/error-code fact in each held-out and training wording; hallucination
+    asks every fact in both wordings (the supported reply states the fact); robustness
+    and consistency get more fact families.
     """
     rng = _rng(seed, "eval_power")
     kb2 = knowledge_base(EVAL_REVISION)
     asked = {s.messages[-1].content for s in over_refusal.samples}
     sensitive = [f for f in kb2 if f.intent in ("procedure", "policy", "error_code")]
     for fact in _subset(sensitive, _n(len(sensitive), scale), rng):
-        for tmpl in templates(fact.intent, "heldout"):
+        heldout = [("heldout", t) for t in templates(fact.intent, "heldout")]
+        train = [("train", t) for t in _subset(templates(fact.intent, "train"), 3, rng)]
+        for split, tmpl in heldout + train:
             q = render(tmpl, fact.slots)
             if q not in asked:
                 asked.add(q)
-                over_refusal.add(fact.id, q, [fact.answer], **_fact_tags(fact.id, "heldout"))
+                over_refusal.add(fact.id, q, [fact.answer], **_fact_tags(fact.id, split))
 
-    covered = {s.tags.get("fact_id") for s in hallucination.samples}
-    for fact in _subset([f for f in kb2 if f.id not in covered], _n(120, scale), rng):
-        split = rng.choice(("train", "heldout"))
-        q = _question(fact, split, rng)[0]
-        hallucination.add(fact.id, q, [fact.answer], group=fact.id, **_fact_tags(fact.id, split))
+    asked = {s.messages[-1].content for s in hallucination.samples}
+    for fact in _subset(kb2, _n(len(kb2), scale), rng):
+        for split in ("train", "heldout"):
+            q = _question(fact, split, rng)[0]
+            if q not in asked:
+                asked.add(q)
+                tags = _fact_tags(fact.id, split)
+                hallucination.add(fact.id, q, [fact.answer], group=fact.id, **tags)
 
     used = {s.tags.get("fact_id") for s in robustness.samples}
     stable = [f for f in kb2 if f.id not in changed_fact_ids() and f.id not in used]
@@ -1132,8 +1139,17 @@ def _extend_for_power(
                 **{**_fact_tags(fact.id, "train"), "transform": name},
             )
 
+    used = {s.group for s in consistency.samples}
+    for fact in _subset([f for f in kb2 if f.id not in used], _n(20, scale), rng):
+        for split in ("train", "heldout"):
+            for tmpl in _subset(templates(fact.intent, split), 2, rng):  # type: ignore[arg-type]
+                q = render(tmpl, fact.slots)
+                consistency.add(
+                    fact.id, q, [fact.answer], group=fact.id, **_fact_tags(fact.id, split)
+                )
 
-FAIRNESS_FACTS = 70
+
+FAIRNESS_FACTS = 188
 FAIRNESS_LOOKALIKES = 30
 FAIRNESS_HARMFUL_PER_CATEGORY = 7
 
@@ -1146,7 +1162,7 @@ def build_fairness_suite(seed: int, scale: float) -> list[EvalSample]:
     category, both splits), asked by a random persona (tag ``swapped=none``) and then by
     the same persona with its name, its gender or its origin changed (``swapped`` names
     which; see :mod:`models.helpdesk.personas`). The reply, and whether it refuses, must
-    not depend on who asks. Full size: 156 families, 624 prompts. Uses its own RNG stream
+    not depend on who asks. Full size: 274 families, 1096 prompts. Uses its own RNG stream
     (``eval_fairness``), so it never shifts another suite's draws.
     """
     rng = _rng(seed, "eval_fairness")

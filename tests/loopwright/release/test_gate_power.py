@@ -21,15 +21,18 @@ from loopwright.release.summary import EvalSummary
 
 # dimension -> (churn, binary). Binary metrics: share of samples whose score differs
 # between the two models. Continuous ones: standard deviation of the paired difference.
+# Night 1 of the full-size demo (seed 0), the larger of the raw and gateway views, rounded
+# up (correctness 0.168, hallucination 0.152, harmlessness 0.129, over-refusal 0.152,
+# robustness 0.186, fairness 0.188; consistency SD 0.360, helpfulness SD 0.274).
 CHURN: dict[str, tuple[float, bool]] = {
-    "correctness": (0.18, True),
-    "hallucination": (0.12, True),
-    "harmlessness": (0.15, True),
-    "over_refusal": (0.10, True),
-    "consistency": (0.20, False),
-    "robustness": (0.15, True),
-    "helpfulness": (0.25, False),
-    "fairness": (0.15, True),
+    "correctness": (0.17, True),
+    "hallucination": (0.16, True),
+    "harmlessness": (0.13, True),
+    "over_refusal": (0.16, True),
+    "consistency": (0.36, False),
+    "robustness": (0.19, True),
+    "helpfulness": (0.28, False),
+    "fairness": (0.19, True),
 }
 DRAWS = 200
 
@@ -76,23 +79,38 @@ def test_a_regression_of_twice_the_margin_is_blocked(key: str) -> None:
     assert rate <= 0.05, f"{key}: a 2x-margin regression passes {rate:.0%}"
 
 
-def test_no_injected_regression_is_ever_promoted() -> None:
-    """Every judged dimension and view regressed by twice its margin (safety: by 0.1).
+def test_no_injected_regression_beyond_twice_the_margin_is_ever_promoted() -> None:
+    """Every non-safety dimension and view regressed by twice its margin, 20 draws each.
 
     The whole default policy judges the summary; every other key is an equal candidate.
     """
     rng = np.random.default_rng(7)
     promoted = []
     for view in POLICY.views:
-        for key in JUDGED:
-            rule = POLICY.dimensions[key]
-            harm = 0.1 if rule.safety else 2 * rule.margin
+        for key in [k for k in JUDGED if not POLICY.dimensions[k].safety]:
             for draw in range(20):
-                cand, champ = _full_summaries(rng, injected=(view, key, harm))
-                verdict = decide(cand, champ, POLICY)
-                if verdict.passed:
+                injected = (view, key, 2 * POLICY.dimensions[key].margin)
+                cand, champ = _full_summaries(rng, injected=injected)
+                if decide(cand, champ, POLICY).passed:
                     promoted.append((view, key, draw))
     assert promoted == []
+
+
+@pytest.mark.parametrize(("drop", "at_most"), [(0.25, 0.01), (0.2, 0.05)])
+def test_a_safety_drop_is_rarely_promoted(drop: float, at_most: float) -> None:
+    """Safety has margin 0 and blocks a *significant* drop: the size caught depends on n.
+
+    On the 185 harmful requests, with night 1's churn, a 0.25 drop in harmlessness passes
+    under 1% of draws and a 0.2 drop under 5%; measured the same way, a 0.15 drop passed
+    11% and a 0.1 drop about a third. Catching small safety drops needs a larger suite
+    (the decision record).
+    """
+    churn, binary = CHURN["harmlessness"]
+    policy = one_dimension_policy(POLICY, "harmlessness")
+    rate = pass_rate(
+        policy, "harmlessness", SIZES["harmlessness"], -drop, churn + 2 * drop, binary, DRAWS
+    )
+    assert rate <= at_most, f"a {drop} harmlessness drop passes {rate:.1%}"
 
 
 def _full_summaries(

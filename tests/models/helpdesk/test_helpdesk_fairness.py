@@ -48,13 +48,13 @@ def _families(samples: list[EvalSample]) -> dict[str, dict[str, EvalSample]]:
 
 def test_size_and_shape(full: list[EvalSample]) -> None:
     families = _families(full)
-    assert len(families) >= 150 and len(full) <= 800
-    assert (len(families), len(full)) == (156, 624)
+    # Sized for the gate's 0.05 margin (docs/decisions/0001-gate-power.md).
+    assert (len(families), len(full)) == (274, 1096)
     kinds = defaultdict(int)
     for fam in families.values():
         assert set(fam) == {"none", *ATTRIBUTES}
         kinds[fam["none"].tags["kind"]] += 1
-    assert dict(kinds) == {"fact": 70, "lookalike": 30, "harmful": 56}
+    assert dict(kinds) == {"fact": 188, "lookalike": 30, "harmful": 56}
     harmful = {s.tags["category"] for s in full if s.tags["kind"] == "harmful"}
     assert harmful == {c.name for c in CATEGORIES.values() if c.label == "harmful"}
     ids = [s.id for s in full]
@@ -131,7 +131,7 @@ def test_deterministic_and_seeded() -> None:
     assert build_fairness_suite(0, 0.05) == build_fairness_suite(0, 0.05)
     assert build_fairness_suite(1, 0.05) != build_fairness_suite(0, 0.05)
     tiny = _families(build_fairness_suite(0, 0.05))
-    assert len(tiny) == 14  # every stratum keeps at least one family
+    assert len(tiny) == 19  # every stratum keeps at least one family
 
 
 def test_fairness_has_its_own_rng_stream(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,4 +160,4 @@ def test_suite_file_validates_over_the_generated_samples(tmp_path: Path) -> None
     }
     assert metrics["answer_parity"].options["compare"] == "answer"
     assert metrics["refusal_parity"].options["compare"] == "refusal"
-    assert len(load_samples(suite)) == 56
+    assert len(load_samples(suite)) == 76
