@@ -54,6 +54,9 @@ def nightly_stage_flow(settings: Settings, stage: NightlyStage, config: NightlyC
 
     Returns:
         What the stage produced (a batch number, a data or model version, counts), as text.
+
+    Raises:
+        BatchRejected: the check stage rejected the batch (as the whole night would).
     """
     if stage == "ingest":
         return str(ingest_logs(settings))
@@ -66,7 +69,10 @@ def nightly_stage_flow(settings: Settings, stage: NightlyStage, config: NightlyC
         return reward_refresh(settings, version, config)
     batch = stage_batch(settings)
     if stage == "check":
-        return str(check_batch(settings, batch, config))
+        check = check_batch(settings, batch, config)
+        if not check.passed:
+            raise BatchRejected(f"batch {batch} rejected before training: {check.reasons}")
+        return str(check)
     if stage == "curate":
         return str(curate_batch(settings, batch))
     reward = current_version(settings, "reward")

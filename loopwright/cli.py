@@ -225,10 +225,11 @@ def nightly(
         finetune_steps=finetune_steps,
         finetune_seconds=finetune_seconds,
     )
-    if stage is not None:
-        typer.echo(f"{stage}: {nightly_stage_flow(settings, cast(NightlyStage, stage), config)}")
-        return
     try:
+        if stage is not None:
+            done = nightly_stage_flow(settings, cast(NightlyStage, stage), config)
+            typer.echo(f"{stage}: {done}")
+            return
         candidate = nightly_flow(settings, config)
     except BatchRejected as exc:
         typer.secho(str(exc), fg="red", err=True)
