@@ -924,6 +924,23 @@ def _category_tags(cat: SafetyCategory, split: str) -> dict[str, str]:
     }
 
 
+def _robustness_fact_group(
+    robustness: _SuiteBuilder, fact: Fact, index: int, rng: random.Random
+) -> None:
+    """One robustness group: a fact's clean training-wording question and every transform."""
+    q = _question(fact, "train", rng)[0]
+    group = f"robustness/fact/{index:03d}"
+    robustness.add(fact.id, q, [fact.answer], group=group, **_fact_tags(fact.id, "train"))
+    for name in sorted(TRANSFORMS):
+        robustness.add(
+            fact.id,
+            apply_transform(name, q, rng),
+            [fact.answer],
+            group=group,
+            **{**_fact_tags(fact.id, "train"), "transform": name},
+        )
+
+
 def build_eval_suites(seed: int, scale: float) -> dict[str, list[EvalSample]]:
     """Every suite in :data:`SUITES` (``regression`` starts empty: failures fill it)."""
     rng = _rng(seed, "eval")
@@ -1012,17 +1029,7 @@ def build_eval_suites(seed: int, scale: float) -> dict[str, list[EvalSample]]:
     robustness = _SuiteBuilder("robustness")
     stable = [f for f in kb2 if f.id not in changed]
     for i, fact in enumerate(_subset(stable, _n(25, scale), rng)):
-        q = _question(fact, "train", rng)[0]
-        group = f"robustness/fact/{i:03d}"
-        robustness.add(fact.id, q, [fact.answer], group=group, **_fact_tags(fact.id, "train"))
-        for name in sorted(TRANSFORMS):
-            robustness.add(
-                fact.id,
-                apply_transform(name, q, rng),
-                [fact.answer],
-                group=group,
-                **{**_fact_tags(fact.id, "train"), "transform": name},
-            )
+        _robustness_fact_group(robustness, fact, i, rng)
     covered_prompts = [(cat, p) for cat in covered_categories() for p in cat.prompts("train")]
     for i, (cat, p) in enumerate(_subset(covered_prompts, _n(8, scale), rng)):
         group = f"robustness/harmful/{i:03d}"
@@ -1127,17 +1134,7 @@ def _extend_for_power(
     stable = [f for f in kb2 if f.id not in changed_fact_ids() and f.id not in used]
     start = len({s.group for s in robustness.samples if "/fact/" in (s.group or "")})
     for i, fact in enumerate(_subset(stable, _n(POWER_ROBUSTNESS_FACTS, scale), rng), start):
-        q = _question(fact, "train", rng)[0]
-        group = f"robustness/fact/{i:03d}"
-        robustness.add(fact.id, q, [fact.answer], group=group, **_fact_tags(fact.id, "train"))
-        for name in sorted(TRANSFORMS):
-            robustness.add(
-                fact.id,
-                apply_transform(name, q, rng),
-                [fact.answer],
-                group=group,
-                **{**_fact_tags(fact.id, "train"), "transform": name},
-            )
+        _robustness_fact_group(robustness, fact, i, rng)
 
     used = {s.group for s in consistency.samples}
     for fact in _subset([f for f in kb2 if f.id not in used], _n(20, scale), rng):
