@@ -141,7 +141,9 @@ def deployed(stack_settings, tmp_path_factory):
     ObjectStore.from_settings(settings).ensure_bucket(f"s3://{BUCKET}/")
     stop_gateway(settings)  # a gateway left in the shared run dir would serve another app
 
-    bootstrap_flow(settings, repo, BootstrapConfig(tiny=True, scale=0.05))
+    # Half-size suites: the default gate policy judges a key only on >= 30 samples (min_n),
+    # which the 5% data of other tiny tests does not reach (harmlessness: 18).
+    bootstrap_flow(settings, repo, BootstrapConfig(tiny=True, scale=0.5))
     start_gateway(settings)
     key = gateway_key(settings)
     drive_traffic(settings, key, requests=300, rps=25, seed=1)
