@@ -166,7 +166,8 @@ def evaluate_for_gate(
             # suites when nothing is inconclusive, e.g. a missing key: complete evidence).
             settled = verdict.decision == "pass" or bool(verdict.regressed_keys())
             dims = _suite_dimensions(raw, gateway)
-            extend = [] if final or settled else sorted(verdict.inconclusive_keys() or dims)
+            wanted = verdict.inconclusive_keys() or set(dims.values())
+            extend = [] if final or settled else sorted(wanted)
             looks.append(Look(fractions=fractions, decision=verdict.decision, extended=extend))
             logger.info("look %d: gate %s; more samples for %s", i, verdict.decision, extend)
             if not extend:
