@@ -94,13 +94,17 @@ def demo_flow(
     out.facts["v2"] = v2
     out.add("nightly 1", f"candidate policy version {v2}", print)
 
-    release = ReleaseConfig(
-        canary_fraction=config.canary_fraction,
-        window_s=config.window_s,
-        max_canary_s=config.window_s * config.max_windows,
-        auto_approve=True,
-        gate_policy=config.gate_policy,
-        canary_policy=config.canary_policy,
+    # The profile's release settings, with the demo's shorter canary and its policies.
+    release = ReleaseConfig.model_validate(
+        settings.release.model_dump()
+        | {
+            "canary_fraction": config.canary_fraction,
+            "window_s": config.window_s,
+            "max_canary_s": config.window_s * config.max_windows,
+            "auto_approve": True,
+            "gate_policy": config.gate_policy,
+            "canary_policy": config.canary_policy,
+        }
     )
     # Users arrive once the canary serves (the gate may also stop it before that) and keep
     # arriving while the canary analysis extends its window.

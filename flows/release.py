@@ -61,7 +61,13 @@ def release_flow(
     """
     champion = current_version(settings, "policy")
     summary, champion_summary = evaluate_candidate(
-        settings, candidate, champion, config.suites, config.suite_dir, config.gate_policy
+        settings,
+        candidate,
+        champion,
+        config.suites,
+        config.suite_dir,
+        config.gate_policy,
+        config.eval_workers,
     )
     gate = gate_candidate(settings, candidate, summary, champion_summary, config.gate_policy)
     if not gate.passed:

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.cpu import Threads
+
 if TYPE_CHECKING:
     # Annotations only: loopwright.config imports NightlyConfig (the profile's section).
     from loopwright.config import Settings
@@ -102,8 +104,9 @@ class NightlyConfig(BaseModel):
         pseudoword_share: answered rows (new and replayed) copied with one made-up word
             (see :func:`models.policy_data.with_pseudowords`); keeps the new refusals from
             spreading to benign questions in unseen wording.
-        finetune_threads: torch threads of the fine-tune (2 on the otherwise idle nightly
-            machine: 1.9x the steps of 1 thread; see ``BootstrapConfig.policy_threads``).
+        finetune_threads: torch threads of the fine-tune; ``"auto"`` (default): the cores
+            free when it starts (2 idle threads made 1.9x the steps of 1; 2 threads beside
+            a busy core ran ~4x slower; see :mod:`models.cpu`).
         grounding_share: share of the night's new SFT rows given the facts the gateway
             retrieves for them, as served (see :func:`serving_grounder`); the replayed
             rows carry the grounding they were trained with. The share the policy v1 rows
@@ -129,7 +132,7 @@ class NightlyConfig(BaseModel):
     reward_min_gain: float = Field(default=0.0, ge=0)
     max_negative_share: float = Field(default=0.6, ge=0, le=1)
     pseudoword_share: float = Field(default=1.0, ge=0, le=1)
-    finetune_threads: int = Field(default=2, ge=1)
+    finetune_threads: Threads = "auto"
     grounding_share: float = Field(default=0.7, ge=0, le=1)
 
     def digest(self) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.cpu import Threads
 from models.grounding import Conversation, GroundingConfig
 
 logger = logging.getLogger(__name__)
@@ -32,11 +33,11 @@ class BootstrapConfig(BaseModel):
             count makes v1 the same model on any machine, busy or idle, for a given seed.
         policy_seconds: a wall-clock budget instead (seconds; set ``policy_steps`` to None):
             v1 then depends on how fast the machine is.
-        policy_threads: torch threads of policy v1 training. 2: the bootstrap trains one
-            model at a time on an otherwise idle machine, where grounded rows trained at
-            3.1 steps/s on 2 threads against 1.7 on 1 (2-core machine, same rows), and the
-            grounded recipe needs the steps (``PolicyConfig.threads`` says why 1 is the
-            default when the machine is shared).
+        threads: torch threads of every v1 trainer (policy, guard, reward); ``"auto"``
+            (the default): the cores free when each starts (:mod:`models.cpu`). Grounded
+            rows trained at 3.1 steps/s on 2 idle threads against 1.7 on 1 (2-core
+            machine, same rows), but 2 threads run ~4x slower than 1 when another process
+            keeps a core busy.
         grounding: how policy v1's training rows get the facts the gateway retrieves.
     """
 
@@ -47,7 +48,7 @@ class BootstrapConfig(BaseModel):
     tiny: bool = False
     policy_steps: int | None = Field(default=700, ge=1)
     policy_seconds: float | None = Field(default=None, gt=0)
-    policy_threads: int = Field(default=2, ge=1)
+    threads: Threads = "auto"
     grounding: GroundingConfig = GroundingConfig()
 
     @model_validator(mode="after")
@@ -70,7 +71,7 @@ class BootstrapConfig(BaseModel):
             seed=self.seed,
             max_steps=self.policy_steps,
             max_seconds=self.policy_seconds,
-            threads=self.policy_threads,
+            threads=self.threads,
         )
 
     def guard_config(self) -> Any:
@@ -79,7 +80,7 @@ class BootstrapConfig(BaseModel):
 
         if self.tiny:
             return GuardConfig.tiny(seed=self.seed, epochs=1)
-        return GuardConfig(seed=self.seed)
+        return GuardConfig(seed=self.seed, threads=self.threads)
 
     def reward_config(self) -> Any:
         """The reward trainer's config for this bootstrap."""
@@ -87,7 +88,7 @@ class BootstrapConfig(BaseModel):
 
         if self.tiny:
             return RewardTrainConfig.tiny(seed=self.seed, epochs=1)
-        return RewardTrainConfig(seed=self.seed)
+        return RewardTrainConfig(seed=self.seed, threads=self.threads)
 
 
 def write_example_data(data_root: Path, config: BootstrapConfig) -> dict[str, int]:

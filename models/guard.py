@@ -37,6 +37,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from models.cpu import Threads, resolve_threads
 from models.embedder import Embedder
 from models.encoder import (
     EncoderBackend,
@@ -116,7 +117,8 @@ class GuardConfig(BaseModel):
         normalize: fold look-alike characters and drop invisible ones before encoding
             (:func:`models.encoder.normalize_text`), in training and in serving.
         seed: seeds the split, the head initialisation and data order.
-        threads: torch threads while training (``None``: leave torch's setting).
+        threads: torch threads while training (``None``: leave torch's setting;
+            ``"auto"``: the cores free when training starts, :mod:`models.cpu`).
         export_onnx: export + quantise to ONNX int8 and calibrate on it (needs ``onnx``);
             False serves and calibrates with torch only.
         eval_batch_size: batch size for calibration inference.
@@ -148,7 +150,7 @@ class GuardConfig(BaseModel):
     group_similarity: float | None = Field(default=0.8, gt=0, le=1)
     normalize: bool = True
     seed: int = 0
-    threads: int | None = Field(default=None, ge=1, le=256)
+    threads: Threads | None = None
     export_onnx: bool = True
     eval_batch_size: int = Field(default=64, ge=1, le=4096)
     logging_steps: int = Field(default=10, ge=1)
@@ -721,8 +723,9 @@ def train_guard(train: Iterable[Any], config: GuardConfig, out_dir: str | Path) 
         require_onnx()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    threads = resolve_threads(config.threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
     label_index = {lab: i for i, lab in enumerate(GUARD_LABELS)}
     source = config.encoder_folder or encoder_dir()
     tokenizer = load_tokenizer(source)
@@ -832,7 +835,7 @@ def train_guard(train: Iterable[Any], config: GuardConfig, out_dir: str | Path) 
 
     served = "onnx" if onnx_name else "torch"
     backend: EncoderBackend = (
-        OnnxBackend(out / GUARD_ONNX_FILE, threads=config.threads or 1)
+        OnnxBackend(out / GUARD_ONNX_FILE, threads=threads or 1)
         if onnx_name
         else TorchBackend(module)
     )

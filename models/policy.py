@@ -40,6 +40,7 @@ from transformers import (
 )
 
 from loopwright.records import PreferencePair
+from models.cpu import Threads
 from models.policy_data import (
     Conversation,
     ConversationPreference,
@@ -118,11 +119,12 @@ class PolicyConfig(BaseModel):
         max_steps: step limit (None: time only). With ``max_steps`` and no ``max_seconds``
             a run is reproducible bit for bit for a seed and thread count.
         seed: seeds tokenizer corpus noise, initialisation, batch order and noise.
-        threads: torch intra-op threads during training. Default 1: on the shared 2-core
+        threads: torch intra-op threads during training, or ``"auto"`` (the default): the
+            cores free when the run starts (:mod:`models.cpu`). On the shared 2-core
             machine, 2 threads ran 4x slower per step than 1 as soon as one other process
             was busy (OpenMP threads wait on each other when a core is taken), and 145
             steps in 4.5 minutes left the model useless; 2 threads pay off only on cores
-            nobody else uses.
+            nobody else uses. A thread count is part of what makes a run reproducible.
         bf16: bfloat16 autocast for forward/backward (weights stay fp32). Off by default:
             STACK_NOTES measured it 1.2-1.5x faster on a quiet CPU with avx512_bf16, but on
             the shared 2-core machine it measured 1.9x *slower* than fp32 (interleaved
@@ -154,7 +156,7 @@ class PolicyConfig(BaseModel):
     max_seconds: float | None = Field(default=270.0, gt=0)
     max_steps: int | None = Field(default=None, ge=1)
     seed: int = 0
-    threads: int = Field(default=1, ge=1)
+    threads: Threads = "auto"
     bf16: bool = False
     surface_noise: bool = True
     noise_variants: int = Field(default=3, ge=0)

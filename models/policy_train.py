@@ -34,6 +34,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from loopwright.progress import report as report_progress
+from models.cpu import Threads, resolve_threads
 from models.policy_data import IGNORE_INDEX, EncodedExample, bucketed_batches
 
 logger = logging.getLogger(__name__)
@@ -106,10 +107,13 @@ class LoopStats:
 
 
 @contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run with ``torch.set_num_threads(threads)``, restoring the previous count after."""
+def torch_threads(threads: Threads) -> Iterator[None]:
+    """Run with ``torch.set_num_threads``, restoring the previous count after.
+
+    ``"auto"`` is resolved to the cores free at entry (:func:`models.cpu.resolve_threads`).
+    """
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(resolve_threads(threads) or previous)
     try:
         yield
     finally:

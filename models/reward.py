@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.cpu import Threads, resolve_threads
 from models.encoder import encoder_dir, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ class RewardTrainConfig(BaseModel):
             embeddings stay frozen: faster on CPU, and little data moves them anyway).
         center_rewards_coefficient: trl's penalty keeping rewards near 0 (``None``: off).
         seed: seeds initialisation and data order.
-        threads: torch threads while training (``None``: leave torch's setting).
+        threads: torch threads while training (``None``: leave torch's setting;
+            ``"auto"``: the cores free when training starts, :mod:`models.cpu`).
         logging_steps: steps between loss records.
         progress: show a progress bar while training (otherwise training is quiet).
         encoder_folder: the pretrained encoder (default: the packaged all-MiniLM-L6-v2).
@@ -75,7 +77,7 @@ class RewardTrainConfig(BaseModel):
     trainable_layers: int = Field(default=6, ge=0, le=6)
     center_rewards_coefficient: float | None = Field(default=0.01, ge=0)
     seed: int = 0
-    threads: int | None = Field(default=None, ge=1, le=256)
+    threads: Threads | None = None
     logging_steps: int = Field(default=10, ge=1)
     progress: bool = False
     encoder_folder: Path | None = None
@@ -214,7 +216,7 @@ def train_reward(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if config.threads is not None:
-        torch.set_num_threads(config.threads)
+        torch.set_num_threads(resolve_threads(config.threads) or torch.get_num_threads())
 
     tokenizer = load_tokenizer(source)
     prompts = [r[0] for r in used]

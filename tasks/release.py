@@ -37,6 +37,7 @@ def evaluate_candidate(
     suites: list[str] | None = None,
     suite_dir: Path | None = None,
     policy: Path | None = None,
+    workers: int = 1,
 ) -> tuple[EvalSummary, EvalSummary | None]:
     """Candidate and champion on the same samples (paired), logged to MLflow.
 
@@ -44,6 +45,7 @@ def evaluate_candidate(
     default the packaged one): the gateway view serves both versions behind the control
     stack, which roughly doubles the evaluation's time. Staged: suites whose comparison
     cannot yet resolve its margin get more samples (the policy's ``evaluation_stages``).
+    ``workers``: Ray generation workers of the raw view.
     """
     name = settings.registered_model("policy")
     domain = load_domain(settings.domain)
@@ -56,6 +58,7 @@ def evaluate_candidate(
         run_dir=settings.run_path / "eval" / f"{name}-{candidate}-vs-{champion}",
         suites=suites,
         policy=load_gate_policy(policy),
+        workers=workers,
     )
     return (
         EvalSummary.model_validate(cand),

@@ -15,6 +15,7 @@ import json
 import logging
 import statistics
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -49,7 +50,12 @@ from loopwright.evaluation.suites import (
     needed_resources,
     sample_share,
 )
-from loopwright.evaluation.targets import LocalModelTarget, Target, resolve_target
+from loopwright.evaluation.targets import (
+    EndpointTarget,
+    LocalModelTarget,
+    Target,
+    resolve_target,
+)
 from loopwright.records import EvalReport, EvalSample, write_jsonl
 from models.generation import DecodingParams
 
@@ -133,6 +139,10 @@ def _requests(target: Target, plan: _Plan) -> tuple[list[GenerationRequest], dic
     return reqs, index
 
 
+_Generations = dict[str, dict[tuple[str, int], Generation]]
+"""Suite name -> (sample id, repeat) -> generation."""
+
+
 def _run_model(
     target: Target,
     plan: _Plan,
@@ -140,10 +150,10 @@ def _run_model(
     engine: EngineConfig,
     progress: Progress | None,
     label: str,
-) -> tuple[dict[str, dict[tuple[str, int], Generation]], GenerationOutcome]:
+) -> tuple[_Generations, GenerationOutcome]:
     reqs, index = _requests(target, plan)
     outcome = generate(target, reqs, store, engine, progress=progress, label=label)
-    gens: dict[str, dict[tuple[str, int], Generation]] = {s.name: {} for s in plan.suites}
+    gens: _Generations = {s.name: {} for s in plan.suites}
     for (suite_name, sid, repeat), key in index.items():
         gens[suite_name][(sid, repeat)] = outcome.by_key[key]
     return gens, outcome
@@ -293,25 +303,26 @@ def evaluate(
         if baseline is not None
         else None
     )
+    arms = [(target, "candidate" if base_target else "generate")]
+    if base_target is not None:
+        arms.append((base_target, "baseline"))
+
+    def run(arm: tuple[Target, str]) -> tuple[_Generations, GenerationOutcome]:
+        arm_target, label = arm
+        store = GenerationStore.for_model(cache, arm_target.model_id)
+        return _run_model(arm_target, plan, store, engine, progress, label)
+
     with _maybe_ray(engine, [target, base_target]):
-        gens, outcome = _run_model(
-            target,
-            plan,
-            GenerationStore.for_model(cache, target.model_id),
-            engine,
-            progress,
-            "candidate" if base_target else "generate",
-        )
-        base_gens = base_outcome = None
-        if base_target is not None:
-            base_gens, base_outcome = _run_model(
-                base_target,
-                plan,
-                GenerationStore.for_model(cache, base_target.model_id),
-                engine,
-                progress,
-                "baseline",
-            )
+        if all(isinstance(t, EndpointTarget) for t, _ in arms):
+            # Endpoints do their work server-side: both arms in flight at once keep both
+            # servers busy (two pinned gateways each generate on their own core; one arm
+            # at a time left a 2-core machine half idle).
+            with ThreadPoolExecutor(len(arms)) as pool:
+                results = list(pool.map(run, arms))
+        else:  # local models share this process's (or Ray's) CPUs: one arm at a time
+            results = [run(arm) for arm in arms]
+    gens, outcome = results[0]
+    base_gens, base_outcome = results[1] if base_target is not None else (None, None)
     rows = _score_all(plan, gens, target.model_id, base_gens)
     base_rows = (
         _score_all(plan, base_gens, base_target.model_id, None)

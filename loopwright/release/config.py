@@ -33,6 +33,9 @@ class ReleaseConfig(BaseModel):
         suites: evaluation suites (None: all of them).
         gate_policy / canary_policy: policy YAML files (None: the packaged defaults).
         suite_dir: folder of suite YAML files (None: the example domain's).
+        eval_workers: Ray generation workers (one CPU thread each) of the gate's raw view
+            and its noise rerun. 2 on the 2-core local machine: one worker left a core
+            idle while candidate and champion were generated one after the other.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -46,6 +49,7 @@ class ReleaseConfig(BaseModel):
     gate_policy: Path | None = None
     canary_policy: Path | None = None
     suite_dir: Path | None = None
+    eval_workers: int = Field(default=2, ge=1)
 
     @model_validator(mode="after")
     def _canary_can_conclude(self) -> ReleaseConfig:

@@ -113,3 +113,28 @@ def test_gateway_serves_the_hf_backend(make_harness, tiny_lm):
     record = h.interactions()[0]
     assert record["completion_tokens"] == body["usage"]["completion_tokens"]
     assert record["response"] == body["choices"][0]["message"]["content"]
+
+
+def test_sampled_requests_that_differ_only_in_seed_share_a_generate_call(tiny_lm, monkeypatch):
+    import models.generation as generation
+
+    calls: list[int] = []
+    real = generation.generate_batch
+
+    def counting(policy, convs, params, batch_size=32):
+        calls.append(len(convs))
+        return real(policy, convs, params, batch_size=batch_size)
+
+    monkeypatch.setattr(generation, "generate_batch", counting)
+    backend = HFBackend(tiny_lm, name="tiny", version="1", max_batch=8, batch_wait_ms=5)
+    conv = [{"role": "user", "content": "How much is the Pro plan?"}]
+    sampled = [DecodingParams(max_new_tokens=4, temperature=0.7, seed=s) for s in range(6)]
+
+    async def run() -> list:
+        return await asyncio.gather(*(backend.generate(conv, p) for p in sampled))
+
+    replies = asyncio.run(run())
+    backend.close()
+    assert len(replies) == 6 and sum(calls) == 6
+    # The evaluation's sampled repeats (seed, seed+1, ...) were one call each before.
+    assert len(calls) < 6 and max(calls) > 1
