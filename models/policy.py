@@ -69,7 +69,8 @@ ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assis
 SPECIAL_TOKENS = [PAD_TOKEN, END_TOKEN, *ROLE_TOKENS.values()]
 
 # `{% generation %}` marks the tokens that carry loss (return_assistant_tokens_mask), so the
-# assistant-only label mask comes from the template rather than from string offsets here.
+# assistant-only label mask comes from the template itself (stock templates without the
+# markers are handled by models.policy_data.assistant_spans).
 # Each content starts with a space so its first word tokenizes as it does mid-sentence
 # ("How" -> " How"; byte-level BPE gives the two unrelated ids). User and system text is
 # lower-cased: a from-scratch model has no notion that "Monthly" and "monthly" are the same
@@ -592,7 +593,7 @@ def finetune_sft(
 
     Args:
         parent_dir: a policy folder (from :func:`train_policy_v1` or any HF causal LM folder
-            whose tokenizer's chat template marks assistant turns with ``{% generation %}``).
+            with a chat template; see :func:`models.policy_data.encode_conversation`).
         new_conversations: rows to learn.
         replay_conversations: rows to keep (the parent's training data or samples of it);
             may repeat rows to weight them up (e.g. benign look-alikes).

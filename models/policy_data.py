@@ -1,9 +1,11 @@
 """Training data for the policy LM: surface noise, assistant-only label masks, length buckets.
 
 Pure functions over conversations and token ids; nothing here touches a model. The label
-mask comes from the chat template itself (``{% generation %}`` blocks and
-``return_assistant_tokens_mask``), so the rule "loss on assistant tokens only" holds for any
-template that marks its assistant turns, not just ours.
+mask comes from the chat template itself: ``{% generation %}`` blocks and
+``return_assistant_tokens_mask`` where the template has them, else the assistant spans found
+by rendering the conversation turn by turn (stock templates: ChatML, Llama, Qwen, SmolLM
+carry no markers). Either way the rule "loss on assistant tokens only" holds for any
+template, not just ours.
 """
 
 from __future__ import annotations
@@ -218,25 +220,63 @@ class EncodedExample:
 def encode_conversation(tokenizer: Any, conversation: Conversation) -> EncodedExample:
     """Render with the tokenizer's chat template and mask everything but assistant tokens.
 
+    Templates with ``{% generation %}`` blocks mark the assistant tokens themselves; for
+    others the assistant spans are found by :func:`assistant_spans`.
+
     Raises:
-        ValueError: the template marks no assistant tokens (it lacks ``{% generation %}``).
+        ValueError: the conversation has no assistant turn, or the template renders a
+            conversation so that its assistant replies cannot be located (see
+            :func:`assistant_spans`).
 
     """
-    enc = tokenizer.apply_chat_template(
-        list(conversation),
-        tokenize=True,
-        return_dict=True,
-        return_assistant_tokens_mask=True,
-    )
-    ids = list(enc["input_ids"])
-    mask = list(enc["assistant_masks"])
-    if not any(mask):
-        raise ValueError(
-            "chat template marked no assistant tokens; wrap assistant content in "
-            "{% generation %}...{% endgeneration %}"
+    if "{% generation %}" in (tokenizer.chat_template or ""):
+        enc = tokenizer.apply_chat_template(
+            list(conversation), tokenize=True, return_dict=True, return_assistant_tokens_mask=True
         )
+        ids, mask = list(enc["input_ids"]), [bool(m) for m in enc["assistant_masks"]]
+    else:
+        text = tokenizer.apply_chat_template(list(conversation), tokenize=False)
+        spans = assistant_spans(tokenizer, conversation, text)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        mask = [any(lo <= start < hi for lo, hi in spans) for start, _ in enc["offset_mapping"]]
+    if not any(mask):
+        raise ValueError("the conversation has no assistant tokens to train on")
     labels = [tok if m else IGNORE_INDEX for tok, m in zip(ids, mask, strict=True)]
     return EncodedExample(input_ids=ids, labels=labels)
+
+
+def assistant_spans(tokenizer: Any, conversation: Conversation, text: str) -> list[tuple[int, int]]:
+    """Character spans of the assistant replies in ``text`` (the rendered conversation).
+
+    Written by hand: transformers finds assistant tokens only through ``{% generation %}``
+    markers, and trl's assistant-only loss needs them too. For each assistant turn ``i``,
+    the conversation up to ``i`` rendered with the generation prompt is a prefix of the
+    conversation through ``i``; what the latter adds (the reply and its end-of-turn
+    tokens) is the span. Stock templates (ChatML, Llama 3, Qwen2, SmolLM2) render this way.
+
+    Raises:
+        ValueError: a rendering is not a prefix of the next (a template that rewrites
+            earlier turns, e.g. one that drops past reasoning); it names the turn.
+
+    """
+    spans = []
+    messages = list(conversation)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = tokenizer.apply_chat_template(
+            messages[:i], tokenize=False, add_generation_prompt=True
+        )
+        through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not (through.startswith(prompt) and text.startswith(through)):
+            raise ValueError(
+                f"chat template: the rendering up to turn {i} is not a prefix of the rendering "
+                "through it, so the assistant reply cannot be located; wrap assistant content "
+                "in {% generation %}...{% endgeneration %}"
+            )
+        spans.append((len(prompt), len(through)))
+    return spans
 
 
 @dataclass

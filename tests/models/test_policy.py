@@ -84,6 +84,33 @@ def test_tokenizer_rejects_a_vocab_without_room_for_bytes() -> None:
         train_tokenizer(_texts(), vocab_size=100)
 
 
+def test_templates_without_generation_markers_get_the_same_assistant_mask() -> None:
+    # Stock templates (ChatML, Llama, Qwen, SmolLM) carry no {% generation %} markers.
+    tok = train_tokenizer(_texts(), vocab_size=400)
+    conv = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What does Pro cost?"},
+        {"role": "assistant", "content": "The Pro plan costs $12 per month."},
+        {"role": "user", "content": "And Team?"},
+        {"role": "assistant", "content": "The Team plan costs $30 per month."},
+    ]
+    marked = encode_conversation(tok, conv)
+    tok.chat_template = tok.chat_template.replace("{% generation %}", "").replace(
+        "{% endgeneration %}", ""
+    )
+    unmarked = encode_conversation(tok, conv)
+    assert unmarked == marked
+
+    # A template that rewrites earlier turns cannot be located: a clear error, not bad labels.
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}"
+        "{% if loop.last %} (last){% endif %}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    with pytest.raises(ValueError, match="not a prefix"):
+        encode_conversation(tok, conv)
+
+
 def test_loss_is_only_on_assistant_tokens() -> None:
     tok = train_tokenizer(_texts(), vocab_size=400)
     conv = [
