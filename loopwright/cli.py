@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
@@ -17,10 +18,9 @@ from loopwright.nightly import NightlyConfig
 from loopwright.simulate import simulate
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from loopwright.console import StageConsole
     from loopwright.demo import DemoOutcome
+    from loopwright.registry import ModelKind
     from loopwright.release.registry_ops import RegistryOps
 
 app = typer.Typer(
@@ -280,6 +280,55 @@ def _model_name(settings: Settings, kind: str) -> str:
         typer.secho(f"unknown kind {kind!r}; valid: policy, guard, reward", fg="red", err=True)
         raise typer.Exit(2)
     return settings.registered_model(kind)  # type: ignore[arg-type]
+
+
+@app.command()
+def register(
+    ctx: typer.Context,
+    folder: Annotated[Path, typer.Argument(help="the model folder to register")],
+    kind: KindOption = "policy",
+    champion: Annotated[
+        bool, typer.Option(help="make it champion (only while the model has none)")
+    ] = False,
+    reason: Annotated[str, typer.Option(help="why (recorded with a promotion)")] = (
+        "registered with loopwright register"
+    ),
+) -> None:
+    """Check a model folder loads and answers as the loop will use it, then register it."""
+    from loopwright.client_env import apply_client_env
+    from loopwright.register import ModelFolderError, check_model_folder, register_model
+
+    settings = _settings(ctx)
+    _model_name(settings, kind)
+    model_kind = cast("ModelKind", kind)
+    try:
+        typer.echo(f"loaded: {check_model_folder(folder, model_kind)}")
+        apply_client_env(settings)
+        done = register_model(settings, folder, model_kind, champion=champion, reason=reason)
+    except ModelFolderError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from None
+    v = done.version
+    state = "registered" if done.created else "already registered (same files)"
+    typer.echo(f"{state}: models:/{v.name}/{v.version}; champion: {done.champion or 'none'}")
+
+
+@app.command()
+def release(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="the registered policy version to release")],
+) -> None:
+    """Release a policy version: gate -> canary -> approval -> promotion (profile settings)."""
+    from loopwright.client_env import apply_client_env
+
+    settings = _settings(ctx)
+    apply_client_env(settings)
+    from flows.release import release_flow
+
+    outcome = release_flow(settings, version, settings.release)
+    typer.echo(f"release of version {version}: {outcome}")
+    if outcome not in ("promoted", "canary serving"):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -22,9 +22,14 @@ if TYPE_CHECKING:
 class Domain(Protocol):
     """The domain-specific parts of the loop.
 
-    Optional: ``declined_alternative(row, rng) -> str``, the reply the policy would slip
-    into instead of a declining row's refusal (the nightly's refusal-boundary DPO rejects
-    it); without it the nightly uses the served fact or another row's answer.
+    Optional:
+
+    - ``declined_alternative(row, rng) -> str``: the reply the policy would slip into
+      instead of a declining row's refusal (the nightly's refusal-boundary DPO rejects it);
+      without it the nightly uses the served fact or another row's answer.
+    - ``knowledge_facts() -> list[loopwright.grounding.Fact]``: what the gateway retrieves
+      from when its ``encoders.kb_path`` is not set; without it (and without ``kb_path``)
+      the gateway serves without retrieval.
     """
 
     def fact_checker(self) -> FactChecker:

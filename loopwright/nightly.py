@@ -67,7 +67,8 @@ class NightlyConfig(BaseModel):
             0.592/0.531/0.562 -> 0.569/0.562/0.562, newly covered refusals
             0.950/0.967/0.983 -> 0.967/0.917/0.933 and look-alike over-refusal over v1
             +0.000/+0.028/+0.028 -> +0.000/+0.083/+0.028.
-        replay_file: the champion's training data, relative to ``data/``.
+        replay_file: the champion's training data, relative to the domain's data folder
+            (``data/<Domain.data_folder()>``).
         boundary_dpo: after SFT, a short DPO (``PolicyConfig.dpo()``: 60 steps of 16 pairs,
             lr 5e-5, SFT term on) on refusal-boundary pairs built from the SFT's own rows in
             the prompts the gateway serves (:func:`models.policy_data.refusal_boundary_pairs`):
@@ -82,13 +83,13 @@ class NightlyConfig(BaseModel):
             sharpening it. Half the steps with twice the SFT term kept the refusal loss
             (0.867 on seed 1) and lost the over-refusal gain (seed 2: 0.083, as SFT alone).
         boundary_benign_per_declined: benign pairs per declined row in that DPO.
-        reward_heldout_file: frozen held-out human pairs, relative to ``data/``, judged at
-            the knowledge the world has now (the embedded default's pairs at its current
-            KB revision): pairs judged before the facts changed would score a refresh that
-            learned the change as wrong.
+        reward_heldout_file: frozen held-out human pairs, relative to the domain's data
+            folder, judged at the knowledge the world has now (the embedded default's pairs
+            at its current KB revision): pairs judged before the facts changed would score
+            a refresh that learned the change as wrong.
         reward_replay_file: the first reward model's training pairs (the bootstrap's),
-            relative to ``data/``; the curated pairs are cumulative, so the two together
-            hold what every refreshed champion was trained on.
+            relative to the domain's data folder; the curated pairs are cumulative, so the
+            two together hold what every refreshed champion was trained on.
         reward_replay_ratio: replayed champion pairs per new pair in the refresh.
             ``bench/guard_quality.py --parts refresh`` on the example domain's reviewer
             pairs, seeds 0/1/2, held-out accuracy at the current revision (v1
@@ -122,11 +123,11 @@ class NightlyConfig(BaseModel):
     finetune_steps: int | None = Field(default=400, ge=1)
     replay_ratio: float = Field(default=4.0, ge=0)
     replay_distill_weight: float = Field(default=0.0, ge=0)
-    replay_file: str = "helpdesk/sft/replay.jsonl"
+    replay_file: str = "sft/replay.jsonl"
     boundary_dpo: bool = False
     boundary_benign_per_declined: float = Field(default=1.0, ge=0)
-    reward_heldout_file: str = "helpdesk/reward/heldout_current.jsonl"
-    reward_replay_file: str = "helpdesk/reward/train.jsonl"
+    reward_heldout_file: str = "reward/heldout_current.jsonl"
+    reward_replay_file: str = "reward/train.jsonl"
     reward_replay_ratio: float = Field(default=4.0, ge=0)
     reward_learning_rate: float = Field(default=5e-5, gt=0, lt=1)
     reward_min_gain: float = Field(default=0.0, ge=0)
@@ -398,7 +399,7 @@ def serving_grounder(settings: Settings, share: float, seed: int) -> Grounder | 
     from loopwright.gateway.components import knowledge_facts, standalone_embedder
     from models.grounding import GroundingConfig, ground_conversations
 
-    facts = knowledge_facts(gateway.encoders)
+    facts = knowledge_facts(gateway.encoders, settings.domain)
     # The guard's embedding branch and the standalone encoder give the same pretrained
     # vectors (models.embedder), so retrieval here matches what the gateway retrieves.
     encoder = standalone_embedder(gateway.encoders)
@@ -486,7 +487,7 @@ def finetune_candidate(
         declined_alternative: the reply a declined row's pair rejects (the domain's, if
             it has one); None: :func:`models.policy_data.context_or_answer_alternative`.
     """
-    from models.helpdesk import read_conversations
+    from loopwright.records import read_conversations
     from models.policy import finetune_sft, train_dpo_conversations
     from models.policy_data import (
         context_or_answer_alternative,

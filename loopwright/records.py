@@ -254,3 +254,42 @@ def write_jsonl(path: str | Path, records: Iterable[BaseModel]) -> int:
             handle.write(to_json_line(record) + "\n")
             count += 1
     return count
+
+
+Conversation = list[dict[str, str]]
+"""A chat as role/content dicts: SFT rows and the conversations the trainers read."""
+
+
+def write_conversations(path: str | Path, conversations: Iterable[Conversation]) -> int:
+    """Write SFT conversations as ``{"messages": [...]}`` lines; returns the count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with path.open("w", encoding="utf-8") as handle:
+        for conv in conversations:
+            handle.write(json.dumps({"messages": conv}, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def read_conversations(path: str | Path) -> list[Conversation]:
+    """Read SFT conversations written by :func:`write_conversations`.
+
+    Raises:
+        RecordError: a line is not JSON, lacks ``messages``, or holds an invalid message;
+            the message names the file and line.
+
+    """
+    out: list[Conversation] = []
+    for _, where, data in jsonl_objects(path):
+        if not isinstance(data.get("messages"), list):
+            raise RecordError(f"{where}: expected an object with a 'messages' list")
+        conv: Conversation = []
+        for i, raw in enumerate(data["messages"]):
+            try:
+                msg = Message.model_validate(raw)
+            except Exception as exc:
+                raise RecordError(f"{where}: message {i} invalid: {exc}") from exc
+            conv.append({"role": msg.role, "content": msg.content})
+        out.append(conv)
+    return out

@@ -145,7 +145,7 @@ def grounded_training_rows(
 
 def train_policy(data_root: Path, config: BootstrapConfig, out_dir: Path) -> dict[str, float]:
     """Train policy v1 from scratch on ``sft/v1.jsonl``; returns training metrics."""
-    from models.helpdesk import read_conversations
+    from loopwright.records import read_conversations
     from models.policy import train_policy_v1
 
     conversations = read_conversations(data_root / DOMAIN_DIR / "sft" / "v1.jsonl")

@@ -118,15 +118,16 @@ def reward_refresh(settings: Settings, data_version: str, config: nightly.Nightl
         log.info("reward refresh already decided for this data: %s", kept)
         return champion_version
     root = nightly.data_dir(settings)
+    domain_root = root / load_domain(settings.domain).data_folder()
     out_dir = settings.run_path / "models" / "reward" / f"nightly-{data_version[:8]}"
     start = time.perf_counter()
     metrics = nightly.refresh_reward(
         champion_dir,
         root / "curated" / "pairs.jsonl",
-        root / config.reward_heldout_file,
+        domain_root / config.reward_heldout_file,
         config,
         out_dir,
-        replay_path=root / config.reward_replay_file,
+        replay_path=domain_root / config.reward_replay_file,
     )
     metrics["stage_seconds"] = time.perf_counter() - start
     if not metrics["keep_new"]:
@@ -226,7 +227,7 @@ def finetune(
     metrics = nightly.finetune_candidate(
         parent_dir,
         root / "curated" / "sft.jsonl",
-        root / config.replay_file,
+        root / domain.data_folder() / config.replay_file,
         config,
         out_dir,
         domain.is_safe_response,

@@ -36,6 +36,7 @@ PLACEHOLDERS = {
     "--to N": "--to 2",  # the candidate the night made (version 2)
     "--finetune-steps N": "--finetune-steps 3",
     "--finetune-seconds S": "--finetune-seconds 3",
+    "register FOLDER": "register {policy_folder}",  # the bootstrap's v1 folder (see Runner)
 }
 # The order commands need (keyed by the subcommand): data and models before a gateway,
 # a gateway before traffic, traffic before a night, a night's candidate before a rollback
@@ -45,6 +46,7 @@ ORDER = [
     "up",
     "status",
     "bootstrap",
+    "register",
     "eval",
     "serve",
     "keys",
@@ -156,6 +158,9 @@ class Runner:
         self.background: dict[str, subprocess.Popen[str]] = {}
 
     def run(self, command: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        if "{policy_folder}" in command:  # registering v1's folder again: reported, exit 0
+            folders = sorted((self.settings.run_path / "models" / "policy").glob("bootstrap-*"))
+            command = command.replace("{policy_folder}", str(folders[-1]))
         env, argv = _split_env(command)
         done = subprocess.run(
             argv,

@@ -136,7 +136,8 @@ def resolve_settings(main: Any, config: Path | None) -> tuple[GatewaySettings, P
                 "tracking_uri": settings.routing.tracking_uri or main.mlflow_tracking_uri,
             }
         )
-        settings = settings.model_copy(update={"routing": routing})
+        domain = settings.domain or getattr(main, "domain", None)
+        settings = settings.model_copy(update={"routing": routing, "domain": domain})
     if settings.log.store_uri:
         from loopwright.storage import ObjectStore
 

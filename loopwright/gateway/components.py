@@ -81,18 +81,6 @@ class Components:
         }
 
 
-def domain_facts(revision: int) -> list[Fact]:
-    """The example domain's knowledge base as retrieval facts (answers keyed by questions).
-
-    Raises:
-        ImportError: the example domain is not installed.
-        ValueError: unknown revision.
-    """
-    from models.helpdesk.plugin import helpdesk_retrieval_facts
-
-    return helpdesk_retrieval_facts(revision)
-
-
 def download_registry_folder(tracking_uri: str, name: str, alias: str, cache: Path) -> Path:
     """Download ``models:/<name>@<alias>`` into ``cache/<name>/<version>`` (once)."""
     from mlflow import MlflowClient
@@ -164,22 +152,30 @@ def load_components(
         elif wants_embed:
             comps.embedder = standalone_embedder(s.encoders)
     if wants_embed:
-        try:
-            comps.facts = knowledge_facts(s.encoders)
-        except ImportError:
-            logger.warning("no kb_path and no example domain installed: no retrieval")
+        comps.facts = knowledge_facts(s.encoders, s.domain)
+        if not comps.facts:
+            logger.warning("no kb_path and no knowledge_facts() from the domain: no retrieval")
     return comps
 
 
-def knowledge_facts(encoders: EncoderSettings) -> list[Fact]:
-    """The facts the gateway retrieves from: ``kb_path``, else the example domain's KB.
+def knowledge_facts(encoders: EncoderSettings, domain: str | None) -> list[Fact]:
+    """The facts the gateway retrieves from: ``kb_path``, else the domain's, else none.
+
+    Args:
+        encoders: the gateway's encoder settings (``kb_path``).
+        domain: ``package.module:attribute`` of the served domain, or None.
 
     Raises:
-        ImportError: no ``kb_path`` and the example domain is not installed.
+        loopwright.domain.DomainError: ``domain`` cannot be loaded.
     """
     if encoders.kb_path:
         return load_facts_jsonl(encoders.kb_path)
-    return domain_facts(encoders.kb_revision)
+    if domain is None:
+        return []
+    from loopwright.domain import load_domain
+
+    provider = getattr(load_domain(domain), "knowledge_facts", None)
+    return list(provider()) if callable(provider) else []
 
 
 def standalone_embedder(encoders: EncoderSettings) -> Any:

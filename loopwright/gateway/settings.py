@@ -118,12 +118,8 @@ class EncoderSettings(_Strict):
             (``routing.source=mlflow``) or runs without a guard (rules only).
         embedder_dir: an embedder folder; None uses the embedder's packaged default.
         runtime: ``onnx`` (the fast path) or ``torch``.
-        kb_path: JSONL of ``{"id", "text"}`` facts for retrieval; None uses the example
-            domain's knowledge base when it is installed.
-        kb_revision: revision of the example domain's knowledge base. Default 2, the
-            world as it stands now (revision 1 is what policy v1 was trained on; users and
-            the evaluation judge against revision 2): with facts injected, the gateway
-            should hand the model today's facts, not the ones it memorised.
+        kb_path: JSONL of ``{"id", "text"}`` facts for retrieval; None asks the domain
+            (:attr:`GatewaySettings.domain`) for its ``knowledge_facts()``, if it has them.
         max_batch: most texts per encoder call when batching concurrent requests.
         threads: intra-op threads of the guard/embedder session (1 keeps latency steady
             on a shared machine; more helps throughput when cores are free).
@@ -137,7 +133,6 @@ class EncoderSettings(_Strict):
     embedder_dir: str | None = None
     runtime: Literal["onnx", "torch"] = "onnx"
     kb_path: str | None = None
-    kb_revision: int = Field(default=2, ge=1)
     max_batch: int = Field(default=32, ge=1)
     threads: int = Field(default=1, ge=1, le=64)
     workers: int = Field(default=2, ge=1, le=64)
@@ -352,8 +347,14 @@ class LogSettings(_Strict):
 
 
 class GatewaySettings(_Strict):
-    """All gateway settings; each control layer can be switched off on its own."""
+    """All gateway settings; each control layer can be switched off on its own.
 
+    ``domain`` is the served domain (``package.module:attribute``, see
+    :mod:`loopwright.domain`); under the main config it is filled from the main config's
+    ``domain``. It supplies the knowledge base when ``encoders.kb_path`` is not set.
+    """
+
+    domain: str | None = Field(default=None, pattern=r"^[\w.]+:\w+$")
     host: str = "127.0.0.1"
     port: int = Field(default=8400, ge=1, le=65535)
     auth: AuthSettings = AuthSettings()

@@ -100,6 +100,7 @@ def eval_gateway_settings(
     gw = settings.gateway
     return gw.model_copy(
         update={
+            "domain": gw.domain or settings.domain,
             "host": "127.0.0.1",
             "rate_limit": gw.rate_limit.model_copy(update={"enabled": False}),
             "backend": gw.backend.model_copy(update={"kind": "hf"}),

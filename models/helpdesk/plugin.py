@@ -122,6 +122,13 @@ class HelpdeskDomain:
         """The example domain's evaluation suites."""
         return Path(__file__).parent / "suites"
 
+    def knowledge_facts(self) -> list[Fact]:
+        """What the gateway retrieves when no ``kb_path`` is set (optional hook).
+
+        The KB at the current revision, answers keyed by their training questions.
+        """
+        return helpdesk_retrieval_facts(self.revision)
+
     def data_folder(self) -> str:
         """``data/helpdesk``: what ``loopwright bootstrap`` writes (replay, frozen sets)."""
         from models.bootstrap import DOMAIN_DIR

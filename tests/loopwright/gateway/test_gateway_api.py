@@ -335,9 +335,9 @@ def test_guard_thresholds_are_configurable(make_harness, tiny_guard):
 
 
 def test_augmentation_adds_versioned_system_prompt_and_retrieval(make_harness, tiny_guard):
-    from loopwright.gateway.components import domain_facts
+    from models.helpdesk.plugin import helpdesk_retrieval_facts
 
-    facts = domain_facts(1)
+    facts = helpdesk_retrieval_facts(1)
     stub = RecordingStub()
     h = make_harness(
         {
@@ -406,9 +406,9 @@ def test_output_rails_redact_leaked_pii_but_not_the_users_own(make_harness):
 
 
 def test_output_grounding_flags_unsupported_figures_and_escalates(make_harness, tiny_guard):
-    from loopwright.gateway.components import domain_facts
+    from models.helpdesk.plugin import helpdesk_retrieval_facts
 
-    facts = domain_facts(1)
+    facts = helpdesk_retrieval_facts(1)
     price_fact = next(f for f in facts if "$" in f.text)
     stub = StubBackend(name="helpdesk-policy", reply="It costs $987.65 per month.")
     h = make_harness(

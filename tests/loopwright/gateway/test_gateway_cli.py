@@ -111,12 +111,18 @@ def test_load_components_builds_guard_embedder_and_facts(tiny_guard, tmp_path):
     from tests.loopwright.gateway.conftest import GUARD_CACHE
 
     settings = GatewaySettings.model_validate(
-        {"encoders": {"guard_dir": str(GUARD_CACHE), "runtime": "torch"}}
+        {
+            "domain": "models.helpdesk.plugin:domain",  # its knowledge_facts() hook
+            "encoders": {"guard_dir": str(GUARD_CACHE), "runtime": "torch"},
+        }
     )
     comps = load_components(settings, tmp_path)
     assert comps.guard is not None and comps.embedder is not None and comps.store is None
     assert len(comps.facts) >= 200 and len({f.id for f in comps.facts}) == len(comps.facts)
     assert comps.embedder.encode(["hello"]).shape == (1, 384)
+    # No kb_path and no domain: the gateway serves without retrieval (no example fallback).
+    bare = load_components(settings.model_copy(update={"domain": None}), tmp_path)
+    assert bare.facts == []
 
 
 @pytest.mark.slow  # a fresh interpreter importing the whole stack: ~10 s idle, more on load

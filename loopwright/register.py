@@ -1,0 +1,173 @@
+"""Register a model folder a user brings: check it loads as the loop will load it, publish it.
+
+``loopwright register FOLDER --kind policy`` is the front door for a team's own model: a
+Hugging Face causal LM folder with a chat template (policy), or a guard / reward folder in
+loopwright's formats. The folder is loaded through the same code the gateway, the
+evaluation and the trainers use, so a folder that registers is one the loop can serve and
+fine-tune. Registration is idempotent (a folder already registered, byte for byte, is
+reported, not registered twice) and the first version of a model may become champion
+directly; any later one goes through the release path (gate, canary, approval).
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from loopwright.config import Settings
+from loopwright.registry import ModelKind, RegisteredVersion, folder_digest
+
+logger = logging.getLogger(__name__)
+
+MODEL_KINDS: tuple[ModelKind, ...] = ("policy", "guard", "reward")
+
+
+class ModelFolderError(ValueError):
+    """A folder the loop cannot load as the kind it was given; the message says why."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What ``register`` did.
+
+    Attributes:
+        version: the registered version (new, or the one already holding this folder).
+        created: False when the same folder was registered before.
+        champion: the champion version after the call (None: no champion yet).
+    """
+
+    version: RegisteredVersion
+    created: bool
+    champion: str | None
+
+
+def check_model_folder(folder: Path, kind: ModelKind) -> str:
+    """Load ``folder`` as the loop will and answer one request with it.
+
+    Returns:
+        A one-line description of what was loaded.
+
+    Raises:
+        ModelFolderError: not a folder, or it does not load or run as ``kind``.
+    """
+    if kind not in MODEL_KINDS:
+        raise ModelFolderError(f"unknown kind {kind!r}; valid: {', '.join(MODEL_KINDS)}")
+    if not folder.is_dir():
+        raise ModelFolderError(f"{folder} is not a folder")
+    try:
+        return _probe(folder, kind)
+    except ModelFolderError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any load failure is the folder's fault here
+        raise ModelFolderError(f"{folder} does not load as a {kind} model: {exc}") from exc
+
+
+def _probe(folder: Path, kind: ModelKind) -> str:
+    if kind == "policy":
+        from models.generation import DecodingParams, generate_batch, load_policy
+
+        if not (folder / "config.json").is_file():
+            raise ModelFolderError(
+                f"{folder}: no config.json; a policy is a Hugging Face causal LM folder "
+                "(save_pretrained of the model and its tokenizer, with a chat template)"
+            )
+        policy = load_policy(folder, device="cpu")
+        reply = generate_batch(
+            policy, [[{"role": "user", "content": "Hello"}]], DecodingParams(max_new_tokens=4)
+        )[0]
+        arch = type(policy.model).__name__
+        params = sum(p.numel() for p in policy.model.parameters())
+        return f"{arch}, {params / 1e6:.1f}M parameters, replied {reply!r}"
+    if kind == "guard":
+        from models.guard import Guard
+
+        scores = Guard.load(folder).scores(["Hello"])[0]
+        return f"guard, labels {', '.join(sorted(scores))}"
+    from models.reward import RewardModel
+
+    score = RewardModel.load(folder).score(["Hello"], ["Hi, how can I help?"])[0]
+    return f"reward model, score of a greeting: {score:.3f}"
+
+
+def register_model(
+    settings: Settings,
+    folder: Path,
+    kind: ModelKind,
+    *,
+    champion: bool = False,
+    actor: str | None = None,
+    reason: str = "registered with loopwright register",
+) -> Registration:
+    """Publish ``folder`` as a new ``<app>-<kind>`` version (once), optionally as champion.
+
+    Args:
+        settings: the stack (registry) and the app name.
+        folder: a folder that passed :func:`check_model_folder`.
+        kind: policy, guard or reward.
+        champion: make this version champion; only when the model has no champion yet
+            (a first registration). Later versions are released through the gate.
+        actor: who registers (recorded with the promotion); default the OS user.
+        reason: why (recorded with the promotion).
+
+    Raises:
+        ModelFolderError: ``champion`` asked for while a champion exists.
+    """
+    from mlflow import MlflowClient
+
+    from loopwright.publish import find_version, publish_model
+    from loopwright.release.approval import ApprovalDecision
+    from loopwright.release.registry_ops import RegistryOps
+
+    name = settings.registered_model(kind)
+    ops = RegistryOps(MlflowClient(), settings.app, settings.run_path / "locks")
+    current = ops.state(name).alias("champion") if _exists(name) else None
+    if champion and current is not None:
+        how = (
+            "loopwright release VERSION (gate, canary, approval)"
+            if kind == "policy"
+            else "the nightly's refresh, or loopwright rollback --to VERSION --kind " + kind
+        )
+        raise ModelFolderError(
+            f"{name} already has champion version {current}; a new version becomes champion "
+            f"through {how}"
+        )
+    digest = folder_digest(folder)
+    existing = find_version(name, {"folder_sha256": digest})
+    version = existing or publish_model(
+        settings,
+        folder,
+        kind,
+        experiment=f"{settings.app}-register",
+        run_name=f"register {kind}",
+        params={"folder": str(folder.resolve())},
+        metrics={},
+        lineage={"origin": "register", "source_folder": str(folder.resolve())},
+    )
+    if champion and current is None:
+        by = actor or getpass.getuser()
+        approval = ApprovalDecision(
+            approved=True, by=by, at=datetime.now(UTC), reason=reason, channel="auto"
+        )
+        ops.promote(
+            name,
+            version.version,
+            approval,
+            expected_champion=None,
+            request_id=f"register-{name}-{version.version}",
+        )
+        current = version.version
+    return Registration(version=version, created=existing is None, champion=current)
+
+
+def _exists(name: str) -> bool:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient().get_registered_model(name)
+    except MlflowException:
+        return False
+    return True
