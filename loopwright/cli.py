@@ -12,6 +12,7 @@ import typer
 import yaml
 
 from loopwright.config import ConfigError, Settings, load_settings, masked_dump
+from loopwright.domain_cli import domain_app
 from loopwright.evaluation.cli import eval_app
 from loopwright.gateway.cli import keys_app, serve
 from loopwright.nightly import NightlyConfig
@@ -33,6 +34,7 @@ config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is
 app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
 app.add_typer(eval_app, name="eval")
+app.add_typer(domain_app, name="domain")
 app.command("serve")(serve)
 app.command("simulate")(simulate)
 
@@ -296,15 +298,26 @@ def register(
 ) -> None:
     """Check a model folder loads and answers as the loop will use it, then register it."""
     from loopwright.client_env import apply_client_env
-    from loopwright.register import ModelFolderError, check_model_folder, register_model
+    from loopwright.domain import load_domain
+    from loopwright.register import (
+        ModelFolderError,
+        check_model_folder,
+        register_model,
+        with_chat_template,
+    )
 
     settings = _settings(ctx)
     _model_name(settings, kind)
     model_kind = cast("ModelKind", kind)
+    template_hook = getattr(load_domain(settings.domain), "chat_template", None)
+    template = template_hook() if kind == "policy" and callable(template_hook) else None
     try:
-        typer.echo(f"loaded: {check_model_folder(folder, model_kind)}")
+        prepared = with_chat_template(folder, template, settings.run_path / "register")
+        typer.echo(f"loaded: {check_model_folder(prepared, model_kind)}")
         apply_client_env(settings)
-        done = register_model(settings, folder, model_kind, champion=champion, reason=reason)
+        done = register_model(
+            settings, prepared, model_kind, champion=champion, reason=reason, source=folder
+        )
     except ModelFolderError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(1) from None
@@ -324,8 +337,11 @@ def release(
     settings = _settings(ctx)
     apply_client_env(settings)
     from flows.release import release_flow
+    from loopwright.release.config import with_domain_policies
 
-    outcome = release_flow(settings, version, settings.release)
+    outcome = release_flow(
+        settings, version, with_domain_policies(settings.release, settings.domain)
+    )
     typer.echo(f"release of version {version}: {outcome}")
     if outcome not in ("promoted", "canary serving"):
         raise typer.Exit(1)

@@ -147,9 +147,12 @@ class Settings(BaseSettings):
         run_dir: every piece of local state, log, PID and temp file lives under it.
         data_repo: the git + DVC repository whose ``data/`` (tracked by ``data.dvc``) holds
             the curated datasets; the project checkout by default.
-        domain: ``package.module:attribute`` of the domain the loop serves (fact checker,
-            refusal test, screening config, evaluation suites; see
-            :class:`loopwright.domain.Domain`); the example help-desk domain by default.
+        domain: the domain the loop serves (fact checker, refusal test, screening config,
+            evaluation suites; see :class:`loopwright.domain.Domain`): a domain folder
+            (``domain.yaml``, :mod:`loopwright.domain_folder`; a relative path is taken
+            from the working directory and stored absolute) or ``package.module:attribute``;
+            the example help-desk domain by default. A folder's ``app`` is the default
+            ``app``.
         managed_services: services ``loopwright up`` starts; the cluster profile
             manages none (they are external).
         nightly: the nightly run's knobs (:class:`loopwright.nightly.NightlyConfig`); the
@@ -171,7 +174,7 @@ class Settings(BaseSettings):
     app: str = Field(default="helpdesk", pattern=r"^[a-z][a-z0-9-]{1,40}$")
     run_dir: Path = Path(".loopwright")
     data_repo: Path = Path(".")
-    domain: str = Field(default="models.helpdesk.plugin:domain", pattern=r"^[\w.]+:\w+$")
+    domain: str = Field(default="models.helpdesk.plugin:domain", min_length=1)
     managed_services: list[ManagedService] = Field(default_factory=lambda: list(MANAGED_SERVICES))
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)
@@ -194,6 +197,19 @@ class Settings(BaseSettings):
         """Order the sources: environment over the YAML profile (given as init kwargs)."""
         # The YAML profile arrives as init kwargs; the environment must override it.
         return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _domain_folder(self) -> Settings:
+        from loopwright.domain_folder import is_domain_folder_spec, load_folder_domain
+
+        if not is_domain_folder_spec(self.domain):
+            return self
+        domain = load_folder_domain(self.domain)  # DomainError (a ValueError) names problems
+        # __dict__: assignment would validate the whole model again (validate_assignment).
+        self.__dict__["domain"] = str(domain.folder)
+        if "app" not in self.model_fields_set:
+            self.__dict__["app"] = domain.app
+        return self
 
     @model_validator(mode="after")
     def _check_local_services(self) -> Settings:

@@ -1,10 +1,11 @@
 """What the platform needs from a domain, and how the configured one is found.
 
-The platform never imports an example domain directly: ``Settings.domain`` names a module
-attribute (``package.module:attribute``) that satisfies :class:`Domain`, and the stages
-ask it for the domain-specific parts (fact checker, refusal test, refusal wording,
-screening thresholds, evaluation suites). A user swaps in their own domain by pointing that
-setting elsewhere.
+The platform never imports an example domain directly: ``Settings.domain`` names either a
+domain folder (``domain.yaml`` and data files, :mod:`loopwright.domain_folder`; no Python
+needed) or a module attribute (``package.module:attribute``) that satisfies
+:class:`Domain`, and the stages ask it for the domain-specific parts (fact checker, refusal
+test, refusal wording, screening thresholds, evaluation suites). A user swaps in their own
+domain by pointing that setting elsewhere.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ class Domain(Protocol):
     - ``knowledge_facts() -> list[loopwright.grounding.Fact]``: what the gateway retrieves
       from when its ``encoders.kb_path`` is not set; without it (and without ``kb_path``)
       the gateway serves without retrieval.
+    - ``system_prompt() -> (version, text)``: what the gateway serves as the system prompt
+      when its config sets none; without it, a generic one.
+    - ``gate_policy() / canary_policy() -> Path | None``: release policies used when the
+      profile's release section names none; without them, the packaged ones.
+    - ``chat_template() -> str | None``: given to registered policies whose tokenizer has
+      no chat template.
     """
 
     def fact_checker(self) -> FactChecker:
@@ -67,12 +74,17 @@ class DomainError(ValueError):
 
 
 def load_domain(spec: str) -> Domain:
-    """Import ``package.module:attribute`` and check that it is a :class:`Domain`.
+    """Load a domain folder, or import ``package.module:attribute``, as a :class:`Domain`.
 
     Raises:
-        DomainError: a malformed spec, a missing module or attribute, or an object that
-            lacks one of the methods (the message names them).
+        DomainError: a folder that fails ``loopwright domain check`` (every problem listed),
+            a malformed spec, a missing module or attribute, or an object that lacks one of
+            the methods (the message names them).
     """
+    from loopwright.domain_folder import is_domain_folder_spec, load_folder_domain
+
+    if is_domain_folder_spec(spec):
+        return load_folder_domain(spec)
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise DomainError(f"domain {spec!r} must look like 'package.module:attribute'")

@@ -392,7 +392,11 @@ def serving_grounder(settings: Settings, share: float, seed: int) -> Grounder | 
     ``share`` of the rows, the facts the gateway would inject (its knowledge base, its
     embedder, ``inject_top_k``, ``min_score``, its system prompt), formatted the same way.
     """
-    gateway = settings.gateway
+    from loopwright.gateway.settings import with_domain_defaults
+
+    gateway = with_domain_defaults(
+        settings.gateway.model_copy(update={"domain": settings.gateway.domain or settings.domain})
+    )
     augment = gateway.augment
     if not (augment.enabled and augment.retrieval and augment.inject_context):
         return None

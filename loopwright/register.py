@@ -92,6 +92,38 @@ def _probe(folder: Path, kind: ModelKind) -> str:
     return f"reward model, score of a greeting: {score:.3f}"
 
 
+def with_chat_template(folder: Path, template: str | None, workdir: Path) -> Path:
+    """``folder``, or a copy of it under ``workdir`` whose tokenizer carries ``template``.
+
+    The copy is made only when ``template`` is given and the folder's tokenizer has no
+    chat template of its own (a model's own template always wins).
+
+    Raises:
+        ModelFolderError: the template does not render a conversation.
+    """
+    if template is None or not (folder / "config.json").is_file():
+        return folder
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from loopwright.domain_check import chat_template_problem
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.chat_template:
+        return folder
+    problem = chat_template_problem(template)
+    if problem:
+        raise ModelFolderError(f"the domain's chat template: {problem}")
+    copy = workdir / folder.resolve().name
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(folder, copy)
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(copy)
+    logger.info("%s has no chat template: registering a copy with the domain's", folder)
+    return copy
+
+
 def register_model(
     settings: Settings,
     folder: Path,
@@ -100,6 +132,7 @@ def register_model(
     champion: bool = False,
     actor: str | None = None,
     reason: str = "registered with loopwright register",
+    source: Path | None = None,
 ) -> Registration:
     """Publish ``folder`` as a new ``<app>-<kind>`` version (once), optionally as champion.
 
@@ -111,6 +144,8 @@ def register_model(
             (a first registration). Later versions are released through the gate.
         actor: who registers (recorded with the promotion); default the OS user.
         reason: why (recorded with the promotion).
+        source: the folder the user named, when ``folder`` is a prepared copy of it
+            (:func:`with_chat_template`); recorded in the lineage. Default ``folder``.
 
     Raises:
         ModelFolderError: ``champion`` asked for while a champion exists.
@@ -142,9 +177,9 @@ def register_model(
         kind,
         experiment=f"{settings.app}-register",
         run_name=f"register {kind}",
-        params={"folder": str(folder.resolve())},
+        params={"folder": str((source or folder).resolve())},
         metrics={},
-        lineage={"origin": "register", "source_folder": str(folder.resolve())},
+        lineage={"origin": "register", "source_folder": str((source or folder).resolve())},
     )
     if champion and current is None:
         by = actor or getpass.getuser()

@@ -141,7 +141,7 @@ class Suite:
 # --------------------------------------------------------------------------- YAML with lines
 
 
-def _line_of(node: yaml.Node | None, loc: Sequence[Any]) -> int:
+def line_of(node: yaml.Node | None, loc: Sequence[Any]) -> int:
     """1-based line of the YAML node at path ``loc`` (the closest existing ancestor)."""
     if node is None:
         return 1
@@ -168,7 +168,12 @@ def _line_of(node: yaml.Node | None, loc: Sequence[Any]) -> int:
     return line
 
 
-def _parse_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+def parse_yaml_with_lines(path: Path) -> tuple[Any, yaml.Node | None]:
+    """``(data, node)`` of a YAML file; the node gives lines to :func:`line_of`.
+
+    Raises:
+        SuiteError: malformed YAML, with ``file:line``.
+    """
     text = path.read_text(encoding="utf-8")
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -203,7 +208,7 @@ def load_suite(
 
     """
     path = Path(path)
-    data, node = _parse_yaml(path)
+    data, node = parse_yaml_with_lines(path)
     if not isinstance(data, dict):
         raise SuiteError(f"{path}:1: a suite file must be a mapping of keys, got {type(data)}")
     try:
@@ -218,12 +223,12 @@ def load_suite(
             if "decoding" in loc:
                 model = DecodingOverrides  # type: ignore[assignment]
             valid = f"; valid keys: {sorted(model.model_fields)}"
-        raise SuiteError(f"{path}:{_line_of(node, loc)}: {where}: {err['msg']}{valid}") from exc
+        raise SuiteError(f"{path}:{line_of(node, loc)}: {where}: {err['msg']}{valid}") from exc
 
     built: list[BuiltScorer] = []
     seen: set[str] = set()
     for i, entry in enumerate(spec.scorers):
-        line = _line_of(node, ("scorers", i))
+        line = line_of(node, ("scorers", i))
         try:
             scorer = build_scorer(
                 entry.scorer,
@@ -246,12 +251,12 @@ def load_suite(
         built.append(scorer)
     if spec.primary is not None and spec.primary not in seen:
         raise SuiteError(
-            f"{path}:{_line_of(node, ('primary',))}: primary {spec.primary!r} is not a metric "
+            f"{path}:{line_of(node, ('primary',))}: primary {spec.primary!r} is not a metric "
             f"of this suite; metrics: {sorted(seen)}"
         )
     if spec.repeats > 1 and (spec.decoding.temperature or 0.0) <= 0.0:
         raise SuiteError(
-            f"{path}:{_line_of(node, ('repeats',))}: repeats={spec.repeats} with greedy "
+            f"{path}:{line_of(node, ('repeats',))}: repeats={spec.repeats} with greedy "
             "decoding gives identical repeats; set decoding.temperature > 0"
         )
     sample_path = Path(data_root) / spec.samples
@@ -331,13 +336,13 @@ def discover_suites(
     # Parse names first so a request for one suite does not fail on another's resources.
     by_name: dict[str, Path] = {}
     for f in files:
-        data, node = _parse_yaml(f)
+        data, node = parse_yaml_with_lines(f)
         name = data.get("name") if isinstance(data, dict) else None
         if not isinstance(name, str):
             raise SuiteError(f"{f}:1: suite file has no name")
         if name in by_name:
             raise SuiteError(
-                f"{f}:{_line_of(node, ('name',))}: suite name {name!r} also used by {by_name[name]}"
+                f"{f}:{line_of(node, ('name',))}: suite name {name!r} also used by {by_name[name]}"
             )
         by_name[name] = f
     wanted = sorted(by_name) if names == "all" else list(names)
@@ -364,7 +369,7 @@ def needed_resources(suite_dir: str | Path) -> dict[str, list[str]]:
     """Which resources (reward, guard) each suite of a folder needs, without building it."""
     out: dict[str, list[str]] = {}
     for f in sorted([*Path(suite_dir).glob("*.yaml"), *Path(suite_dir).glob("*.yml")]):
-        data, _ = _parse_yaml(f)
+        data, _ = parse_yaml_with_lines(f)
         if not isinstance(data, Mapping):
             continue
         needs: set[str] = set()

@@ -11,9 +11,10 @@ from typing import Annotated, Any
 
 import typer
 
+from loopwright.domain import DomainError
 from loopwright.gateway.components import SettingsError, load_settings
 from loopwright.gateway.keys import ROLES, KeyStore, KeyStoreError
-from loopwright.gateway.settings import GatewaySettings
+from loopwright.gateway.settings import GatewaySettings, with_domain_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,8 @@ def resolve_settings(main: Any, config: Path | None) -> tuple[GatewaySettings, P
     ``main`` is the main loopwright config (``loopwright.config.Settings``) when the command
     runs under the main CLI, else None. Gateway settings come from ``--config`` when given,
     else from ``main.gateway`` when the main config carries them, else defaults; the
-    application name, MLflow URI and object store are filled from ``main``.
+    application name, MLflow URI and object store are filled from ``main``, the system
+    prompt from the domain when the settings leave it unset.
     """
     try:
         if config is not None or main is None or getattr(main, "gateway", None) is None:
@@ -138,6 +140,10 @@ def resolve_settings(main: Any, config: Path | None) -> tuple[GatewaySettings, P
         )
         domain = settings.domain or getattr(main, "domain", None)
         settings = settings.model_copy(update={"routing": routing, "domain": domain})
+    try:
+        settings = with_domain_defaults(settings)
+    except DomainError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     if settings.log.store_uri:
         from loopwright.storage import ObjectStore
 

@@ -139,10 +139,17 @@ class EncoderSettings(_Strict):
 
 
 class SystemPromptSettings(_Strict):
-    """The versioned system prompt the gateway puts first in every conversation."""
+    """The versioned system prompt the gateway puts first in every conversation.
 
-    version: str = "helpdesk-v1"
-    text: str = "You are the help-desk assistant. Answer briefly and only from known facts."
+    Unset in the config, the served domain's ``system_prompt()`` supplies it
+    (:func:`with_domain_defaults`); these defaults serve a domain without one.
+    """
+
+    version: str = Field(default="default-v1", min_length=1)
+    text: str = Field(
+        default="You are a helpful assistant. Answer briefly and only from known facts.",
+        min_length=1,
+    )
 
 
 class AugmentSettings(_Strict):
@@ -349,12 +356,13 @@ class LogSettings(_Strict):
 class GatewaySettings(_Strict):
     """All gateway settings; each control layer can be switched off on its own.
 
-    ``domain`` is the served domain (``package.module:attribute``, see
+    ``domain`` is the served domain (a domain folder or ``package.module:attribute``, see
     :mod:`loopwright.domain`); under the main config it is filled from the main config's
-    ``domain``. It supplies the knowledge base when ``encoders.kb_path`` is not set.
+    ``domain``. It supplies the knowledge base when ``encoders.kb_path`` is not set and the
+    system prompt when ``augment.system_prompt`` is not set (:func:`with_domain_defaults`).
     """
 
-    domain: str | None = Field(default=None, pattern=r"^[\w.]+:\w+$")
+    domain: str | None = Field(default=None, min_length=1)
     host: str = "127.0.0.1"
     port: int = Field(default=8400, ge=1, le=65535)
     auth: AuthSettings = AuthSettings()
@@ -383,3 +391,25 @@ class GatewaySettings(_Strict):
                 "escalation": self.escalation.model_copy(update={"enabled": False}),
             }
         )
+
+
+def with_domain_defaults(settings: GatewaySettings) -> GatewaySettings:
+    """``settings`` with what the config leaves unset filled from the served domain.
+
+    Filled: ``augment.system_prompt`` from the domain's optional ``system_prompt()`` hook,
+    when the config does not set it (a set one always wins).
+
+    Raises:
+        loopwright.domain.DomainError: ``domain`` cannot be loaded.
+    """
+    if settings.domain is None or "system_prompt" in settings.augment.model_fields_set:
+        return settings
+    from loopwright.domain import load_domain
+
+    provider = getattr(load_domain(settings.domain), "system_prompt", None)
+    if not callable(provider):
+        return settings
+    version, text = provider()
+    prompt = SystemPromptSettings(version=version, text=text)
+    augment = settings.augment.model_copy(update={"system_prompt": prompt})
+    return settings.model_copy(update={"augment": augment})

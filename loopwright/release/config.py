@@ -66,3 +66,29 @@ class ReleaseConfig(BaseModel):
                 f"canary_policy whose min_duration_s <= {self.max_canary_s:g}"
             )
         return self
+
+
+def with_domain_policies(config: ReleaseConfig, domain: str) -> ReleaseConfig:
+    """``config`` with the gate and canary policies it leaves unset taken from the domain.
+
+    A domain's optional ``gate_policy()`` / ``canary_policy()`` hooks name its files; the
+    packaged policies remain the fallback. The result is validated again (the canary
+    timing must let the domain's canary policy conclude).
+
+    Raises:
+        loopwright.domain.DomainError: ``domain`` cannot be loaded.
+        pydantic.ValidationError: the domain's canary policy cannot conclude within
+            ``max_canary_s``.
+    """
+    from loopwright.domain import load_domain
+
+    loaded = load_domain(domain)
+    update: dict[str, Path] = {}
+    for key in ("gate_policy", "canary_policy"):
+        provider = getattr(loaded, key, None)
+        path = provider() if getattr(config, key) is None and callable(provider) else None
+        if path is not None:
+            update[key] = path
+    if not update:
+        return config
+    return ReleaseConfig.model_validate({**config.model_dump(), **update})

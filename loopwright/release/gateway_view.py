@@ -29,7 +29,7 @@ from typing import Any
 
 from loopwright.config import Settings
 from loopwright.evaluation.targets import EndpointTarget, folder_content_hash
-from loopwright.gateway.settings import GatewaySettings
+from loopwright.gateway.settings import GatewaySettings, with_domain_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +97,11 @@ def eval_gateway_settings(
     inference timeout is long; the guard is the folder resolved once for both arms; the
     log is never shipped and is spooled under ``log_dir``.
     """
-    gw = settings.gateway
+    gw = with_domain_defaults(
+        settings.gateway.model_copy(update={"domain": settings.gateway.domain or settings.domain})
+    )
     return gw.model_copy(
         update={
-            "domain": gw.domain or settings.domain,
             "host": "127.0.0.1",
             "rate_limit": gw.rate_limit.model_copy(update={"enabled": False}),
             "backend": gw.backend.model_copy(update={"kind": "hf"}),

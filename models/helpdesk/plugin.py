@@ -129,6 +129,12 @@ class HelpdeskDomain:
         """
         return helpdesk_retrieval_facts(self.revision)
 
+    def system_prompt(self) -> tuple[str, str]:
+        """``(version, text)``: the system prompt the example's training rows carry (hook)."""
+        from models.helpdesk.generate import SYSTEM_PROMPT
+
+        return "helpdesk-v1", SYSTEM_PROMPT
+
     def data_folder(self) -> str:
         """``data/helpdesk``: what ``loopwright bootstrap`` writes (replay, frozen sets)."""
         from models.bootstrap import DOMAIN_DIR

@@ -29,7 +29,8 @@ from models.helpdesk.plugin import helpdesk_retrieval_facts
 from models.helpdesk.safety import CATEGORIES, REFUSAL_TEXT
 from models.helpdesk.templates import questions
 
-SYSTEM = AugmentSettings().system_prompt.text
+# What the gateway serves on the example domain (its system_prompt() hook).
+SYSTEM = SYSTEM_PROMPT
 
 
 @pytest.fixture(scope="module")
