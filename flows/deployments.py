@@ -22,7 +22,7 @@ from loopwright.client_env import apply_client_env
 from loopwright.config import Settings, load_settings
 from loopwright.nightly import NightlyStage
 from loopwright.release.canary_wait import CanaryRun
-from loopwright.release.config import ReleaseConfig, with_domain_policies
+from loopwright.release.config import ReleaseConfig
 from models.bootstrap import BootstrapConfig
 from tasks.demo import rollback
 
@@ -37,14 +37,10 @@ def _settings(profile: str) -> Settings:
 
 
 def _release(settings: Settings, auto_approve: bool | None) -> ReleaseConfig:
-    """The profile's release section with the domain's policies where it names none.
-
-    ``auto_approve`` (None: the profile's) overrides.
-    """
-    config = with_domain_policies(settings.release, settings.domain)
+    """The profile's release section; ``auto_approve`` (None: the profile's) overrides."""
     if auto_approve is None:
-        return config
-    return config.model_copy(update={"auto_approve": auto_approve})
+        return settings.release
+    return settings.release.model_copy(update={"auto_approve": auto_approve})
 
 
 @flow(name="nightly-loop", log_prints=True)

@@ -75,7 +75,7 @@ def nightly_stage_flow(settings: Settings, stage: NightlyStage, config: NightlyC
         return str(check)
     if stage == "curate":
         return str(curate_batch(settings, batch))
-    reward = current_version(settings, "reward")
-    if version is None or reward is None:
-        raise ValueError("fine-tuning needs a data snapshot and a reward champion")
+    if version is None:
+        raise ValueError("fine-tuning needs a data snapshot; run the snapshot stage first")
+    reward = current_version(settings, "reward") or "none"
     return finetune(settings, batch, version, reward, config).version

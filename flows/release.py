@@ -25,7 +25,7 @@ from loopwright.config import Settings
 from loopwright.release.approval import render_evidence_markdown
 from loopwright.release.canary import CanaryVerdict
 from loopwright.release.canary_wait import CanaryRun, CanaryStep, first_check_at, next_canary_step
-from loopwright.release.config import ReleaseConfig
+from loopwright.release.config import ReleaseConfig, with_domain_policies
 from tasks.nightly import current_version
 from tasks.release import (
     analyse_canary,
@@ -48,7 +48,8 @@ def release_flow(
     Args:
         settings: the stack; a deployed check reloads it from ``settings.profile``.
         candidate: the policy version to release.
-        config: gate and canary policies, canary timing, approval.
+        config: gate and canary policies (unset: the domain's, else the packaged ones),
+            canary timing, approval.
         recheck: ``<flow>/<deployment>`` of the canary check: the canary's analyses then
             run as scheduled runs of it and this run ends once the canary serves. None:
             they run here, and this run waits for them.
@@ -59,6 +60,7 @@ def release_flow(
         ``not approved`` (rejection or timeout), or ``canary serving`` (deployed: the checks
         decide later).
     """
+    config = with_domain_policies(config, settings.domain)
     champion = current_version(settings, "policy")
     summary, champion_summary = evaluate_candidate(
         settings,

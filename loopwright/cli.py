@@ -337,11 +337,8 @@ def release(
     settings = _settings(ctx)
     apply_client_env(settings)
     from flows.release import release_flow
-    from loopwright.release.config import with_domain_policies
 
-    outcome = release_flow(
-        settings, version, with_domain_policies(settings.release, settings.domain)
-    )
+    outcome = release_flow(settings, version, settings.release)
     typer.echo(f"release of version {version}: {outcome}")
     if outcome not in ("promoted", "canary serving"):
         raise typer.Exit(1)

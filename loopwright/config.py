@@ -22,7 +22,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from loopwright.gateway.settings import GatewaySettings
 from loopwright.nightly import NightlyConfig
-from loopwright.release.config import ReleaseConfig
+from loopwright.release.config import ReleaseConfig, with_domain_policies
 
 ENV_PREFIX = "LOOPWRIGHT_"
 ENV_NESTING = "__"
@@ -209,6 +209,15 @@ class Settings(BaseSettings):
         self.__dict__["domain"] = str(domain.folder)
         if "app" not in self.model_fields_set:
             self.__dict__["app"] = domain.app
+        return self
+
+    @model_validator(mode="after")
+    def _release_can_conclude(self) -> Settings:
+        # The canary policy that will judge a release is only known with the domain.
+        try:
+            with_domain_policies(self.release, self.domain)
+        except ValidationError as exc:
+            raise ValueError(f"release: {exc.errors()[0]['msg']}") from None
         return self
 
     @model_validator(mode="after")

@@ -211,13 +211,22 @@ def stage_batch(settings: Settings) -> int:
     return batch
 
 
+class _NoGuard:
+    """Screening without a guard model: no text is flagged by it (the rules still run)."""
+
+    def scores(self, texts: Sequence[str]) -> list[dict[str, float]]:
+        return [{} for _ in texts]
+
+
 def check_stage(
-    settings: Settings, batch: int, guard_dir: Path, max_negative_share: float = 0.6
+    settings: Settings, batch: int, guard_dir: Path | None, max_negative_share: float = 0.6
 ) -> CheckResult:
     """Validate (Great Expectations) then screen (guard, fact checker) one staged batch.
 
     A failed batch is rejected whole (all rows quarantined with reasons) by the data
-    library, so it can never be committed; the verdict says why.
+    library, so it can never be committed; the verdict says why. Without a guard
+    (``guard_dir`` None: no guard champion) screening runs its rules only and the result's
+    ``counts["skipped"]`` says so.
     """
     from loopwright.data.contracts import ContractConfig, validate_batch
     from loopwright.data.screening import screen_batch
@@ -231,10 +240,11 @@ def check_stage(
     validation = validate_batch(production, batch, docs, contracts)
     if not validation.passed:
         return CheckResult(batch, False, list(validation.reasons), str(docs), {})
+    skipped = {} if guard_dir is not None else {"guard": "no guard champion: rules only"}
     screening = screen_batch(
         production,
         batch,
-        Guard.load(guard_dir),
+        Guard.load(guard_dir) if guard_dir is not None else _NoGuard(),
         domain.fact_checker(),
         domain.screening_config(),
         is_refusal=domain.is_safe_response,
@@ -244,7 +254,7 @@ def check_stage(
         screening.passed,
         list(screening.reasons),
         str(docs),
-        {"validation": validation.counts, "screening": screening.counts},
+        {"validation": validation.counts, "screening": screening.counts, "skipped": skipped},
     )
 
 
@@ -404,6 +414,9 @@ def serving_grounder(settings: Settings, share: float, seed: int) -> Grounder | 
     from models.grounding import GroundingConfig, ground_conversations
 
     facts = knowledge_facts(gateway.encoders, settings.domain)
+    if not facts:
+        logger.info("the gateway retrieves nothing (no knowledge base): rows stay ungrounded")
+        return None
     # The guard's embedding branch and the standalone encoder give the same pretrained
     # vectors (models.embedder), so retrieval here matches what the gateway retrieves.
     encoder = standalone_embedder(gateway.encoders)
@@ -479,7 +492,8 @@ def finetune_candidate(
     Args:
         parent_dir: the champion's model folder.
         sft_path: curated SFT rows (the new knowledge).
-        replay_path: rows the champion already knows (its training data, weighted).
+        replay_path: rows the champion already knows (its training data, weighted); a
+            missing file trains on the new rows alone (logged).
         config: budgets, replay ratio, pseudoword share, seed.
         out_dir: where the candidate folder is written.
         is_safe_response: the domain's refusal test; refused replay rows get no
@@ -512,8 +526,15 @@ def finetune_candidate(
     # uncovered-category refusals stayed above v1 (0.70 vs 0.50 with training templates).
     grounded = ground(curated) if ground is not None else curated
     new_rows = with_pseudowords(grounded, config.pseudoword_share, config.seed + 1, answered)
+    if not replay_path.is_file():
+        logger.warning(
+            "no replay rows (%s): the candidate trains on the new rows only", replay_path
+        )
     replay = with_pseudowords(
-        read_conversations(replay_path), config.pseudoword_share, config.seed, answered
+        read_conversations(replay_path) if replay_path.is_file() else [],
+        config.pseudoword_share,
+        config.seed,
+        answered,
     )
     sft_config, dpo_config = finetune_configs(config)
     trained_rows = [*new_rows, *replay]
@@ -536,8 +557,8 @@ def finetune_candidate(
         replay,
         sft_config,
         sft_dir,
-        replay_ratio=config.replay_ratio,
-        distill_weight=config.replay_distill_weight,
+        replay_ratio=config.replay_ratio if replay else 0.0,
+        distill_weight=config.replay_distill_weight if replay else 0.0,
     )
     metrics: dict[str, float] = result.metrics()
     if pairs:

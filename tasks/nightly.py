@@ -73,10 +73,18 @@ def untrained_batch(settings: Settings) -> int | None:
 def check_batch(
     settings: Settings, batch: int, config: nightly.NightlyConfig
 ) -> nightly.CheckResult:
-    """Great Expectations contracts, then guard / fact / poisoning screening."""
-    guard_dir, _ = _champion_dir(settings, "guard")
+    """Great Expectations contracts, then guard / fact / poisoning screening.
+
+    Without a guard champion the screening runs its rules only (logged, and in the counts).
+    """
+    log = get_run_logger()
+    guard_dir = _champion_dir(settings, "guard")[0] if current_version(settings, "guard") else None
+    if guard_dir is None:
+        log.warning(
+            "no %s champion: screening runs its rules only", settings.registered_model("guard")
+        )
     result = nightly.check_stage(settings, batch, guard_dir, config.max_negative_share)
-    get_run_logger().info("batch %d passed=%s %s", batch, result.passed, result.reasons)
+    log.info("batch %d passed=%s %s %s", batch, result.passed, result.reasons, result.counts)
     return result
 
 
@@ -99,8 +107,30 @@ def snapshot_data(settings: Settings) -> str:
 # way), so under log_prints the hashes went wrong and the log filled with bytecode listings.
 @task(name="reward-refresh", log_prints=False)
 def reward_refresh(settings: Settings, data_version: str, config: nightly.NightlyConfig) -> str:
-    """Continue the reward champion on new pairs; keep it only if it beats the old one."""
+    """Continue the reward champion on new pairs; keep it only if it beats the old one.
+
+    Returns:
+        The reward champion's version after the refresh, or ``"none"`` when there is no
+        reward champion or no held-out pairs to judge a refresh by (skipped; the reason is
+        recorded as an MLflow run of the nightly experiment).
+    """
     log = get_run_logger()
+    experiment = f"{settings.app}-nightly"
+    domain_root = nightly.data_dir(settings) / load_domain(settings.domain).data_folder()
+    skipped = _reward_refresh_skipped(settings, domain_root / config.reward_heldout_file)
+    if skipped is not None:
+        log.warning("reward refresh skipped: %s", skipped)
+        lineage = {"data_version": data_version, "origin": "nightly", "config": config.digest()}
+        if find_outcome(experiment, lineage) is None:
+            record_outcome(
+                experiment=experiment,
+                run_name="reward-refresh",
+                params=config.model_dump(),
+                metrics={},
+                lineage=lineage,
+                outcome=f"skipped: {skipped}",
+            )
+        return current_version(settings, "reward") or "none"
     champion_dir, champion_version = _champion_dir(settings, "reward")
     lineage = {
         "data_version": data_version,
@@ -112,13 +142,11 @@ def reward_refresh(settings: Settings, data_version: str, config: nightly.Nightl
     if done is not None:  # published by an earlier run; finish its promotion if it died
         _promote_internal(settings, done, champion_version, "refreshed on this data earlier")
         return done.version
-    experiment = f"{settings.app}-nightly"
     kept = find_outcome(experiment, lineage)
     if kept is not None:  # an earlier run refreshed it and kept the old one: no retraining
         log.info("reward refresh already decided for this data: %s", kept)
         return champion_version
     root = nightly.data_dir(settings)
-    domain_root = root / load_domain(settings.domain).data_folder()
     out_dir = settings.run_path / "models" / "reward" / f"nightly-{data_version[:8]}"
     start = time.perf_counter()
     metrics = nightly.refresh_reward(
@@ -161,6 +189,15 @@ def reward_refresh(settings: Settings, data_version: str, config: nightly.Nightl
     )
     _promote_internal(settings, version, champion_version, reason)
     return version.version
+
+
+def _reward_refresh_skipped(settings: Settings, heldout: Path) -> str | None:
+    """Why the reward refresh cannot run (None: it can)."""
+    if current_version(settings, "reward") is None:
+        return f"no {settings.registered_model('reward')} champion to refresh"
+    if not heldout.is_file():
+        return f"no held-out preference pairs ({heldout}) to judge a refresh by"
+    return None
 
 
 def _promote_internal(

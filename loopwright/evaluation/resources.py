@@ -92,6 +92,21 @@ def champion_refs(settings: Settings, alias: str = "champion") -> dict[str, str]
     }
 
 
+def champion_resources(settings: Settings, download_root: Path) -> ScorerResources:
+    """The reward model and guard champions that exist, loaded; a missing one is None.
+
+    Suites whose scorers need a missing one are skipped by the evaluation (and say so);
+    each missing champion is logged here.
+    """
+    refs = champion_refs(settings)
+    present = {kind: uri for kind, uri in refs.items() if registered(uri)}
+    for kind in sorted(refs.keys() - present.keys()):
+        logger.warning("no %s champion (%s): suites that need it are skipped", kind, refs[kind])
+    return load_resources(
+        reward=present.get("reward"), guard=present.get("guard"), download_root=download_root
+    )
+
+
 def registered(uri: str) -> bool:
     """Whether a ``models:/NAME@ALIAS`` (or ``models:/NAME/N``) URI names a version.
 

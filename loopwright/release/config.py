@@ -54,9 +54,13 @@ class ReleaseConfig(BaseModel):
     @model_validator(mode="after")
     def _canary_can_conclude(self) -> ReleaseConfig:
         # Imported here: the policy module pulls numpy, and every command loads the config.
-        from loopwright.release.canary import default_canary_policy_path, load_canary_policy
+        from loopwright.release.canary import load_canary_policy
 
-        path = self.canary_policy or default_canary_policy_path()
+        # Unset, the policy is the domain's or the packaged one: with_domain_policies
+        # names it and checks again.
+        if self.canary_policy is None:
+            return self
+        path = self.canary_policy
         policy = load_canary_policy(path)
         if self.max_canary_s < policy.min_duration_s:
             raise ValueError(
@@ -69,11 +73,11 @@ class ReleaseConfig(BaseModel):
 
 
 def with_domain_policies(config: ReleaseConfig, domain: str) -> ReleaseConfig:
-    """``config`` with the gate and canary policies it leaves unset taken from the domain.
+    """``config`` with every policy named: those it leaves unset from the domain, else packaged.
 
     A domain's optional ``gate_policy()`` / ``canary_policy()`` hooks name its files; the
-    packaged policies remain the fallback. The result is validated again (the canary
-    timing must let the domain's canary policy conclude).
+    packaged policies are the fallback. The result is validated again (the canary timing
+    must let the canary policy that will judge it conclude). Idempotent.
 
     Raises:
         loopwright.domain.DomainError: ``domain`` cannot be loaded.
@@ -81,14 +85,16 @@ def with_domain_policies(config: ReleaseConfig, domain: str) -> ReleaseConfig:
             ``max_canary_s``.
     """
     from loopwright.domain import load_domain
+    from loopwright.release.canary import default_canary_policy_path
+    from loopwright.release.gate_policy import default_policy_path
 
-    loaded = load_domain(domain)
-    update: dict[str, Path] = {}
-    for key in ("gate_policy", "canary_policy"):
-        provider = getattr(loaded, key, None)
-        path = provider() if getattr(config, key) is None and callable(provider) else None
-        if path is not None:
-            update[key] = path
-    if not update:
+    if config.gate_policy is not None and config.canary_policy is not None:
         return config
+    loaded = load_domain(domain)
+    packaged = {"gate_policy": default_policy_path(), "canary_policy": default_canary_policy_path()}
+    update: dict[str, Path] = {}
+    for key, fallback in packaged.items():
+        if getattr(config, key) is None:
+            provider = getattr(loaded, key, None)
+            update[key] = (provider() if callable(provider) else None) or fallback
     return ReleaseConfig.model_validate({**config.model_dump(), **update})

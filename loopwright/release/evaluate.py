@@ -126,15 +126,10 @@ def evaluate_for_gate(
 
     """
     from loopwright.evaluation.engine import EngineConfig
-    from loopwright.evaluation.resources import load_resources
+    from loopwright.evaluation.resources import champion_resources
 
     policy = policy or load_gate_policy()
-    cache = settings.run_path / "model-cache"
-    resources = load_resources(
-        reward=f"models:/{settings.registered_model('reward')}@champion",
-        guard=f"models:/{settings.registered_model('guard')}@champion",
-        download_root=cache,
-    )
+    resources = champion_resources(settings, settings.run_path / "model-cache")
     common: dict[str, Any] = {
         "suite_dir": suite_dir,
         "data_root": data_root,

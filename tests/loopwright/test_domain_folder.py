@@ -173,6 +173,7 @@ def test_hooks_replace_the_generic_rules(broken, monkeypatch):
 
 def test_the_profile_serves_a_folder_its_prompt_its_app_and_its_policies(skeleton, tmp_path):
     from loopwright.gateway.settings import with_domain_defaults
+    from loopwright.release import canary
     from loopwright.release.config import with_domain_policies
     from loopwright.release.gate_policy import default_policy_path
 
@@ -206,7 +207,15 @@ def test_the_profile_serves_a_folder_its_prompt_its_app_and_its_policies(skeleto
 
         release = with_domain_policies(settings.release, settings.domain)
         assert release.gate_policy == skeleton.resolve() / "gate.yaml"
-        assert release.canary_policy is None
+        assert release.canary_policy == canary.default_canary_policy_path()  # packaged
+        # The profile's canary timing is checked against the policy that will judge it.
+        short = skeleton / "canary.yaml"
+        short.write_text(canary.default_canary_policy_path().read_text().replace("600", "5"))
+        _edit(skeleton / "domain.yaml", "# canary_policy:", "canary_policy: canary.yaml #")
+        env = {"LOOPWRIGHT_DOMAIN": str(skeleton), "LOOPWRIGHT_RELEASE__MAX_CANARY_S": "60"}
+        assert load_settings("local", env=env).release.max_canary_s == 60
+        with pytest.raises(ConfigError, match="shorter than the canary policy's min_duration_s"):
+            load_settings("local", env={**env, "LOOPWRIGHT_DOMAIN": "models.helpdesk.plugin:domain"})
     finally:
         _edit(
             skeleton / "domain.yaml",
