@@ -215,7 +215,9 @@ def test_the_profile_serves_a_folder_its_prompt_its_app_and_its_policies(skeleto
         env = {"LOOPWRIGHT_DOMAIN": str(skeleton), "LOOPWRIGHT_RELEASE__MAX_CANARY_S": "60"}
         assert load_settings("local", env=env).release.max_canary_s == 60
         with pytest.raises(ConfigError, match="shorter than the canary policy's min_duration_s"):
-            load_settings("local", env={**env, "LOOPWRIGHT_DOMAIN": "models.helpdesk.plugin:domain"})
+            load_settings(
+                "local", env={**env, "LOOPWRIGHT_DOMAIN": "models.helpdesk.plugin:domain"}
+            )
     finally:
         _edit(
             skeleton / "domain.yaml",
