@@ -35,11 +35,14 @@ class DomainReport:
         spec: the parsed ``domain.yaml`` (None when it does not parse).
         problems: one line each, ``file:line: field: message``.
         checked: what was looked at and found valid, one line each.
+        warnings: what is valid but cannot work as meant yet (e.g. fewer samples than the
+            gate needs), one line each.
     """
 
     spec: DomainSpec | None = None
     problems: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def check_domain_folder(folder: str | Path, *, deep: bool = True) -> DomainReport:
@@ -258,6 +261,7 @@ def _check_suites(folder: Path, spec: DomainSpec, report: DomainReport) -> None:
         )
     resources = _placeholder_resources()
     valid = True
+    per_dimension: dict[str, int] = {}
     for path in files:  # one by one, so one bad suite does not hide the others' problems
         try:
             suite = load_suite(path, data_root=folder, resources=resources)
@@ -267,11 +271,42 @@ def _check_suites(folder: Path, spec: DomainSpec, report: DomainReport) -> None:
             valid = False
         else:
             report.checked.append(f"suite {suite.name} ({suite.dimension}): {len(samples)} samples")
+            per_dimension[suite.dimension] = per_dimension.get(suite.dimension, 0) + len(samples)
     if valid and files:
         try:  # what only the folder as a whole can get wrong: names and metrics used twice
             discover_suites(suite_dir, data_root=folder, resources=resources)
         except SuiteError as exc:
             report.problems.append(str(exc))
+    if valid:
+        _check_gate_coverage(folder, spec, per_dimension, report)
+
+
+def _check_gate_coverage(
+    folder: Path, spec: DomainSpec, per_dimension: dict[str, int], report: DomainReport
+) -> None:
+    """Warn where the gate policy cannot judge: no suite for a key, fewer samples than min_n."""
+    from loopwright.release.gate_policy import default_policy_path, load_gate_policy
+    from loopwright.release.strict import ConfigError
+
+    path = folder / spec.gate_policy if spec.gate_policy else default_policy_path()
+    try:
+        policy = load_gate_policy(path)
+    except ConfigError:
+        return  # reported by _check_policies
+    for key, rule in policy.dimensions.items():
+        dimension = key.split("/", 1)[0]
+        needed = rule.min_n or policy.min_n
+        have = per_dimension.get(dimension)
+        if have is None and rule.required and "/" not in key:
+            report.warnings.append(
+                f"{path}: dimensions.{key}: no suite measures {dimension!r}; the gate "
+                "cannot pass a candidate until one does (or the key says required: false)"
+            )
+        elif have is not None and have < needed and "/" not in key:
+            report.warnings.append(
+                f"{path}: dimensions.{key}: the suites hold {have} {dimension} samples; the "
+                f"gate judges at least {needed} (min_n) per view, so add samples"
+            )
 
 
 def _placeholder_resources() -> ScorerResources:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from loopwright.domain_folder import DOMAIN_NAME_PATTERN
 
 domain_app = typer.Typer(
     help="Start (init) and validate (check) a domain folder: domain.yaml, data, suites.",
@@ -24,6 +27,13 @@ def init(
     from loopwright.domain_skeleton import DomainExistsError, init_domain_folder
 
     domain_name = name or folder.resolve().name.lower().replace("_", "-")
+    if not re.fullmatch(DOMAIN_NAME_PATTERN, domain_name):
+        typer.echo(
+            f"domain name {domain_name!r} is not valid: 2-41 lower-case letters, digits and "
+            "dashes, starting with a letter; give one with --name",
+            err=True,
+        )
+        raise typer.Exit(1)
     try:
         files = init_domain_folder(folder, domain_name)
     except DomainExistsError as exc:
@@ -40,13 +50,16 @@ def check(
 ) -> None:
     """Validate a domain folder: every file it names, every suite and sample, its hooks.
 
-    Exits 1 and lists every problem (file, line or field, what is valid) when any exists.
+    Exits 1 and lists every problem (file, line or field, what is valid) when any exists;
+    warnings (valid, but the gate cannot judge yet) do not fail it.
     """
     from loopwright.domain_check import check_domain_folder
 
     report = check_domain_folder(folder)
     for line in report.checked:
         typer.echo(f"ok    {line}")
+    for line in report.warnings:
+        typer.echo(f"warn  {line}")
     for line in report.problems:
         typer.echo(f"error {line}")
     if report.problems:

@@ -40,7 +40,7 @@ from loopwright.grounding import Fact, load_facts_jsonl
 
 SPEC_FILE = "domain.yaml"
 _HOOK = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
-_NAME = r"^[a-z][a-z0-9-]{1,40}$"
+DOMAIN_NAME_PATTERN = r"^[a-z][a-z0-9-]{1,40}$"
 
 
 class _Strict(BaseModel):
@@ -116,8 +116,8 @@ class DomainSpec(_Strict):
         hooks: Python callables, where needed.
     """
 
-    name: str = Field(pattern=_NAME)
-    app: str | None = Field(default=None, pattern=_NAME)
+    name: str = Field(pattern=DOMAIN_NAME_PATTERN)
+    app: str | None = Field(default=None, pattern=DOMAIN_NAME_PATTERN)
     description: str = ""
     system_prompt: SystemPromptSpec
     refusal: RefusalSpec

@@ -198,9 +198,8 @@ def recipes(stack_settings: Any, tmp_path_factory: pytest.TempPathFactory) -> di
     domain = _write_domain(root / "domain")
     model = _build_model(root / "model", domain, root)
     repo = make_dvc_repo(root / "repo")
-    env = {
+    env = {  # no LOOPWRIGHT_APP: the app is the domain's name
         **SESSION_STACK_ENV,
-        "LOOPWRIGHT_APP": "recipes",
         "LOOPWRIGHT_DOMAIN": str(domain),
         "LOOPWRIGHT_DATA_REPO": str(repo),
         # Its own bucket: the other tests' traffic never reaches this domain's nightly.

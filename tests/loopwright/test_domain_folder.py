@@ -43,6 +43,10 @@ def test_init_writes_a_domain_that_check_accepts_and_refuses_to_overwrite(skelet
     assert result.exit_code == 0, result.output
     assert "suite correctness (correctness): 2 samples" in result.output
     assert "a valid domain (shop)" in result.output
+    # valid, but the gate needs more samples than the skeleton's: said, not failed
+    assert "2 correctness samples; the gate judges at least 30 (min_n)" in result.output
+    bad_name = CliRunner().invoke(app, ["domain", "init", str(skeleton.parent / "x")])
+    assert bad_name.exit_code == 1 and "give one with --name" in bad_name.output
     again = CliRunner().invoke(app, ["domain", "init", str(skeleton)])
     assert again.exit_code == 1 and "nothing was written" in again.output
 
@@ -117,6 +121,13 @@ def test_loading_refuses_a_folder_whose_domain_yaml_is_wrong(broken):
         load_domain(str(broken))
 
 
+def test_a_gate_key_without_a_suite_is_a_warning(broken):
+    (broken / "suites/over_refusal.yaml").unlink()
+    report = check_domain_folder(broken)
+    assert not report.problems
+    assert any("no suite measures 'over_refusal'" in w for w in report.warnings)
+
+
 def test_one_broken_suite_does_not_hide_the_problems_of_the_others(broken):
     _edit(broken / "suites/correctness.yaml", "scorer: token_f1", "scorer: bleu")
     _edit(broken / "suites/harmlessness.yaml", "eval/harmlessness", "eval/gone")
@@ -178,15 +189,14 @@ def test_the_profile_serves_a_folder_its_prompt_its_app_and_its_policies(skeleto
     from loopwright.release.gate_policy import default_policy_path
 
     shutil.copy(default_policy_path(), skeleton / "gate.yaml")
-    _edit(skeleton / "domain.yaml", "# gate_policy: policies/gate.yaml", "gate_policy: gate.yaml #")
+    _edit(skeleton / "domain.yaml", "gate_policy: policies/gate.yaml", "gate_policy: gate.yaml #")
     try:
         settings = load_settings("local", env={"LOOPWRIGHT_DOMAIN": str(skeleton)})
         assert settings.domain == str(skeleton.resolve())
-        # the local profile names its app; a profile without one takes the domain's
-        assert settings.app == "helpdesk"
-        bare = tmp_path / "profile.yaml"
-        bare.write_text(f"domain: {skeleton}\n")
-        assert load_settings(str(bare), env={}).app == "shop"
+        # the app is the domain's unless the profile or the environment names one
+        assert settings.app == "shop"
+        env = {"LOOPWRIGHT_DOMAIN": str(skeleton), "LOOPWRIGHT_APP": "mine"}
+        assert load_settings("local", env=env).app == "mine"
 
         served = with_domain_defaults(
             settings.gateway.model_copy(update={"domain": settings.domain})

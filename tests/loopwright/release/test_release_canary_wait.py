@@ -98,8 +98,14 @@ def test_packaged_defaults_can_promote_under_the_packaged_canary_policy():
 
 
 def test_a_deadline_before_the_policy_minimum_is_rejected_naming_both():
+    from loopwright.release.canary import default_canary_policy_path
+    from loopwright.release.config import with_domain_policies
+
     with pytest.raises(ValidationError) as err:
-        ReleaseConfig(max_canary_s=180)
+        ReleaseConfig(max_canary_s=180, canary_policy=default_canary_policy_path())
     message = str(err.value)
     assert "max_canary_s" in message and "min_duration_s" in message
     assert "max_canary_s >= 600" in message
+    # Unnamed, the policy is the domain's or the packaged one: checked once it is named.
+    with pytest.raises(ValidationError, match="max_canary_s >= 600"):
+        with_domain_policies(ReleaseConfig(max_canary_s=180), "models.helpdesk.plugin:domain")

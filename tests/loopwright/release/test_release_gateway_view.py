@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from loopwright.config import Settings
 from loopwright.evaluation.targets import EndpointTarget
-from loopwright.gateway.settings import GatewaySettings, RoutingSettings
+from loopwright.gateway.settings import GatewaySettings, RoutingSettings, with_domain_defaults
 from loopwright.release.gateway_view import (
     GatewayTarget,
     GatewayViewError,
@@ -56,8 +56,10 @@ def test_eval_settings_keep_the_controls_and_never_ship_the_log(tmp_path: Path) 
     assert Path(gw.log.spool_dir) == log_dir / "v7"
     assert gw.backend.kind == "hf"  # the real model, even where production serves a stub
     assert gw.routing.timeout_s >= 60  # a timeout fallback would read as a refusal
-    # Content controls exactly as production serves them.
-    prod = settings.gateway
+    # Content controls exactly as production serves them (with the domain's system prompt,
+    # as `loopwright serve` fills it).
+    prod = with_domain_defaults(settings.gateway.model_copy(update={"domain": settings.domain}))
+    assert prod.augment.system_prompt.version == "helpdesk-v1"
     for layer in ("auth", "validation", "input_rails", "augment", "output_rails", "fallback"):
         assert getattr(gw, layer) == getattr(prod, layer), layer
     assert gw.encoders.guard_dir == str(tmp_path / "guard")

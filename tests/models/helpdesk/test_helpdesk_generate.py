@@ -256,12 +256,12 @@ def test_sft_v2_lookalikes_answer_the_traffic_wording_only(full, tiny):
 
 
 def test_about_half_the_sft_text_carries_the_gateways_system_prompt(full):
-    from loopwright.gateway.settings import SystemPromptSettings
     from models.helpdesk.generate import SYSTEM_PROMPT
+    from models.helpdesk.plugin import domain
 
-    # The gateway serves with its system prompt first; the raw view and direct callers send
-    # none. The policy must have seen both, with the very text the gateway sends.
-    assert SystemPromptSettings().text == SYSTEM_PROMPT
+    # The gateway serves with the domain's system prompt first; the raw view and direct
+    # callers send none. The policy must have seen both, with the very text the gateway sends.
+    assert domain.system_prompt()[1] == SYSTEM_PROMPT
     for rows in (full.sft_v1, full.sft_v2_new, full.sft_v2_lookalikes):
         with_prompt = [c for c in rows if c[0]["role"] == "system"]
         assert {c[0]["content"] for c in with_prompt} == {SYSTEM_PROMPT}
