@@ -15,15 +15,14 @@ from typing import cast
 from prefect import flow, serve
 from prefect.deployments.runner import RunnerDeployment
 
-from flows.bootstrap import bootstrap_flow
 from flows.nightly import nightly_flow, nightly_stage_flow
 from flows.release import canary_check_flow, release_flow
 from loopwright.client_env import apply_client_env
 from loopwright.config import Settings, load_settings
+from loopwright.domain import domain_hook, load_domain
 from loopwright.nightly import NightlyStage
 from loopwright.release.canary_wait import CanaryRun
 from loopwright.release.config import ReleaseConfig
-from models.bootstrap import BootstrapConfig
 from tasks.demo import rollback
 
 # ``<flow name>/<deployment name>`` of the canary check that ``serve_all`` registers.
@@ -94,9 +93,10 @@ def rollback_champion(profile: str = "local", reason: str = "rollback from the P
 
 @flow(name="bootstrap-embedded-default", log_prints=True)
 def bootstrap_default(profile: str = "local") -> dict[str, str]:
-    """Example data and v1 models (skipped when already registered)."""
+    """The domain's data and v1 models (skipped when already registered; the example's)."""
     settings = _settings(profile)
-    versions = bootstrap_flow(settings, settings.data_repo.resolve(), BootstrapConfig())
+    build = domain_hook(settings.domain, "bootstrap", "the bootstrap deployment")
+    versions = build(settings, force=False, tiny=False, seed=0)
     return {kind: v.version for kind, v in versions.items()}
 
 
@@ -109,8 +109,9 @@ def serve_all(profile: str, cron: str = "0 2 * * *") -> None:
         nightly_one_stage.to_deployment(name="stage", parameters=params),
         promote_version.to_deployment(name="promote", parameters=params),
         rollback_champion.to_deployment(name="rollback", parameters=params),
-        bootstrap_default.to_deployment(name="bootstrap", parameters=params),
         canary_check.to_deployment(name="canary-check", parameters=params),
     ]
+    if callable(getattr(load_domain(_settings(profile).domain), "bootstrap", None)):
+        deployments.append(bootstrap_default.to_deployment(name="bootstrap", parameters=params))
     # ``to_deployment`` is sync here (no event loop), so each item is a RunnerDeployment.
     serve(*cast(list[RunnerDeployment], deployments))

@@ -159,19 +159,21 @@ def bootstrap(
     ] = False,
     seed: int = 0,
 ) -> None:
-    """Build the example data and v1 of policy, guard and reward; register them as champion."""
+    """The domain's data and v1 of policy, guard and reward, registered as champion (example)."""
     _run_bootstrap(_settings(ctx), force=force, tiny=tiny, seed=seed)
 
 
 def _run_bootstrap(settings: Settings, *, force: bool, tiny: bool, seed: int) -> None:
     from loopwright.client_env import apply_client_env
+    from loopwright.domain import DomainError, domain_hook
 
+    try:
+        build = domain_hook(settings.domain, "bootstrap", "`loopwright bootstrap`")
+    except DomainError as exc:
+        typer.secho(f"{exc}; register your models with `loopwright register`", fg="red", err=True)
+        raise typer.Exit(1) from None
     apply_client_env(settings)
-    from flows.bootstrap import bootstrap_flow
-    from models.bootstrap import BootstrapConfig
-
-    config = BootstrapConfig(seed=seed, tiny=tiny, scale=0.15 if tiny else 1.0)
-    versions = bootstrap_flow(settings, settings.data_repo.resolve(), config, force)
+    versions = build(settings, force=force, tiny=tiny, seed=seed)
     for kind, version in versions.items():
         typer.echo(f"  {kind:<7} models:/{version.name}/{version.version} (champion)")
 
@@ -516,10 +518,11 @@ def _demo_run(
     outcome: DemoOutcome | None = None
     with progress.reporting_to(ui):
         try:
-            _demo_checks(settings, pre)
-            from flows.demo import demo_flow
+            from loopwright.domain import domain_hook
 
-            outcome = demo_flow(settings, tiny=tiny, requests=requests, seed=seed)
+            run_demo = domain_hook(settings.domain, "demo", "`loopwright demo`")
+            _demo_checks(settings, pre)
+            outcome = run_demo(settings, tiny=tiny, requests=requests, seed=seed)
         except StackError as exc:
             pre.fail("local stack", str(exc), log.info)
         except Exception as exc:  # noqa: BLE001 - report the failed step, still print the URLs

@@ -293,6 +293,7 @@ def drive_traffic(
         run_simulation(
             gateway_url(settings),
             key,
+            domain=settings.domain,
             rps=rps,
             minutes=max(1.0, requests / rps / 60 * 3),
             max_requests=requests,

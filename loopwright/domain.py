@@ -11,8 +11,9 @@ domain by pointing that setting elsewhere.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from loopwright.data.factcheck import FactChecker
@@ -37,6 +38,12 @@ class Domain(Protocol):
       profile's release section names none; without them, the packaged ones.
     - ``chat_template() -> str | None``: given to registered policies whose tokenizer has
       no chat template.
+    - ``user_simulator(**options)``: simulated users for ``loopwright simulate`` (the
+      example's; see :func:`loopwright.simulate.run_simulation`).
+    - ``bootstrap(settings, *, force, tiny, seed) -> {kind: version}``: builds data and v1
+      models and registers them (``loopwright bootstrap``); a domain without it registers
+      its models with ``loopwright register``.
+    - ``demo(settings, *, tiny, requests, seed) -> DemoOutcome``: ``loopwright demo``.
     """
 
     def fact_checker(self) -> FactChecker:
@@ -108,3 +115,15 @@ def load_domain(spec: str) -> Domain:
         missing = [name for name in needed if not callable(getattr(domain, name, None))]
         raise DomainError(f"domain {spec!r} lacks {missing}; a domain provides {list(needed)}")
     return domain
+
+
+def domain_hook(spec: str, name: str, purpose: str) -> Callable[..., Any]:
+    """The domain's optional hook ``name``, for ``purpose`` (said when it is missing).
+
+    Raises:
+        DomainError: the domain cannot be loaded or has no such hook.
+    """
+    hook = getattr(load_domain(spec), name, None)
+    if not callable(hook):
+        raise DomainError(f"domain {spec!r} has no {name}() hook, which {purpose} needs")
+    return hook

@@ -1,4 +1,4 @@
-"""Traffic simulator: the example domain's users talk to a running gateway over HTTP.
+"""Traffic simulator: a domain's simulated users talk to a running gateway over HTTP.
 
 Each simulated user (ordinary, adversarial, harmful; :class:`models.helpdesk.simulators.
 UserSimulator`) sends a chat request; the user judges the answer and the feedback it leaves
@@ -101,6 +101,7 @@ async def run_simulation(
     base_url: str,
     api_key: str,
     *,
+    domain: str,
     rps: float,
     minutes: float,
     max_requests: int | None = None,
@@ -124,6 +125,8 @@ async def run_simulation(
     Args:
         base_url: gateway root, e.g. ``http://127.0.0.1:8400`` (loopback only).
         api_key: a user key of the gateway.
+        domain: the served domain (``Settings.domain``); its ``user_simulator()`` hook
+            makes the users (a domain without one cannot be simulated).
         rps: target requests per second, in (0, 500].
         minutes: duration bound, in (0, 120].
         max_requests: an extra bound on the request count.
@@ -138,12 +141,17 @@ async def run_simulation(
         timeout_s: per-request timeout.
 
     Raises:
-        SimulationError: a non-loopback URL or out-of-range bounds.
+        SimulationError: a non-loopback URL, out-of-range bounds, or a domain without
+            simulated users.
 
     """
-    from models.helpdesk.simulators import UserSimulator
+    from loopwright.domain import DomainError, domain_hook
 
     check_loopback(base_url)
+    try:
+        make_users = domain_hook(domain, "user_simulator", "simulated traffic")
+    except DomainError as exc:
+        raise SimulationError(f"{exc}; send your own traffic through the gateway") from None
     if not 0 < rps <= MAX_RPS:
         raise SimulationError(f"rps must be in (0, {MAX_RPS}], got {rps}")
     if not 0 < minutes <= MAX_MINUTES:
@@ -153,7 +161,7 @@ async def run_simulation(
     total = int(rps * minutes * 60)
     if max_requests is not None:
         total = min(total, max_requests)
-    users = UserSimulator(revision=revision, noise=noise, seed=seed, mix=mix, poisoned=poisoned)
+    users = make_users(revision=revision, noise=noise, seed=seed, mix=mix, poisoned=poisoned)
     report = SimulationReport()
     headers = {"Authorization": f"Bearer {api_key}"}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -251,6 +259,15 @@ def _simulation_key(main: Any) -> str:
     return key
 
 
+def _domain(main: Any) -> str:
+    """The configured domain: the main CLI's, else the default profile's."""
+    if main is not None:
+        return str(main.domain)
+    from loopwright.config import load_settings
+
+    return load_settings().domain
+
+
 def simulate(
     ctx: typer.Context,
     rps: Annotated[float, typer.Option(help="Requests per second")] = 2.0,
@@ -296,6 +313,7 @@ def simulate(
             run_simulation(
                 url,
                 api_key,
+                domain=_domain(main),
                 rps=rps,
                 minutes=minutes,
                 max_requests=max_requests,

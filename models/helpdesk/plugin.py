@@ -11,6 +11,7 @@ import random
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from loopwright.data.factcheck import KBFact, KBFactChecker
 from loopwright.data.screening import ScreeningConfig
@@ -134,6 +135,41 @@ class HelpdeskDomain:
         from models.helpdesk.generate import SYSTEM_PROMPT
 
         return "helpdesk-v1", SYSTEM_PROMPT
+
+    def user_simulator(self, **options: Any) -> Any:
+        """The example's simulated users (hook for ``loopwright simulate``).
+
+        Args:
+            **options: :class:`models.helpdesk.simulators.UserSimulator` keywords.
+        """
+        from models.helpdesk.simulators import UserSimulator
+
+        return UserSimulator(**options)
+
+    def bootstrap(self, settings: Any, *, force: bool, tiny: bool, seed: int) -> dict[str, Any]:
+        """Build the example's data and v1 models; register them (``loopwright bootstrap``).
+
+        Returns:
+            The champion version per kind (policy, guard, reward).
+        """
+        from flows.bootstrap import bootstrap_flow
+        from models.bootstrap import BootstrapConfig
+
+        config = BootstrapConfig(seed=seed, tiny=tiny, scale=0.15 if tiny else 1.0)
+        versions: dict[str, Any] = bootstrap_flow(
+            settings, settings.data_repo.resolve(), config, force
+        )
+        return versions
+
+    def demo(self, settings: Any, *, tiny: bool, requests: int | None, seed: int) -> Any:
+        """The whole loop on the example, one Prefect flow run (``loopwright demo``).
+
+        Returns:
+            The demo's :class:`loopwright.demo.DemoOutcome`.
+        """
+        from flows.demo import demo_flow
+
+        return demo_flow(settings, tiny=tiny, requests=requests, seed=seed)
 
     def data_folder(self) -> str:
         """``data/helpdesk``: what ``loopwright bootstrap`` writes (replay, frozen sets)."""

@@ -17,6 +17,8 @@ from loopwright.gateway.settings import GatewaySettings
 from loopwright.simulate import SimulationError, check_loopback, run_simulation, simulate
 from tests.loopwright.gateway.gateway_helpers import LiveServer, spool_records
 
+EXAMPLE = "models.helpdesk.plugin:domain"  # the domain with simulated users
+
 
 def test_keys_create_list_revoke(tmp_path):
     runner = CliRunner()
@@ -57,7 +59,9 @@ def test_serve_settings_come_from_a_file_or_the_main_config(tmp_path):
     assert settings.routing.tracking_uri == main.mlflow_tracking_uri
 
 
-def test_simulation_refuses_non_loopback_targets():
+def test_simulation_refuses_non_loopback_targets(tmp_path):
+    from loopwright.domain_skeleton import init_domain_folder
+
     check_loopback("http://127.0.0.1:8400")
     check_loopback("http://[::1]:8400")
     check_loopback("http://localhost:1")
@@ -65,7 +69,11 @@ def test_simulation_refuses_non_loopback_targets():
         with pytest.raises(SimulationError, match="only loopback"):
             check_loopback(url)
     with pytest.raises(SimulationError, match="rps"):
-        asyncio.run(run_simulation("http://127.0.0.1:1", "k", rps=0, minutes=1))
+        asyncio.run(run_simulation("http://127.0.0.1:1", "k", domain=EXAMPLE, rps=0, minutes=1))
+    own = tmp_path / "own"  # a user's domain: no simulated users
+    init_domain_folder(own, "own")
+    with pytest.raises(SimulationError, match="has no user_simulator"):
+        asyncio.run(run_simulation("http://127.0.0.1:1", "k", domain=str(own), rps=1, minutes=1))
 
 
 def test_simulated_users_drive_the_gateway_and_leave_feedback(tmp_path):
@@ -79,6 +87,7 @@ def test_simulated_users_drive_the_gateway_and_leave_feedback(tmp_path):
             run_simulation(
                 server.url,
                 key,
+                domain=EXAMPLE,
                 rps=40,
                 minutes=0.05,
                 max_requests=60,
