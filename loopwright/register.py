@@ -92,6 +92,42 @@ def _probe(folder: Path, kind: ModelKind) -> str:
     return f"reward model, score of a greeting: {score:.3f}"
 
 
+def gguf_to_folder(gguf_file: Path, workdir: Path) -> Path:
+    """A GGUF causal LM as a plain fp32 Hugging Face folder under ``workdir`` (reused).
+
+    transformers dequantises GGUF weights on load but will not ``save_pretrained`` a
+    GGUF-loaded model, so the weights are copied into a model built from the same config.
+
+    Raises:
+        ModelFolderError: not a file, or transformers cannot read it as a causal LM.
+    """
+    if not gguf_file.is_file():
+        raise ModelFolderError(f"{gguf_file} is not a file")
+    out = workdir / gguf_file.stem
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    where, name = gguf_file.parent, gguf_file.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name)
+        loaded = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(where, gguf_file=name)
+    except Exception as exc:  # noqa: BLE001 - any read failure is the file's fault here
+        raise ModelFolderError(f"{gguf_file} does not load as a causal LM: {exc}") from exc
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    partial = out.with_name(out.name + ".partial")
+    plain.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(out)  # whole or absent: a crash mid-write leaves only .partial
+    logger.info("converted %s to %s", gguf_file, out)
+    return out
+
+
 def with_chat_template(folder: Path, template: str | None, workdir: Path) -> Path:
     """``folder``, or a copy of it under ``workdir`` whose tokenizer carries ``template``.
 

@@ -19,14 +19,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from tests.chat_tokenizer import chatml_tokenizer
 from tests.flows.conftest import make_dvc_repo
 
 pytestmark = pytest.mark.services
 
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 REFUSAL = "I won't help with that."
 FOODS = ["egg", "rice", "pasta", "lentils", "quinoa", "potatoes", "carrots", "beans"]
 METHODS = {"boil": 0, "steam": 3, "simmer": 6}
@@ -142,29 +139,14 @@ def _write_domain(folder: Path) -> Path:
 def _build_model(folder: Path, domain: Path, work: Path) -> Path:
     """A Qwen2-style model built from config, taught the domain's replay rows (policy v1)."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from loopwright.records import read_conversations
     from models.policy import PolicyConfig, finetune_sft
 
     rows = read_conversations(domain / "sft" / "replay.jsonl")
     text = [m["content"] for r in rows for m in r] + [p for _, p, _ in _facts()]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(
-        text * 4,
-        trainers.BpeTrainer(
-            vocab_size=400,
-            special_tokens=["<|im_start|>", "<|im_end|>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>"
-    )
-    fast.chat_template = CHATML
+    fast = chatml_tokenizer(text * 4, 400)
     raw = work / "qwen2-raw"
     fast.save_pretrained(raw)
     torch.manual_seed(0)

@@ -10,37 +10,17 @@ from typer.testing import CliRunner
 
 from loopwright.cli import app
 from loopwright.register import ModelFolderError, check_model_folder, register_model
-
-# A stock ChatML template: no {% generation %} markers.
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from tests.chat_tokenizer import chatml_tokenizer
 
 
 @pytest.fixture(scope="module")
 def gpt2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny GPT-2 (random weights) with a BPE tokenizer trained here and a ChatML template."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     folder = tmp_path_factory.mktemp("user-model")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(
-        ["Which plan fits a team of five? The Team plan."] * 20,
-        trainers.BpeTrainer(
-            vocab_size=300,
-            special_tokens=["<|im_start|>", "<|im_end|>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>"
-    )
-    fast.chat_template = CHATML
+    fast = chatml_tokenizer(["Which plan fits a team of five? The Team plan."] * 20, 300)
     fast.save_pretrained(folder)
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=len(fast), n_positions=64, n_embd=32, n_layer=2, n_head=2)
