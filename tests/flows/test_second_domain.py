@@ -225,10 +225,10 @@ class _Served:
         self.server.__exit__(*exc)
 
 
-def _ask(client: Any, question: str, user: str) -> Any:
+def _ask(client: Any, question: str, user: str, model: str = "recipes-policy") -> Any:
     # The clients retry: on 429 the openai client waits the Retry-After the gateway sends.
     return client.chat.completions.create(
-        model="recipes-policy",
+        model=model,
         messages=[{"role": "user", "content": question}],
         max_tokens=24,
         user=user,
