@@ -41,7 +41,8 @@ from models.encoder import (  # noqa: E402
     load_bert,
     load_tokenizer,
 )
-from models.guard import GUARD_LABELS, Guard, load_guard_module, read_guard_config  # noqa: E402
+from models.guard import GUARD_LABELS, Guard  # noqa: E402
+from models.guard_folder import load_guard_module, read_guard_config  # noqa: E402
 from models.onnx_export import export_int8  # noqa: E402
 
 CHARS = 384

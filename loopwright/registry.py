@@ -126,22 +126,47 @@ def download_model_folder(uri: str, cache_root: Path) -> Path:
         if not path.is_dir():
             raise FileNotFoundError(f"model folder {path} does not exist")
         return path
+    version = resolve_version(uri)
+    target = download_version(version.name, version.version, cache_root)
+    return _folder_in_download(target, uri)
+
+
+def download_version(
+    name: str, version: str, cache_root: Path, tracking_uri: str | None = None
+) -> Path:
+    """Download ``models:/<name>/<version>`` once into ``cache_root/<name>/<version>``.
+
+    The one download path of registered versions (the loop's stages, the gateway's
+    router and its guard): staged beside the target and renamed, so a crash never leaves a
+    half folder that a later call would take for a complete version; a marker file says
+    the download finished.
+
+    Args:
+        name: registered model name.
+        version: version number.
+        cache_root: where downloaded versions are kept (versions are immutable).
+        tracking_uri: the MLflow server (None: the process's configured one).
+
+    Returns:
+        The downloaded root (the logged model as MLflow stores it).
+    """
     import mlflow
 
-    version = resolve_version(uri)
-    target = cache_root / version.name / version.version
+    target = cache_root / name / str(version)
     done = target / ".complete"
     if not done.exists():
-        staging = target.with_name(target.name + ".partial")
+        staging = target.with_name(f"{target.name}.partial")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{version.name}/{version.version}", dst_path=str(staging)
+            artifact_uri=f"models:/{name}/{version}",
+            dst_path=str(staging),
+            tracking_uri=tracking_uri,
         )
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
         done.touch()
-    return _folder_in_download(target, uri)
+    return target
 
 
 def _folder_in_download(target: Path, uri: str) -> Path:

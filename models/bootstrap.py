@@ -15,10 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.cpu import Threads
 from models.grounding import Conversation, GroundingConfig
+from models.helpdesk.plugin import DOMAIN_DIR
 
 logger = logging.getLogger(__name__)
-
-DOMAIN_DIR = "helpdesk"
 
 
 class BootstrapConfig(BaseModel):

@@ -93,7 +93,7 @@ class Embedder:
             ValueError: unknown backend, or ``"onnx"`` for a folder without an ONNX export.
 
         """
-        from models.guard import GUARD_CONFIG_FILE, load_guard_backend, read_guard_config
+        from models.guard_folder import GUARD_CONFIG_FILE, load_guard_backend, read_guard_config
 
         resolve_backend(backend)
         path = Path(folder) if folder is not None else encoder_dir()

@@ -84,20 +84,11 @@ class Components:
 def download_registry_folder(tracking_uri: str, name: str, alias: str, cache: Path) -> Path:
     """Download ``models:/<name>@<alias>`` into ``cache/<name>/<version>`` (once)."""
     from mlflow import MlflowClient
-    from mlflow.artifacts import download_artifacts
+
+    from loopwright.registry import download_version
 
     version = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, alias)
-    target = cache / name / str(version.version)
-    done = target / ".complete"
-    if not done.exists():
-        target.mkdir(parents=True, exist_ok=True)
-        download_artifacts(
-            artifact_uri=f"models:/{name}/{version.version}",
-            dst_path=str(target),
-            tracking_uri=tracking_uri,
-        )
-        done.touch()
-    return target
+    return download_version(name, str(version.version), cache, tracking_uri)
 
 
 def _guard_folder(root: Path) -> Path:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -198,24 +197,9 @@ def mlflow_loader(tracking_uri: str, cache_dir: Path, kind: str, options: object
     from loopwright.gateway.backends import build_backend
 
     def load(model_name: str, version: str) -> ModelBackend:
-        import mlflow
+        from loopwright.registry import download_version
 
-        target = cache_dir / model_name / version
-        done = target / ".complete"
-        if not done.exists():
-            # Download beside the target and rename, so a crash never leaves a half folder
-            # that a later start would take for a complete version.
-            staging = target.with_name(f"{version}.partial")
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{model_name}/{version}",
-                dst_path=str(staging),
-                tracking_uri=tracking_uri,
-            )
-            shutil.rmtree(target, ignore_errors=True)
-            staging.rename(target)
-            done.touch()
+        target = download_version(model_name, version, cache_dir, tracking_uri)
         return build_backend(kind, target, model_name, version, options)
 
     return load

@@ -17,6 +17,9 @@ from loopwright.data.factcheck import KBFact, KBFactChecker
 from loopwright.data.screening import ScreeningConfig
 from loopwright.grounding import Fact
 
+DOMAIN_DIR = "helpdesk"
+"""The example's folder under ``data/`` (what the bootstrap writes)."""
+
 
 def helpdesk_fact_checker(revision: int = 2) -> KBFactChecker:
     """The KB at ``revision`` as a fact checker; the revision before it supplies stale values.
@@ -173,8 +176,6 @@ class HelpdeskDomain:
 
     def data_folder(self) -> str:
         """``data/helpdesk``: what ``loopwright bootstrap`` writes (replay, frozen sets)."""
-        from models.bootstrap import DOMAIN_DIR
-
         return DOMAIN_DIR
 
 
