@@ -79,6 +79,16 @@ def test_tokenizer_round_trips_with_chat_template(tmp_path: Path) -> None:
     assert again.decode(again(odd, add_special_tokens=False)["input_ids"]) == odd
 
 
+# A conversation with a system line and two assistant turns.
+TWO_TURNS = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What does Pro cost?"},
+    {"role": "assistant", "content": "The Pro plan costs $12 per month."},
+    {"role": "user", "content": "And Team?"},
+    {"role": "assistant", "content": "The Team plan costs $30 per month."},
+]
+
+
 def test_tokenizer_rejects_a_vocab_without_room_for_bytes() -> None:
     with pytest.raises(ValueError, match="vocab_size must be >= 261"):
         train_tokenizer(_texts(), vocab_size=100)
@@ -87,13 +97,7 @@ def test_tokenizer_rejects_a_vocab_without_room_for_bytes() -> None:
 def test_templates_without_generation_markers_get_the_same_assistant_mask() -> None:
     # Stock templates (ChatML, Llama, Qwen, SmolLM) carry no {% generation %} markers.
     tok = train_tokenizer(_texts(), vocab_size=400)
-    conv = [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "What does Pro cost?"},
-        {"role": "assistant", "content": "The Pro plan costs $12 per month."},
-        {"role": "user", "content": "And Team?"},
-        {"role": "assistant", "content": "The Team plan costs $30 per month."},
-    ]
+    conv = TWO_TURNS
     marked = encode_conversation(tok, conv)
     tok.chat_template = tok.chat_template.replace("{% generation %}", "").replace(
         "{% endgeneration %}", ""
@@ -113,13 +117,7 @@ def test_templates_without_generation_markers_get_the_same_assistant_mask() -> N
 
 def test_loss_is_only_on_assistant_tokens() -> None:
     tok = train_tokenizer(_texts(), vocab_size=400)
-    conv = [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "What does Pro cost?"},
-        {"role": "assistant", "content": "The Pro plan costs $12 per month."},
-        {"role": "user", "content": "And Team?"},
-        {"role": "assistant", "content": "The Team plan costs $30 per month."},
-    ]
+    conv = TWO_TURNS
     ex = encode_conversation(tok, conv)
     assert len(ex.labels) == len(ex.input_ids)
     targets = [t for t in ex.labels if t != IGNORE_INDEX]
