@@ -92,6 +92,12 @@ class ObjectStoreSettings(Section):
         internal_port_base: SeaweedFS opens several internal ports (master, volume, filer,
             WebDAV, admin, Iceberg, Lance) at ``base .. base+6`` and their gRPC twins at
             ``+10000``; moving the base moves them all.
+        max_volumes: volume slots of the local SeaweedFS. Every bucket takes at least one
+            volume of its own, and SeaweedFS's own default (free disk / volume size) leaves
+            a machine with 8 GiB free room for 8 buckets, after which every write fails
+            with ``InternalError``. Slots cost nothing until written (no preallocation).
+        volume_size_limit_mb: size (MiB) at which SeaweedFS stops writing to a volume
+            and grows a new one.
         access_key_id / secret_access_key: empty on the local profile means the
             credentials generated on first ``up`` (file readable only by the owner).
 
@@ -100,6 +106,8 @@ class ObjectStoreSettings(Section):
     host: str = "127.0.0.1"
     s3_port: Port = Field(default=8333, ge=1, le=55535)
     internal_port_base: Port = Field(default=9330, ge=1024, le=55529)
+    max_volumes: int = Field(default=512, ge=8)
+    volume_size_limit_mb: int = Field(default=256, ge=16, le=30000)
     endpoint_url: str = ""
     region: str = "us-east-1"
     bucket: str = Field(default="loopwright", min_length=3, max_length=63, pattern=r"^[a-z0-9.-]+$")

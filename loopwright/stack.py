@@ -215,6 +215,8 @@ class Stack:
                 "-admin.ui=false",
                 "-master.telemetry=false",
                 "-s3.autoCreateBucket=false",
+                f"-volume.max={os_.max_volumes}",
+                f"-master.volumeSizeLimitMB={os_.volume_size_limit_mb}",
                 f"-s3.localSocket={sock / 's3.sock'}",
                 f"-filer.localSocket={sock / 'filer.sock'}",
             ]

@@ -35,6 +35,18 @@ def test_put_get_list_delete_round_trip(store, stack_settings):
         store.get_bytes(f"{prefix}/a.txt")
 
 
+def test_each_of_many_new_buckets_takes_writes(store):
+    # Every SeaweedFS bucket takes a volume of its own; left to its default, the local
+    # store had as many volume slots as GiB of free disk and failed the 9th bucket's
+    # first write on an 8.6 GiB-free machine (a user's own domain bucket, in CI).
+    run = uuid.uuid4().hex[:8]
+    for i in range(12):
+        uri = f"s3://many-{run}-{i}"
+        store.ensure_bucket(uri)
+        store.put_bytes(f"{uri}/logs/a.jsonl", b"{}")
+        assert store.get_bytes(f"{uri}/logs/a.jsonl") == b"{}"
+
+
 def test_missing_bucket_is_its_own_error(store):
     with pytest.raises(BucketNotFound, match="bucket does not exist"):
         store.get_bytes("s3://no-such-bucket-here/x")
