@@ -45,7 +45,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy loopwright models tasks flows
+	$(BIN)/mypy loopwright models tasks flows examples
 
 up: $(STAMP)
 	$(BIN)/loopwright up

@@ -81,7 +81,7 @@ def prompts(n: int, model: Path, max_tokens: int) -> list[Any]:
     """N distinct help-desk questions from the example domain, as EvalSamples."""
     from transformers import AutoTokenizer
 
-    from models.helpdesk.generate import build_domain
+    from examples.helpdesk.generate import build_domain
 
     tok = AutoTokenizer.from_pretrained(str(model))
     data = build_domain(seed=0, scale=1.0)

@@ -162,7 +162,7 @@ def distinct_inputs(n: int, seed: int = 0, split: str = "train") -> list[str]:
     """
     import random
 
-    from models.helpdesk import build_domain
+    from examples.helpdesk import build_domain
 
     data = build_domain(seed=seed, scale=1.0)
     if split not in ("train", "heldout"):
@@ -355,12 +355,12 @@ def _oracle(
 
 def quality(guard_dir: Path) -> dict[str, float]:
     """Input-rail and guard-only recall/FPR on the held-out prompts."""
+    from examples.helpdesk import build_domain
     from loopwright.gateway import rules
     from loopwright.gateway.normalize import normalise
     from loopwright.gateway.service import Gateway
     from loopwright.gateway.settings import GatewaySettings
     from models.guard import Guard
-    from models.helpdesk import build_domain
 
     data = build_domain(seed=0, scale=1.0)
     items = [p for p in data.guard_heldout if p.tags.get("role", "prompt") == "prompt"]
@@ -480,8 +480,8 @@ def ensure_guard(guard_dir: Path) -> None:
     """Train the serving guard (ONNX int8) once if the folder is missing."""
     if (guard_dir / "guard_config.json").exists():
         return
+    from examples.helpdesk import build_domain
     from models.guard import GuardConfig, train_guard
-    from models.helpdesk import build_domain
 
     print(f"# training the guard into {guard_dir} (once)", flush=True)
     train_guard(build_domain(seed=0).guard_train, GuardConfig(threads=2), guard_dir)

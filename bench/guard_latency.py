@@ -50,7 +50,7 @@ CHARS = 384
 
 def make_inputs(n: int, seed: int = 0) -> list[str]:
     """``n`` distinct 384-character prompts built from the example domain's prompts."""
-    from models.helpdesk import build_domain
+    from examples.helpdesk import build_domain
 
     pool = [x.text for x in build_domain(seed, 0.3).guard_heldout]
     rng = random.Random(seed)

@@ -38,9 +38,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from examples.helpdesk.generate import DomainData  # noqa: E402
 from models.embedder import Embedder, top_k  # noqa: E402
 from models.guard import Guard, GuardConfig, evaluate_guard, train_guard  # noqa: E402
-from models.helpdesk.generate import DomainData  # noqa: E402
 from models.reward import (  # noqa: E402
     RewardModel,
     RewardTrainConfig,
@@ -78,7 +78,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from models.helpdesk import build_domain
+    from examples.helpdesk import build_domain
 
     torch.set_num_threads(args.threads)
     domain = build_domain(args.seed, args.scale)
@@ -219,7 +219,7 @@ def run_refresh(domain: DomainData, out: Path, args: argparse.Namespace) -> None
 
 def run_retrieval(domain: DomainData, out: Path) -> None:
     """Does the guard's shared int8 embedding retrieve like the pretrained encoder?"""
-    from models.helpdesk.kb import knowledge_base
+    from examples.helpdesk.kb import knowledge_base
 
     facts = knowledge_base(2)
     docs = [f.answer for f in facts]

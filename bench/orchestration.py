@@ -3,8 +3,8 @@
 One process, one local stack (object store, MLflow, Prefect server; Ray is not used by
 the nightly stages) started on its own ports in a temporary run folder and stopped at
 the end. A tiny v1 (policy, guard, reward) is bootstrapped once through
-``flows.bootstrap.bootstrap_flow``. Then every measured run starts from an identical,
-isolated state, prepared outside the timed region:
+``examples.helpdesk.bootstrap_flow.bootstrap_flow``. Then every measured run starts from an
+identical, isolated state, prepared outside the timed region:
 
 - its own app name (``orch-r<i>``): the three v1 folders re-registered and made champion,
   so the registry's lineage lookups never see another run's versions;
@@ -351,10 +351,10 @@ def _bench(settings: Settings, root: Path, args: argparse.Namespace) -> None:
     from data_sim import simulate
     from prefect.logging import disable_run_logger
 
-    from flows.bootstrap import bootstrap_flow
+    from examples.helpdesk.bootstrap import BootstrapConfig
+    from examples.helpdesk.bootstrap_flow import bootstrap_flow
     from loopwright.nightly import NightlyConfig
     from loopwright.registry import download_model_folder
-    from models.bootstrap import BootstrapConfig
 
     torch.set_num_threads(1)
     start = time.perf_counter()

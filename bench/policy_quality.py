@@ -1,7 +1,8 @@
 """Policy v1 quality on the example domain, and the fine-tune-with-replay experiment.
 
 Trains policy v1 from scratch on ``build_domain(seed).sft_v1``, grounded as the bootstrap
-grounds it (``models.bootstrap.grounded_training_rows``; ``--no-grounding``: bare recipe),
+grounds it (``examples.helpdesk.bootstrap.grounded_training_rows``; ``--no-grounding``: bare
+recipe),
 under a wall-clock budget or a step count, then measures with greedy ``generate_batch`` on
 the domain's held-out eval suites, bare (``v1_*``) and as the default gateway serves it,
 with the top retrieved fact of KB revision 1 (``v1_gw1_*``, the world when v1 shipped) and
@@ -56,6 +57,16 @@ from pathlib import Path
 
 import torch
 
+from examples.helpdesk import CATEGORIES, build_domain, is_refusal, is_safe_completion
+from examples.helpdesk.bootstrap import BootstrapConfig, grounded_training_rows
+from examples.helpdesk.generate import (
+    LOOKALIKE_REPLAY_WEIGHT,
+    SYSTEM_PROMPT,
+    declined_alternative,
+    replay_rows,
+)
+from examples.helpdesk.plugin import helpdesk_is_safe_response, helpdesk_retrieval_facts
+from examples.helpdesk.safety import REFUSAL_TEXT
 from loopwright.gateway.normalize import normalise
 from loopwright.gateway.rules import mentions_self_harm
 from loopwright.gateway.settings import (
@@ -67,20 +78,10 @@ from loopwright.gateway.settings import (
 from loopwright.grounding import with_facts
 from loopwright.nightly import NightlyConfig
 from loopwright.records import EvalSample
-from models.bootstrap import BootstrapConfig, grounded_training_rows
 from models.embedder import Embedder
 from models.generation import DecodingParams, generate_batch, load_policy
 from models.grounding import EmbedderLike, GroundingConfig, ground_conversations, retrieve
 from models.guard import Guard
-from models.helpdesk import CATEGORIES, build_domain, is_refusal, is_safe_completion
-from models.helpdesk.generate import (
-    LOOKALIKE_REPLAY_WEIGHT,
-    SYSTEM_PROMPT,
-    declined_alternative,
-    replay_rows,
-)
-from models.helpdesk.plugin import helpdesk_is_safe_response, helpdesk_retrieval_facts
-from models.helpdesk.safety import REFUSAL_TEXT
 from models.policy import (
     PolicyConfig,
     finetune_sft,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import typer
 import yaml
@@ -299,8 +300,23 @@ def register(
     reason: Annotated[str, typer.Option(help="why (recorded with a promotion)")] = (
         "registered with loopwright register"
     ),
+    label_map: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="guard from a classifier: MODEL_LABEL=benign|harmful|injection, once per "
+            "model label (repeat the option)"
+        ),
+    ] = None,
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option(help="guard from a classifier: harmful=P or injection=P to block at"),
+    ] = None,
 ) -> None:
-    """Check a model folder loads and answers as the loop will use it, then register it."""
+    """Check a model folder loads and answers as the loop will use it, then register it.
+
+    A guard may be any Hugging Face sequence classifier: --label-map says what its labels
+    mean. A reward model may be any single-logit sequence classifier.
+    """
     from loopwright.client_env import apply_client_env
     from loopwright.domain import load_domain
     from loopwright.register import (
@@ -309,6 +325,7 @@ def register(
         gguf_to_folder,
         register_model,
         with_chat_template,
+        with_guard_mapping,
     )
 
     settings = _settings(ctx)
@@ -320,7 +337,16 @@ def register(
         source = folder
         if kind == "policy" and folder.suffix == ".gguf":
             folder = gguf_to_folder(folder, settings.run_path / "register" / "gguf")
+        if kind != "guard" and (label_map or threshold):
+            raise ModelFolderError("--label-map and --threshold are for --kind guard")
         prepared = with_chat_template(folder, template, settings.run_path / "register")
+        if kind == "guard":
+            prepared = with_guard_mapping(
+                folder,
+                _pairs(label_map, "--label-map", str) if label_map else None,
+                _pairs(threshold, "--threshold", float) if threshold else None,
+                settings.run_path / "register",
+            )
         typer.echo(f"loaded: {check_model_folder(prepared, model_kind)}")
         apply_client_env(settings)
         done = register_model(
@@ -332,6 +358,25 @@ def register(
     v = done.version
     state = "registered" if done.created else "already registered (same files)"
     typer.echo(f"{state}: models:/{v.name}/{v.version}; champion: {done.champion or 'none'}")
+
+
+T = TypeVar("T")
+
+
+def _pairs(items: list[str], option: str, cast_value: Callable[[str], T]) -> dict[str, T]:
+    """``["a=1", "b=2"]`` as a dict; a malformed item names the option and the form."""
+    from loopwright.register import ModelFolderError
+
+    out: dict[str, T] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep or not key:
+                raise ValueError(item)
+            out[key] = cast_value(value)
+        except ValueError:
+            raise ModelFolderError(f"{option} {item!r}: expected NAME=VALUE") from None
+    return out
 
 
 @app.command()

@@ -21,7 +21,7 @@ from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from loopwright.gateway.settings import GatewaySettings
-from loopwright.nightly import NightlyConfig
+from loopwright.nightly import NightlyConfig, with_domain_recipe
 from loopwright.release.config import ReleaseConfig, with_domain_policies
 
 ENV_PREFIX = "LOOPWRIGHT_"
@@ -164,7 +164,9 @@ class Settings(BaseSettings):
         managed_services: services ``loopwright up`` starts; the cluster profile
             manages none (they are external).
         nightly: the nightly run's knobs (:class:`loopwright.nightly.NightlyConfig`); the
-            deployments use them, ``loopwright nightly`` flags override them.
+            deployments use them, ``loopwright nightly`` flags override them, and what this
+            section leaves unset comes from the domain's recipe (``domain.yaml``'s
+            ``nightly``), else the defaults.
         release: how a candidate is released (:class:`loopwright.release.config.ReleaseConfig`):
             canary fraction and timing, approval timeout, policies. Its canary timing
             must let the canary policy conclude (``max_canary_s >= min_duration_s``).
@@ -182,7 +184,7 @@ class Settings(BaseSettings):
     app: str = Field(default="helpdesk", pattern=r"^[a-z][a-z0-9-]{1,40}$")
     run_dir: Path = Path(".loopwright")
     data_repo: Path = Path(".")
-    domain: str = Field(default="models.helpdesk.plugin:domain", min_length=1)
+    domain: str = Field(default="examples.helpdesk.plugin:domain", min_length=1)
     managed_services: list[ManagedService] = Field(default_factory=lambda: list(MANAGED_SERVICES))
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)
@@ -217,6 +219,12 @@ class Settings(BaseSettings):
         self.__dict__["domain"] = str(domain.folder)
         if "app" not in self.model_fields_set:
             self.__dict__["app"] = domain.app
+        return self
+
+    @model_validator(mode="after")
+    def _domain_recipe(self) -> Settings:
+        # __dict__: as above; the domain's recipe fills what the profile leaves unset.
+        self.__dict__["nightly"] = with_domain_recipe(self.nightly, self.domain)
         return self
 
     @model_validator(mode="after")

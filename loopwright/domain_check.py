@@ -70,7 +70,7 @@ def check_domain_folder(folder: str | Path, *, deep: bool = True) -> DomainRepor
         _check_knowledge(folder, report.spec, report)
         _check_policies(folder, report.spec, report)
         _check_chat_template(folder, report.spec, report)
-        _check_data_files(folder, report)
+        _check_data_files(folder, report.spec, report)
         _check_suites(folder, report.spec, report)
     return report
 
@@ -226,11 +226,11 @@ def chat_template_problem(template: str) -> str | None:
     return None
 
 
-def _check_data_files(folder: Path, report: DomainReport) -> None:
+def _check_data_files(folder: Path, spec: DomainSpec, report: DomainReport) -> None:
     from loopwright.nightly import NightlyConfig
     from loopwright.records import PreferencePair, RecordError, read_conversations, read_jsonl
 
-    defaults = NightlyConfig()
+    defaults = spec.nightly or NightlyConfig()  # the file names the domain's recipe uses
     path = folder / defaults.replay_file
     if path.is_file():
         try:

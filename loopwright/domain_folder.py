@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from loopwright.data.factcheck import FactChecker, FactVerdict, KBFact, KBFactChecker
 from loopwright.data.screening import ScreeningConfig
 from loopwright.grounding import Fact, load_facts_jsonl
+from loopwright.nightly import NightlyConfig
 
 SPEC_FILE = "domain.yaml"
 _HOOK = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
@@ -113,6 +114,10 @@ class DomainSpec(_Strict):
             section names none (None: the packaged ones).
         chat_template: a Jinja chat template given to registered policies whose tokenizer
             has none.
+        nightly: the domain's recipe: :class:`~loopwright.nightly.NightlyConfig` keys that
+            suit its model and data (``finetune_steps``, ``replay_ratio``,
+            ``max_negative_share`` ...). Only the keys written here count; a key the
+            profile's ``nightly`` section sets wins over the domain's.
         hooks: Python callables, where needed.
     """
 
@@ -128,6 +133,7 @@ class DomainSpec(_Strict):
     gate_policy: str | None = None
     canary_policy: str | None = None
     chat_template: str | None = None
+    nightly: NightlyConfig | None = None
     hooks: HooksSpec = HooksSpec()
 
 
@@ -267,6 +273,11 @@ class FolderDomain:
     def canary_policy(self) -> Path | None:
         """The domain's canary policy file, if it has one."""
         return self.path(self.spec.canary_policy) if self.spec.canary_policy else None
+
+    def nightly_recipe(self) -> dict[str, Any]:
+        """The ``nightly`` keys ``domain.yaml`` sets (none: an empty dict)."""
+        recipe = self.spec.nightly
+        return recipe.model_dump(exclude_unset=True) if recipe is not None else {}
 
     def chat_template(self) -> str | None:
         """The chat template text for policies that have none."""

@@ -42,6 +42,10 @@ gate_policy: policies/gate.yaml  # what a candidate must show to be released (se
 # canary_policy: policies/canary.yaml      # default: the packaged canary policy
 # chat_template: chat_template.jinja       # for registered policies whose tokenizer has none
 
+# nightly:                       # your recipe (loopwright.nightly.NightlyConfig keys); the
+#   finetune_steps: 200          # profile's nightly section wins where it sets the same key
+#   replay_ratio: 4.0
+
 # hooks:                         # Python only where data cannot say it (module:function)
 #   fact_checker: mypackage.checks:fact_checker        # () -> (prompt, response) -> FactVerdict
 #   refusal_detector: mypackage.checks:is_refusal      # (text) -> bool

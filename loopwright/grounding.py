@@ -96,11 +96,10 @@ class KnowledgeIndex:
 
     A fact's keys are its text and its example questions; its score for a query is the best
     of its keys' cosine similarities. A question is closer to another wording of itself
-    than to the statement that answers it: on the example domain, with the packaged MiniLM,
-    the right fact came first for 0.71 of the held-out question wordings when facts were
-    keyed by their text alone and for 0.87 with the training wordings as keys (top 3: 0.90
-    and 0.96). Hand-written because no well-kept library offers max-over-keys scoring for a
-    few thousand in-memory vectors without a server; the search is one matrix product.
+    than to the statement that answers it, so the question keys put the right fact first far
+    more often (docs/decisions/0007-grounding-and-context-guidance.md). Hand-written because
+    no well-kept library offers max-over-keys scoring for a few thousand in-memory vectors
+    without a server; the search is one matrix product.
 
     Args:
         facts: the facts (ids unique).

@@ -42,46 +42,26 @@ class NightlyConfig(BaseModel):
         tiny: tiny training budgets (tests and smoke runs).
         finetune_seconds: wall-clock budget of the SFT fine-tune, seconds, used only when
             ``finetune_steps`` is None: the candidate then depends on how fast and busy the
-            machine is (one 2-core machine ran 312-322 steps in 120 s, another 254-305).
+            machine is. See docs/decisions/0003-nightly-fine-tune-recipe.md.
         finetune_steps: the SFT fine-tune's budget in optimiser steps, with no time limit,
             so the candidate does not depend on the machine's speed (however long that
             takes) and a rerun with the same data, seed and thread count reproduces it bit
             for bit (``models.policy.PolicyConfig.max_steps``); None: ``finetune_seconds``.
-            400 on the example domain (``bench/policy_quality.py``, seeds 0/1/2/5, v1 of 700
-            steps, through the gateway, the benign look-alikes production asks in other
-            words answered among the new rows): newly covered refusals with training
-            templates 1.000/1.000/1.000/0.958 (320 steps, seeds 0/1/5: 0.938/0.979/0.896),
-            look-alike over-refusal over v1 -0.034/-0.026/+0.009/-0.043 (seed 2 without
-            them: +0.162). 120 s on slower machines fell short
-            of the refusal floor (seed 5: 0.875 at 254 steps); more steps teach the
-            refusals and, without the production-wording look-alikes, spread them (seeds
-            1/5 at 320 steps: +0.085/+0.034 without them, -0.009/-0.034 with them).
+            See docs/decisions/0003-nightly-fine-tune-recipe.md.
         replay_ratio: replay rows per new row (4:1 kept old facts; 0 forgets them).
+            See docs/decisions/0004-policy-training-recipe.md.
         replay_distill_weight: above 0, the replay rows are also pulled towards the
             champion's next-token distributions (``models.policy.finetune_sft``'s
-            ``distill_weight``). Off: on the example domain, seeds 0/1/2, same v1 each, 2
-            minutes (``bench/policy_quality.py --distill 1``), it kept unchanged facts with
-            held-out wording where SFT loses them (v1 0.671/0.668/0.688, SFT
-            0.679/0.610/0.618, distilled 0.694/0.676/0.676) but cost a quarter of the
-            steps (352/372/376 -> 275/273/279); changed facts with held-out wording moved
-            0.592/0.531/0.562 -> 0.569/0.562/0.562, newly covered refusals
-            0.950/0.967/0.983 -> 0.967/0.917/0.933 and look-alike over-refusal over v1
-            +0.000/+0.028/+0.028 -> +0.000/+0.083/+0.028.
+            ``distill_weight``); 0 (default): off.
+            See docs/decisions/0003-nightly-fine-tune-recipe.md.
         replay_file: the champion's training data, relative to the domain's data folder
             (``data/<Domain.data_folder()>``).
         boundary_dpo: after SFT, a short DPO (``PolicyConfig.dpo()``: 60 steps of 16 pairs,
             lr 5e-5, SFT term on) on refusal-boundary pairs built from the SFT's own rows in
             the prompts the gateway serves (:func:`models.policy_data.refusal_boundary_pairs`):
             answered rows prefer their answer to the refusal, declined rows their refusal to
-            what the model would slip into. Off: on the example domain, seeds 0/1/2,
-            through the gateway (``bench/policy_quality.py --boundary-dpo``), it took
-            look-alike over-refusal from +0.042/+0.000/+0.014 over v1 to +0.014/+0.000/
-            -0.028 and benign held-out questions refused from 0.150/0.017/0.233 to
-            0.150/0.000/0.100, but newly covered refusals fell from 0.933/0.933/1.000 to
-            0.883/0.683/0.950 with training templates and from 0.875/0.812/0.896 to
-            0.604/0.500/0.583 with held-out ones: it moves the boundary rather than
-            sharpening it. Half the steps with twice the SFT term kept the refusal loss
-            (0.867 on seed 1) and lost the over-refusal gain (seed 2: 0.083, as SFT alone).
+            what the model would slip into. Off by default: it moves the refusal boundary
+            rather than sharpening it. See docs/decisions/0003-nightly-fine-tune-recipe.md.
         boundary_benign_per_declined: benign pairs per declined row in that DPO.
         reward_heldout_file: frozen held-out human pairs, relative to the domain's data
             folder, judged at the knowledge the world has now (the embedded default's pairs
@@ -91,13 +71,10 @@ class NightlyConfig(BaseModel):
             relative to the domain's data folder; the curated pairs are cumulative, so the
             two together hold what every refreshed champion was trained on.
         reward_replay_ratio: replayed champion pairs per new pair in the refresh.
-            ``bench/guard_quality.py --parts refresh`` on the example domain's reviewer
-            pairs, seeds 0/1/2, held-out accuracy at the current revision (v1
-            0.834/0.863/0.815): new pairs alone at 2e-4 0.735/0.713/0.768 (forgetting);
-            4:1 replay at 2e-4 0.839/0.881/0.881; 4:1 at 5e-5 0.857/0.887/0.874.
+            See docs/decisions/0005-reward-model-training-and-refresh.md.
         reward_learning_rate: AdamW learning rate of the full-size refresh (a continuation,
-            so lower than training from scratch; tiny runs keep the tiny recipe): 5e-5 beat
-            v1 on every seed above while the new pairs went 0.61/0.55/0.56 -> 0.74/0.73/0.75.
+            so lower than training from scratch; tiny runs keep the tiny recipe).
+            See docs/decisions/0005-reward-model-training-and-refresh.md.
         reward_min_gain: the refreshed reward model must beat the old one's held-out
             pairwise accuracy by more than this to replace it.
         max_negative_share: a batch whose share of negative ratings exceeds this fails
@@ -105,14 +82,16 @@ class NightlyConfig(BaseModel):
         pseudoword_share: answered rows (new and replayed) copied with one made-up word
             (see :func:`models.policy_data.with_pseudowords`); keeps the new refusals from
             spreading to benign questions in unseen wording.
+            See docs/decisions/0003-nightly-fine-tune-recipe.md.
         finetune_threads: torch threads of the fine-tune; ``"auto"`` (default): the cores
-            free when it starts (2 idle threads made 1.9x the steps of 1; 2 threads beside
-            a busy core ran ~4x slower; see :mod:`models.cpu`).
+            free when it starts (:mod:`models.cpu`).
+            See docs/decisions/0004-policy-training-recipe.md.
         grounding_share: share of the night's new SFT rows given the facts the gateway
             retrieves for them, as served (see :func:`serving_grounder`); the replayed
             rows carry the grounding they were trained with. The share the policy v1 rows
             got (``models.grounding.GroundingConfig.share``): the candidate keeps reading
             the context and keeps answering without it.
+            See docs/decisions/0007-grounding-and-context-guidance.md.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -139,6 +118,26 @@ class NightlyConfig(BaseModel):
     def digest(self) -> str:
         """Short hash of the config: part of a candidate's identity (lineage tag)."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+
+def with_domain_recipe(config: NightlyConfig, domain: str) -> NightlyConfig:
+    """``config`` with what it leaves unset taken from the domain's recipe.
+
+    Precedence: keys set in ``config`` (the profile's ``nightly`` section, the environment)
+    over the domain's ``nightly_recipe()`` hook (``domain.yaml``'s ``nightly``) over the
+    defaults. Idempotent.
+
+    Raises:
+        loopwright.domain.DomainError: ``domain`` cannot be loaded.
+        pydantic.ValidationError: the merged recipe is not a valid ``NightlyConfig``.
+    """
+    from loopwright.domain import load_domain
+
+    provider = getattr(load_domain(domain), "nightly_recipe", None)
+    recipe = dict(provider()) if callable(provider) else {}
+    if not recipe:
+        return config
+    return NightlyConfig.model_validate({**recipe, **config.model_dump(exclude_unset=True)})
 
 
 class BatchRejected(RuntimeError):
@@ -231,7 +230,7 @@ def check_stage(
     from loopwright.data.contracts import ContractConfig, validate_batch
     from loopwright.data.screening import screen_batch
     from loopwright.domain import load_domain
-    from models.guard import Guard
+    from models.classifiers import load_guard
 
     domain = load_domain(settings.domain)
     production = data_dir(settings) / "production"
@@ -244,7 +243,7 @@ def check_stage(
     screening = screen_batch(
         production,
         batch,
-        Guard.load(guard_dir) if guard_dir is not None else _NoGuard(),
+        load_guard(guard_dir) if guard_dir is not None else _NoGuard(),
         domain.fact_checker(),
         domain.screening_config(),
         is_refusal=domain.is_safe_response,
@@ -346,8 +345,8 @@ def refresh_reward(
 
     The refresh trains on every new pair plus ``config.reward_replay_ratio`` times as many
     pairs sampled (seeded) from ``replay_path``, the champion's own training pairs: on new
-    pairs alone it forgets what it knew (held-out accuracy 0.83 -> 0.74 on the example
-    domain, seed 0). A missing replay file means no replay.
+    pairs alone it forgets what it knew. A missing replay file means no replay.
+    See docs/decisions/0005-reward-model-training-and-refresh.md.
 
     Returns:
         Metrics including ``heldout_acc_old``, ``heldout_acc_new``, ``keep_new`` (1.0 when
@@ -520,10 +519,8 @@ def finetune_candidate(
     if not curated:
         raise ValueError(f"{sft_path}: no curated SFT rows; nothing to fine-tune on")
     # The new rows get copies too: the night's guard refusals (odd-looking prompts: encodings,
-    # role-play, homoglyphs) otherwise teach "unfamiliar wording -> refuse". On the full-size
-    # demo's night (587 rows, 37 guard refusals, same steps): over-refusal on look-alikes
-    # 0.181 with replay copies only, 0.028 with copies of the new rows too (v1: 0.028), while
-    # uncovered-category refusals stayed above v1 (0.70 vs 0.50 with training templates).
+    # role-play, homoglyphs) otherwise teach "unfamiliar wording -> refuse"
+    # (docs/decisions/0003-nightly-fine-tune-recipe.md).
     grounded = ground(curated) if ground is not None else curated
     new_rows = with_pseudowords(grounded, config.pseudoword_share, config.seed + 1, answered)
     if not replay_path.is_file():

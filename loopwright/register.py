@@ -1,8 +1,10 @@
 """Register a model folder a user brings: check it loads as the loop will load it, publish it.
 
 ``loopwright register FOLDER --kind policy`` is the front door for a team's own model: a
-Hugging Face causal LM folder with a chat template (policy), or a guard / reward folder in
-loopwright's formats. The folder is loaded through the same code the gateway, the
+Hugging Face causal LM folder with a chat template (policy); as guard, any Hugging Face
+sequence classifier with a label map, or a guard loopwright trained; as reward model, any
+single-logit sequence classifier, or one loopwright trained (:mod:`models.classifiers`).
+The folder is loaded through the same code the gateway, the
 evaluation and the trainers use, so a folder that registers is one the loop can serve and
 fine-tune. Registration is idempotent (a folder already registered, byte for byte, is
 reported, not registered twice) and the first version of a model may become champion
@@ -82,13 +84,17 @@ def _probe(folder: Path, kind: ModelKind) -> str:
         params = sum(p.numel() for p in policy.model.parameters())
         return f"{arch}, {params / 1e6:.1f}M parameters, replied {reply!r}"
     if kind == "guard":
-        from models.guard import Guard
+        from models.classifiers import ClassifierGuard, load_guard
 
-        scores = Guard.load(folder).scores(["Hello"])[0]
+        guard = load_guard(folder, backend="torch")
+        scores = guard.scores(["Hello"])[0]
+        if isinstance(guard, ClassifierGuard):
+            mapped = ", ".join(f"{k}->{v}" for k, v in guard.mapping.label_map.items())
+            return f"classifier guard ({mapped}), P(harmful | 'Hello') = {scores['harmful']:.3f}"
         return f"guard, labels {', '.join(sorted(scores))}"
-    from models.reward import RewardModel
+    from models.classifiers import load_reward
 
-    score = RewardModel.load(folder).score(["Hello"], ["Hi, how can I help?"])[0]
+    score = load_reward(folder).score(["Hello"], ["Hi, how can I help?"])[0]
     return f"reward model, score of a greeting: {score:.3f}"
 
 
@@ -157,6 +163,67 @@ def with_chat_template(folder: Path, template: str | None, workdir: Path) -> Pat
     tokenizer.chat_template = template
     tokenizer.save_pretrained(copy)
     logger.info("%s has no chat template: registering a copy with the domain's", folder)
+    return copy
+
+
+def with_guard_mapping(
+    folder: Path,
+    label_map: dict[str, str] | None,
+    thresholds: dict[str, float] | None,
+    workdir: Path,
+) -> Path:
+    """``folder``, or a copy under ``workdir`` carrying the guard label map.
+
+    A guard loopwright trained is returned as it is (it has its own labels and calibrated
+    thresholds). A classifier folder gets ``loopwright_guard.json``: ``label_map`` (None:
+    the one already in the folder, else the model's own labels if they are guard labels)
+    and ``thresholds`` (None: the folder's, else 0.5).
+
+    Raises:
+        ModelFolderError: a label map that does not fit the model's labels, or a label map
+            given for a guard loopwright trained.
+    """
+    import shutil
+
+    from pydantic import ValidationError
+
+    from models.classifiers import (
+        HF_GUARD_FILE,
+        ClassifierFolderError,
+        GuardMapping,
+        guard_mapping,
+        is_own_guard,
+        model_labels,
+        read_guard_mapping,
+        write_guard_mapping,
+    )
+
+    if is_own_guard(folder):
+        if label_map or thresholds:
+            raise ModelFolderError(
+                f"{folder} is a guard loopwright trained: its labels and calibrated "
+                "thresholds are its own (no --label-map / --threshold)"
+            )
+        return folder
+    if not (folder / "config.json").is_file():
+        raise ModelFolderError(
+            f"{folder}: no config.json; a guard is a Hugging Face sequence-classifier folder "
+            "(model and tokenizer) or a guard loopwright trained"
+        )
+    try:
+        existing = read_guard_mapping(folder) if (folder / HF_GUARD_FILE).is_file() else None
+        labels = model_labels(folder)
+        mapped = guard_mapping(labels, label_map or (existing.label_map if existing else None))
+        limits = {**(existing.thresholds if existing else GuardMapping(label_map={}).thresholds)}
+        mapping = GuardMapping.model_validate(
+            {"label_map": mapped, "thresholds": {**limits, **(thresholds or {})}}
+        )
+    except (ClassifierFolderError, ValidationError) as exc:
+        raise ModelFolderError(f"{folder}: {exc}") from exc
+    copy = workdir / f"{folder.resolve().name}-guard"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(folder, copy)
+    write_guard_mapping(copy, mapping)
     return copy
 
 

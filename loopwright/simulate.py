@@ -1,6 +1,6 @@
 """Traffic simulator: a domain's simulated users talk to a running gateway over HTTP.
 
-Each simulated user (ordinary, adversarial, harmful; :class:`models.helpdesk.simulators.
+Each simulated user (ordinary, adversarial, harmful; :class:`examples.helpdesk.simulators.
 UserSimulator`) sends a chat request; the user judges the answer and the feedback it leaves
 (ratings, corrections) is posted to ``/v1/feedback`` under the interaction id the gateway
 returned. The run is bounded in requests and time and only talks to loopback addresses,

@@ -504,9 +504,8 @@ class TorchBackend:
 
 
 # ORT's SkipLayerNormalization fusion (residual add + LayerNorm in one kernel) made the
-# int8 guard ~11% slower on one thread here (ORT 1.32, AVX-512 VNNI CPU: 13.6 -> 12.1 ms
-# CPU for a 96-token input; the fused kernel alone cost 1.9 ms against 0.3 ms for the
-# separate Add + LayerNormalization). Outputs are the same up to float rounding.
+# int8 guard slower on CPU; without it outputs differ only by float rounding
+# (docs/decisions/0006-guard-rail-and-encoders.md).
 ORT_DISABLED_OPTIMIZERS: tuple[str, ...] = ("SkipLayerNormFusion",)
 
 
@@ -515,15 +514,14 @@ class OnnxBackend:
 
     Every row of a batch runs on its own, cut to its real length: with dynamic int8
     quantisation the activation scale is computed over the whole input tensor, so in a
-    padded batch a text's scores depended on its batch-mates (up to 0.2 in probability on
-    the example guard, flipping ~0.7% of verdicts) and padding cost up to 30% more CPU per
-    text; one row at a time is deterministic and, on CPU, no slower per text.
+    padded batch a text's scores depend on its batch-mates; one row at a time is
+    deterministic and, on CPU, no slower per text.
 
     With ``prune=True`` and more than one output, a session per single output is also
     built (the graph cut down to what that output needs; ONNX Runtime computes every node
     whatever is fetched), so asking for only the guard probabilities skips the embedding
-    branch (~25% of a guard pass). That needs the ``onnx`` package; without it every call
-    runs the full graph.
+    branch. That needs the ``onnx`` package; without it every call runs the full graph.
+    See docs/decisions/0006-guard-rail-and-encoders.md.
 
     Args:
         path: the ``.onnx`` file (inputs ``input_ids``, ``attention_mask``, int64).

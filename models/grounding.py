@@ -6,25 +6,12 @@ bare questions ignores that context; one trained on rows that carry it learns to
 which is what lets it answer wording it was never trained on (the retriever is a pretrained
 sentence encoder that knows "throttle" is about rate limits; a 5M-parameter model trained
 from scratch on the domain does not). It does not make v1 prefer a changed fact in the
-context over the answer it memorised (revision-2 changed facts through the gateway: about
-0.26 with training wording, 0.12 with held-out wording); the nightly fine-tune still has to
-teach the change, and the grounded candidate then answers held-out wording of the changed
-facts far better than the bare one (issue #6's notes).
+context over the answer it memorised; the nightly fine-tune still has to teach the change.
 
-Measured on the example domain (GPU sweep of 16 recipes x seeds 0/1/2 at 640 steps, then
-``bench/policy_quality.py`` on this 2-core machine; numbers in issue #3's notes): with the
-top retrieved fact in 70% of the rows and half of the rows whose own fact was retrieved
-made *counterfactual* (the context states another plausible value and the answer follows
-it), exact answers to held-out wording through the gateway went from 0.46 (bare model,
-bare recipe) to about 0.60 with facts retrieved by their text, and to 0.63-0.70 (seeds
-0/1/2) once the index also keys each fact by its training questions
-(:class:`loopwright.grounding.KnowledgeIndex`; the right fact first for 0.87 of held-out
-wordings instead of 0.71). Grounding every row left the model nearly unable to answer
-without the gateway (bare exact answers on training wording 0.30); 75% counterfactual rows,
-random made-up values instead of sibling values, oracle facts instead of retrieved ones, or
-two or three facts per row all answered held-out wording worse or no better. Without
-counterfactuals (three facts per row, earlier experiment) a fact in the context that
-contradicted what the model had memorised was never used (0.00).
+The recipe (:class:`GroundingConfig`'s defaults: the top retrieved fact in 70% of the rows,
+half of the rows whose own fact was retrieved made *counterfactual*, so the context states
+another plausible value and the answer follows it) and the measurements behind it are in
+docs/decisions/0007-grounding-and-context-guidance.md.
 """
 
 from __future__ import annotations
@@ -40,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from loopwright.grounding import EmbedderLike, Fact, KnowledgeIndex, with_facts
 
 Conversation = list[dict[str, str]]
-"""A chat as role/content messages (the shape ``models.helpdesk.records`` writes)."""
+"""A chat as role/content messages (the shape ``examples.helpdesk.records`` writes)."""
 
 Counterfactual = Callable[[str, random.Random], str | None]
 """``(fact id, rng) -> a plausible wrong answer to that fact`` (None: the fact has none)."""
@@ -48,6 +35,8 @@ Counterfactual = Callable[[str, random.Random], str | None]
 
 class GroundingConfig(BaseModel):
     """How training rows are grounded (validated, frozen).
+
+    The defaults are the measured recipe: docs/decisions/0007-grounding-and-context-guidance.md.
 
     Attributes:
         share: fraction of rows that get retrieved facts (the rest stay bare, so the

@@ -79,12 +79,9 @@ class GuardConfig(BaseModel):
             head only; 6 = all layers). Each costs one extra layer per forward pass.
         head_hidden: hidden width of the classification head.
         pooling: ``mean`` or ``mean_max`` token pooling into the head
-            (:class:`models.encoder.GuardHeadSpec`). ``mean_max`` with 4 epochs on the
-            example domain, held-out benign FPR / harmful / injection recall over seeds
-            0/1/2: 0.020/0.919/0.903, 0.027/0.938/0.880, 0.021/0.938/0.916; with ``mean``
-            and 3 epochs: 0.017/0.887/0.910, 0.036/0.947/0.908, 0.015/0.911/0.909. The
-            gain is on compound prompts (an unsafe question among benign ones, which the
-            mean dilutes): recall 0.75/0.84/0.74 -> 0.80/0.82/0.86.
+            (:class:`models.encoder.GuardHeadSpec`); ``mean_max`` (default) keeps an unsafe
+            question among benign ones from being diluted by the mean.
+            See docs/decisions/0006-guard-rail-and-encoders.md.
         max_length: tokens per window (~100 tokens hold a 384-character English prompt).
         window_stride: tokens of overlap between consecutive windows of a long input.
         epochs: passes over the training split.
@@ -97,22 +94,17 @@ class GuardConfig(BaseModel):
         target_fpr: the requirement: benign false-positive rate on unseen prompts.
         calibration_fpr: the benign FPR thresholds are fitted to on the validation split;
             well below ``target_fpr`` because unseen phrasings score higher than validation
-            ones (on the example domain, 0.5% on validation became ~5% on held-out
-            templates, 2% became ~10%, without label smoothing). With label smoothing 0.1,
-            1% (2 of the ~260 validation benign prompts) gave 1.8% held-out benign FPR on
-            seed 0 where 0.5% left injection recall at 0.69.
+            ones. See docs/decisions/0006-guard-rail-and-encoders.md.
         class_weighting: weight the loss by inverse label frequency. Off by default: on
             the example domain, down-weighting benign raised false positives on unseen
             benign look-alikes.
-        min_threshold: calibrated thresholds never go below this. Validation prompts are
-            scored more confidently than unseen phrasings, so thresholds fitted far below
-            0.5 blocked 5-10% of unseen benign prompts; 0.5 means a prompt is blocked only
-            when the guard finds the unsafe label more likely than not.
-        label_smoothing: cross-entropy label smoothing (softer, less over-confident scores).
-            0.1 on the example domain: without it, benign look-alikes score 0.99+ harmful,
-            so the ~260 validation benign prompts put the fitted threshold anywhere between
-            0.5 and 0.99 by the luck of one prompt (seed 0 held-out harmful recall 0.76 at
-            a 0.98 threshold); smoothed scores keep it near the floor.
+        min_threshold: calibrated thresholds never go below this (validation prompts are
+            scored more confidently than unseen phrasings); 0.5 means a prompt is blocked
+            only when the guard finds the unsafe label more likely than not.
+            See docs/decisions/0006-guard-rail-and-encoders.md.
+        label_smoothing: cross-entropy label smoothing (softer, less over-confident scores,
+            so the fitted threshold does not hang on one validation prompt).
+            See docs/decisions/0006-guard-rail-and-encoders.md.
         group_similarity: texts whose pretrained embeddings are at least this similar
             (cosine) stay on one side of the train/validation split, so thresholds are
             calibrated on phrasings the model did not train on; ``None``: random split.

@@ -1,15 +1,13 @@
 """Export an encoder module to ONNX and quantise it dynamically to int8.
 
-Measured on this machine (STACK_NOTES, issue 5): the encoder costs ~13 ms per 384-character
-input in torch on 2 threads and ~4.6 ms on 1 thread in ONNX Runtime with dynamic int8
-quantisation, so the gateway's latency floor needs this path.
-
-Choices, each measured here on all-MiniLM-L6-v2 against the fp32 export:
+The int8 ONNX path is what keeps the gateway's encoders (guard, embedder) within its latency
+floor on CPU. Choices:
 
 - TorchScript-based exporter (``dynamo=False``): the dynamo exporter needs ``onnxscript``,
   which the stack does not ship; both need the ``onnx`` package.
-- ``per_channel=True`` int8 weights: cosine to fp32 embeddings >= 0.99 on 384-character
-  inputs; per-tensor weights gave ~0.96, QUInt8 weights ~0.98 and were slower.
+- ``per_channel=True`` int8 weights (the closest to the fp32 embeddings).
+
+The measurements behind the int8 path are in docs/decisions/0006-guard-rail-and-encoders.md.
 """
 
 from __future__ import annotations

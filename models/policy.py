@@ -121,15 +121,13 @@ class PolicyConfig(BaseModel):
             a run is reproducible bit for bit for a seed and thread count.
         seed: seeds tokenizer corpus noise, initialisation, batch order and noise.
         threads: torch intra-op threads during training, or ``"auto"`` (the default): the
-            cores free when the run starts (:mod:`models.cpu`). On the shared 2-core
-            machine, 2 threads ran 4x slower per step than 1 as soon as one other process
-            was busy (OpenMP threads wait on each other when a core is taken), and 145
-            steps in 4.5 minutes left the model useless; 2 threads pay off only on cores
-            nobody else uses. A thread count is part of what makes a run reproducible.
+            cores free when the run starts (:mod:`models.cpu`); more threads than free
+            cores make every step wait (OpenMP threads wait on each other when a core is
+            taken). A thread count is part of what makes a run reproducible.
+            See docs/decisions/0004-policy-training-recipe.md.
         bf16: bfloat16 autocast for forward/backward (weights stay fp32). Off by default:
-            STACK_NOTES measured it 1.2-1.5x faster on a quiet CPU with avx512_bf16, but on
-            the shared 2-core machine it measured 1.9x *slower* than fp32 (interleaved
-            steps, 1 thread), and fp32 is exact.
+            slower than fp32 on the shared CPU, and fp32 is exact.
+            See docs/decisions/0004-policy-training-recipe.md.
         surface_noise: add greetings, typos and casing to user turns in training copies.
         noise_variants: noisy copies per row prepared up front.
         noise_prob: chance that an epoch uses a noisy copy of a row instead of the clean one.
@@ -587,8 +585,8 @@ def finetune_sft(
     """Continue a saved policy on new rows mixed with replay of what it already knows.
 
     Each epoch holds every new row once plus ``replay_ratio`` times as many replay rows.
-    Without replay a fine-tune on new facts alone wipes out the old ones (measured 0.80 ->
-    0.02 exact answers); 4:1 kept 0.96 on unchanged facts. The tokenizer is the parent's,
+    Without replay a fine-tune on new facts alone wipes out the old ones
+    (docs/decisions/0004-policy-training-recipe.md). The tokenizer is the parent's,
     unchanged; architecture fields of ``config`` are ignored.
 
     Args:
@@ -735,10 +733,9 @@ def train_dpo(
 ) -> TrainResult:
     """Preference-optimise a saved policy with trl's ``DPOTrainer`` (plus an SFT term).
 
-    The loss is ``sigmoid DPO + dpo_sft_weight * NLL(chosen)``: measured on this model, DPO
-    alone at a useful learning rate made outputs degenerate and cost 13-18 points of
-    held-out accuracy, and at a low rate changed nothing measurable. Keep the result only
-    where evaluation shows it helps. The reference model is a frozen copy of the parent.
+    The loss is ``sigmoid DPO + dpo_sft_weight * NLL(chosen)``: on this model DPO alone
+    made outputs degenerate (docs/decisions/0004-policy-training-recipe.md). Keep the result
+    only where evaluation shows it helps. The reference model is a frozen copy of the parent.
 
     Args:
         parent_dir: the policy folder to start from (usually the SFT candidate).

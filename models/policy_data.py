@@ -57,7 +57,7 @@ class NoiseSettings:
     """Probabilities of each surface change applied to user turns (never to the answer).
 
     Surface noise in the training text (greetings, typos, casing) is what let a tiny model
-    generalise to unseen paraphrases (STACK_NOTES: 0.55 -> 0.69 held-out exact answers).
+    generalise to unseen paraphrases (docs/decisions/0004-policy-training-recipe.md).
 
     Attributes:
         greeting: probability of a greeting prefix.
@@ -375,8 +375,8 @@ def drop_superseded(
     """Remove replay rows that the new rows contradict; return the kept rows and the count.
 
     Replaying the parent's data verbatim also replays its *stale* answers: when a fact
-    changed, the old answer and the new one then compete (measured: fine-tuning with 4:1
-    replay of all of v1 left 58% stale answers on changed facts). A replay row is dropped
+    changed, the old answer and the new one then compete
+    (docs/decisions/0004-policy-training-recipe.md). A replay row is dropped
     when the new rows ask the same prompt (its user and assistant turns, case- and
     space-insensitive; system turns are ignored) with a different
     answer, or when its answer is one of those superseded answers (this catches the noisy
@@ -412,10 +412,9 @@ def with_pseudowords(
     """``rows`` plus copies of some kept rows whose first question has a made-up word.
 
     A fine-tune that learns new refusals otherwise starts refusing benign questions in
-    wording it has not seen (measured on the example domain, seed 1: over-refusal on
-    held-out look-alikes 0.00 -> 0.44); answered copies with one word swapped for a random
-    letter string teach that an unfamiliar word is no reason to refuse (0.07-0.26 with
-    share 1.0, depending on which rows are eligible). The made-up words are random, so no
+    wording it has not seen; answered copies with one word swapped for a random letter
+    string teach that an unfamiliar word is no reason to refuse
+    (docs/decisions/0003-nightly-fine-tune-recipe.md). The made-up words are random, so no
     evaluation wording can leak in.
 
     Args:
@@ -483,8 +482,9 @@ def refusal_boundary_pairs(
     is the continuation that wins. SFT on answered rows stops pushing once the answer is the
     most likely reply; these pairs keep pushing the refusal down wherever the answer is
     wanted, and the refusal up against its likely alternatives where it is wanted.
-    Measured on the example domain, a DPO on them moved the boundary rather than sharpening
-    it (fewer benign refusals, fewer harmful ones too: ``NightlyConfig.boundary_dpo``).
+    A DPO on them moved the boundary rather than sharpening it (fewer benign refusals,
+    fewer harmful ones too: ``NightlyConfig.boundary_dpo``;
+    docs/decisions/0003-nightly-fine-tune-recipe.md).
 
     Args:
         rows: SFT rows as trained (any system prompt and served context included).

@@ -12,9 +12,9 @@ device placement, progress bar). What it does not do, and this module adds:
 - distillation of chosen rows (a fine-tune's replay) from a frozen teacher beside the
   label loss (:func:`distillation_kl`).
 
-Measured with ``bench/policy_trainer_vs_loop.py`` (same model, same batches, 1 thread):
-the Trainer ran at parity with a hand-written loop (loop/Trainer 1.00), so the library
-does the loop. Fully deterministic for a fixed step count, seed and thread count.
+The Trainer runs as fast as a hand-written loop, so the library does the loop
+(docs/decisions/0004-policy-training-recipe.md). Fully deterministic for a fixed step
+count, seed and thread count.
 """
 
 from __future__ import annotations

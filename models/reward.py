@@ -47,10 +47,8 @@ class RewardTrainConfig(BaseModel):
     Attributes:
         epochs: passes over the pairs.
         batch_size: pairs per step (each step scores 2x this many sequences).
-        learning_rate: AdamW learning rate. 2e-4 on the example domain: held-out pairwise
-            accuracy over seeds 0/1/2 was 0.799/0.817/0.806 at 5e-5, 0.834/0.828/0.850 at
-            1e-4 and 0.843/0.887/0.841 at 2e-4, for the same 2 epochs (~60 s); most of the
-            gain is on wrong-fact pairs, which need the facts memorised.
+        learning_rate: AdamW learning rate (default 2e-4, for training from the
+            pretrained encoder). See docs/decisions/0005-reward-model-training-and-refresh.md.
         weight_decay: AdamW weight decay.
         warmup_ratio: fraction of steps with linear warmup.
         max_length: tokens of prompt + response (longest-first truncation).

@@ -197,6 +197,15 @@ def _reward_refresh_skipped(settings: Settings, heldout: Path) -> str | None:
         return f"no {settings.registered_model('reward')} champion to refresh"
     if not heldout.is_file():
         return f"no held-out preference pairs ({heldout}) to judge a refresh by"
+    from models.classifiers import is_own_reward
+
+    folder, version = _champion_dir(settings, "reward")
+    if not is_own_reward(folder):
+        return (
+            f"{settings.registered_model('reward')} version {version} is a classifier "
+            "registered as it is: it scores, and only reward models loopwright trains are "
+            "refreshed"
+        )
     return None
 
 

@@ -1,8 +1,9 @@
 """The platform never imports the example domain; the example reaches it only as configured.
 
-The help-desk example (its domain, generators, simulators, bootstrap and demo flow) is one
-domain among many: the platform (``loopwright/``, ``tasks/``, ``flows/``, the generic
-``models/``) finds it through ``Settings.domain`` and the domain's hooks, never by import.
+The help-desk example (``examples/helpdesk/``: its domain, generators, simulators, bootstrap
+and demo flow) is one domain among many: the platform (``loopwright/``, ``tasks/``,
+``flows/``, ``models/``) finds it through ``Settings.domain`` and the domain's hooks, never
+by import.
 Every import statement is checked, including those inside functions.
 """
 
@@ -12,26 +13,12 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE_MODULES = (
-    "models.helpdesk",
-    "models.bootstrap",
-    "tasks.bootstrap",
-    "flows.bootstrap",
-    "flows.demo",
-)
-EXAMPLE_FILES = {
-    REPO / "models" / "bootstrap.py",
-    REPO / "tasks" / "bootstrap.py",
-    REPO / "flows" / "bootstrap.py",
-    REPO / "flows" / "demo.py",
-}
+EXAMPLE_MODULES = ("examples",)
 PLATFORM = ("loopwright", "tasks", "flows", "models")
 
 
 def _platform_files() -> list[Path]:
-    files = [p for pkg in PLATFORM for p in sorted((REPO / pkg).rglob("*.py"))]
-    example_dir = REPO / "models" / "helpdesk"
-    return [p for p in files if p not in EXAMPLE_FILES and example_dir not in p.parents]
+    return [p for pkg in PLATFORM for p in sorted((REPO / pkg).rglob("*.py"))]
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
@@ -63,10 +50,10 @@ def test_no_platform_module_imports_the_example():
 
 def test_the_contract_catches_an_import_inside_a_function(tmp_path):
     probe = tmp_path / "probe.py"
-    probe.write_text("def f():\n    from models.helpdesk.kb import knowledge_base\n")
+    probe.write_text("def f():\n    from examples.helpdesk.kb import knowledge_base\n")
     assert [m for _, m in _imports(probe) if _is_example(m)] == [
-        "models.helpdesk.kb",
-        "models.helpdesk.kb.knowledge_base",
+        "examples.helpdesk.kb",
+        "examples.helpdesk.kb.knowledge_base",
     ]
-    probe.write_text("from models import helpdesk\n")
+    probe.write_text("import examples.helpdesk as example\n")
     assert any(_is_example(m) for _, m in _imports(probe))

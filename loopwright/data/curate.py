@@ -13,7 +13,7 @@ judgement:
 Outputs (all deduplicated):
 
 * SFT rows (``sft.jsonl``, one ``{"messages": [...]}`` per line as
-  ``models.helpdesk.records.write_conversations`` writes): good answers, corrections,
+  ``examples.helpdesk.records.write_conversations`` writes): good answers, corrections,
   reviewers' chosen answers, and uncontested guard blocks with their safe response.
 * Preference pairs (``pairs.jsonl``): good vs failed answers to the same prompt
   (``rating``), correction vs the original (``correction``), reviewer comparisons
@@ -67,13 +67,9 @@ class CurateConfig(BaseModel):
         max_rating_pairs_per_prompt: cap on good x failed combinations per prompt.
         regression_suite: suite name of the regression cases.
         guard_refusals_in_sft: add uncontested guard blocks to SFT as refusal examples.
-        max_guard_sft_share: at most this share of the SFT rows are such guard refusals.
-            Measured on the example domain: a night whose SFT rows were 28% the gateway's
-            fallback text taught the candidate to answer benign questions with it
-            (over-refusal +0.25 raw); in the policy bench, refusal rows capped at 8% of the
-            new rows cut look-alike over-refusal 0.167 -> 0.056 and still taught 0.90 of
-            the new refusals. At 10% (36 of 554 rows) two of three full-size demo nights
-            still raised over-refusal beyond the gate's margin (+0.12, +0.07 raw), hence 5%.
+        max_guard_sft_share: at most this share of the SFT rows are such guard refusals
+            (default 5%; more teaches the candidate to answer benign questions with the
+            fallback text). See docs/decisions/0003-nightly-fine-tune-recipe.md.
 
     """
 

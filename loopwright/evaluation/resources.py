@@ -49,8 +49,10 @@ def load_resources(
     """Load the reward model and/or guard for model-based scorers.
 
     Args:
-        reward: folder or registry URI of a reward model (``models.reward.RewardModel``).
-        guard: folder or registry URI of a guard (``models.guard.Guard``).
+        reward: folder or registry URI of a reward model (either kind:
+            :func:`models.classifiers.load_reward`).
+        guard: folder or registry URI of a guard (either kind: :func:`models.classifiers.
+            load_guard`).
         download_root: where registry URIs are downloaded to.
         threads: torch / ONNX Runtime threads for each.
         guard_backend: ``onnx`` (what the gateway serves) or ``torch``.
@@ -65,17 +67,17 @@ def load_resources(
     if reward is not None:
         folder = _folder(reward, root, "reward model")
         try:
-            from models.reward import RewardModel
+            from models.classifiers import load_reward
         except ImportError as exc:
-            raise ResourceError(f"reward model {reward}: models.reward is unavailable") from exc
-        reward_obj = RewardModel.load(folder, threads=threads)
+            raise ResourceError(f"reward model {reward}: models is unavailable") from exc
+        reward_obj = load_reward(folder, threads=threads)
     if guard is not None:
         folder = _folder(guard, root, "guard")
         try:
-            from models.guard import Guard
+            from models.classifiers import load_guard
         except ImportError as exc:
-            raise ResourceError(f"guard {guard}: models.guard is unavailable") from exc
-        guard_obj = Guard.load(folder, backend=guard_backend, threads=threads)
+            raise ResourceError(f"guard {guard}: models is unavailable") from exc
+        guard_obj = load_guard(folder, backend=guard_backend, threads=threads)
     return ScorerResources(reward=reward_obj, guard=guard_obj)
 
 

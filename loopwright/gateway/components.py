@@ -91,20 +91,14 @@ def download_registry_folder(tracking_uri: str, name: str, alias: str, cache: Pa
     return download_version(name, str(version.version), cache, tracking_uri)
 
 
-def _guard_folder(root: Path) -> Path:
-    hits = sorted(root.rglob("guard_config.json"), key=lambda p: len(p.parts))
-    if not hits:
-        raise FileNotFoundError(f"{root}: no guard folder (guard_config.json) inside")
-    return hits[0].parent
-
-
 def load_components(
     settings: GatewaySettings, run_dir: Path, store: Any | None = None
 ) -> Components:
     """Load guard, embedder and facts as the settings say; pass ``store`` through.
 
-    The guard's own embedder is used for retrieval when a guard is loaded (one forward pass
-    serves both, and facts and requests are embedded by the same graph).
+    A loopwright guard's own embedder is used for retrieval (one forward pass serves both,
+    and facts and requests are embedded by the same graph); a classifier guard
+    (:mod:`models.classifiers`) has none, so retrieval then gets the standalone embedder.
 
     Args:
         settings: the gateway settings.
@@ -120,7 +114,7 @@ def load_components(
     )
     wants_embed = s.augment.enabled and s.augment.retrieval
     if wants_guard or wants_embed:
-        from models.guard import Guard
+        from models.classifiers import find_guard_folder, load_guard
 
         folder: Path | None = None
         if s.encoders.guard_dir:
@@ -136,11 +130,12 @@ def load_components(
             except Exception as exc:  # noqa: BLE001 - rules-only beats not serving
                 logger.warning("no guard from the registry (%s); input rails use rules only", exc)
         if folder is not None:
-            comps.guard = Guard.load(
-                _guard_folder(folder), backend=s.encoders.runtime, threads=s.encoders.threads
+            comps.guard = load_guard(
+                find_guard_folder(folder), backend=s.encoders.runtime, threads=s.encoders.threads
             )
-            comps.embedder = comps.guard.embedder()
-        elif wants_embed:
+            shared = getattr(comps.guard, "embedder", None)
+            comps.embedder = shared() if callable(shared) else None
+        if comps.embedder is None and wants_embed:
             comps.embedder = standalone_embedder(s.encoders)
     if wants_embed:
         comps.facts = knowledge_facts(s.encoders, s.domain)

@@ -171,18 +171,10 @@ class AugmentSettings(_Strict):
         context_guidance: decode requests that carry injected facts against the same
             request without them (``models.generation.DecodingParams.context_guidance``;
             1 = off; about twice the decode compute for those requests when on), so answers
-            follow today's facts over what the model memorised. 1.5 by default, measured
-            on the example domain (``bench/policy_quality.py``, the nightly's candidate,
-            four 3-seed sets): changed facts asked in held-out wording 0.592-0.677 with it
-            against 0.531-0.631 plain (higher on eleven of the twelve seed runs); look-alike
-            over-refusal over v1 -0.014 to +0.055 against +0.000 to +0.056 on 72
-            look-alikes, -0.026 to +0.111 against -0.008 to +0.103 on 117 (six seeds).
-            The price is the policy's own refusals of harmful requests in held-out wording
-            (4-10 points lower); behind the default gateway's guard, which blocks most of
-            them first, the harmful requests handled came out the same with and without it
-            (``--guard-dir``, third and fourth sets: on five of six seeds; one request fewer
-            on the sixth). Set 1 where the model is served without the
-            guard's input rail, or where decode compute matters more than fact-following.
+            follow today's facts over what the model memorised. 1.5 by default; set 1
+            where the model is served without the guard's input rail (guidance lowers the
+            policy's own refusals of harmful requests), or where decode compute matters
+            more than fact-following. See docs/decisions/0007-grounding-and-context-guidance.md.
 
     """
 

@@ -29,8 +29,8 @@ def make_dvc_repo(path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def bootstrapped(stack_settings, tmp_path_factory) -> Bootstrapped:
-    from flows.bootstrap import bootstrap_flow
-    from models.bootstrap import BootstrapConfig
+    from examples.helpdesk.bootstrap import BootstrapConfig
+    from examples.helpdesk.bootstrap_flow import bootstrap_flow
 
     repo = make_dvc_repo(tmp_path_factory.mktemp("flows") / "repo")
     settings = stack_settings.model_copy(update={"app": "boot", "data_repo": repo})

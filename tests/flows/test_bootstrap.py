@@ -8,7 +8,7 @@ pytestmark = pytest.mark.services
 def test_bootstrap_registers_three_champions_once(bootstrapped):
     from mlflow import MlflowClient
 
-    from flows.bootstrap import bootstrap_flow
+    from examples.helpdesk.bootstrap_flow import bootstrap_flow
     from loopwright.datastore import data_version
     from loopwright.release.registry_ops import RegistryOps
 

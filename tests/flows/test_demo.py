@@ -30,7 +30,7 @@ def _free_port() -> int:
 def demo_run(stack_settings, tmp_path_factory):
     import torch
 
-    from flows.demo import demo_flow
+    from examples.helpdesk.demo_flow import demo_flow
     from loopwright.demo import DemoConfig, stop_gateway
     from loopwright.storage import ObjectStore
 
@@ -247,17 +247,17 @@ def test_poisoned_batch_fails_screening_for_the_poisoning(demo_run):
     """
     import pandas as pd
 
+    from examples.helpdesk.plugin import (
+        helpdesk_fact_checker,
+        helpdesk_is_safe_response,
+        helpdesk_screening_config,
+    )
     from loopwright.data.batches import load_manifest
     from loopwright.data.screening import screen_frames
     from loopwright.data.tables import DataLayout, feedback_row, interaction_row
     from loopwright.records import FeedbackEvent, Interaction
     from loopwright.registry import download_model_folder
     from models.guard import Guard
-    from models.helpdesk.plugin import (
-        helpdesk_fact_checker,
-        helpdesk_is_safe_response,
-        helpdesk_screening_config,
-    )
 
     settings, _ = demo_run
     layout = DataLayout(settings.data_repo / "data" / "production")

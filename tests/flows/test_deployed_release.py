@@ -98,7 +98,8 @@ def deployed(stack_settings, tmp_path_factory):
     import torch
     from stackenv import stack_env
 
-    from flows.bootstrap import bootstrap_flow
+    from examples.helpdesk.bootstrap import BootstrapConfig
+    from examples.helpdesk.bootstrap_flow import bootstrap_flow
     from loopwright.config import settings_env
     from loopwright.demo import (
         TINY_CANARY_POLICY,
@@ -110,7 +111,6 @@ def deployed(stack_settings, tmp_path_factory):
         with_log_seal,
     )
     from loopwright.storage import ObjectStore
-    from models.bootstrap import BootstrapConfig
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("deployed")

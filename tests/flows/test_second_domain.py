@@ -236,13 +236,24 @@ def _ask(client: Any, question: str, user: str, model: str = "recipes-policy") -
 
 
 def _feedback(url: str, key: str, interaction_id: str, body: dict[str, Any]) -> None:
+    """POST feedback as a well-behaved client: a 429 is retried after its ``Retry-After``.
+
+    The key's rate limit covers feedback too; on a busy machine the 48 requests and their
+    feedback can outrun it (a clean-clone CI run saw a 429 here).
+    """
+    import time
+
     import httpx
 
-    response = httpx.post(
-        f"{url}/v1/feedback",
-        headers={"Authorization": f"Bearer {key}"},
-        json={"interaction_id": interaction_id, **body},
-    )
+    for _ in range(8):
+        response = httpx.post(
+            f"{url}/v1/feedback",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"interaction_id": interaction_id, **body},
+        )
+        if response.status_code != 429:
+            break
+        time.sleep(float(response.headers.get("Retry-After", "1")))
     assert response.status_code == 200, response.text
 
 

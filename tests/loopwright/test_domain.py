@@ -18,10 +18,10 @@ def test_the_default_domain_provides_every_part_the_loop_needs():
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("models.helpdesk.plugin", "package.module:attribute"),
+        ("examples.helpdesk.plugin", "package.module:attribute"),
         ("no_such_module_xyz:domain", "cannot be imported"),
-        ("models.helpdesk.plugin:nothing", "no attribute 'nothing'"),
-        ("models.helpdesk.plugin:Path", "lacks"),
+        ("examples.helpdesk.plugin:nothing", "no attribute 'nothing'"),
+        ("examples.helpdesk.plugin:Path", "lacks"),
     ],
 )
 def test_a_wrong_domain_fails_naming_the_problem(spec, message):

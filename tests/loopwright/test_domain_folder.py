@@ -226,7 +226,7 @@ def test_the_profile_serves_a_folder_its_prompt_its_app_and_its_policies(skeleto
         assert load_settings("local", env=env).release.max_canary_s == 60
         with pytest.raises(ConfigError, match="shorter than the canary policy's min_duration_s"):
             load_settings(
-                "local", env={**env, "LOOPWRIGHT_DOMAIN": "models.helpdesk.plugin:domain"}
+                "local", env={**env, "LOOPWRIGHT_DOMAIN": "examples.helpdesk.plugin:domain"}
             )
     finally:
         _edit(
@@ -234,6 +234,27 @@ def test_the_profile_serves_a_folder_its_prompt_its_app_and_its_policies(skeleto
             "gate_policy: gate.yaml #",
             "# gate_policy: policies/gate.yaml",
         )
+
+
+def test_the_domains_recipe_fills_what_the_profile_leaves_unset(broken):
+    recipe = "\nnightly:\n  finetune_steps: 50\n  replay_ratio: 2.0\n"
+    (broken / "domain.yaml").write_text((broken / "domain.yaml").read_text() + recipe)
+    nightly = load_settings("local", env={"LOOPWRIGHT_DOMAIN": str(broken)}).nightly
+    assert (nightly.finetune_steps, nightly.replay_ratio) == (50, 2.0)
+    assert nightly.max_negative_share == 0.6  # neither sets it: the default
+    env = {"LOOPWRIGHT_DOMAIN": str(broken), "LOOPWRIGHT_NIGHTLY__FINETUNE_STEPS": "70"}
+    nightly = load_settings("local", env=env).nightly  # the profile's (or env's) key wins
+    assert (nightly.finetune_steps, nightly.replay_ratio) == (70, 2.0)
+
+    (broken / "domain.yaml").write_text(
+        (broken / "domain.yaml").read_text().replace("finetune_steps", "finetune_step")
+    )
+    problems = check_domain_folder(broken).problems
+    assert any(
+        "nightly.finetune_step: Extra inputs are not permitted; valid keys: [" in p
+        and "'finetune_steps'" in p
+        for p in problems
+    ), problems
 
 
 def test_a_setting_that_is_neither_a_folder_nor_a_module_fails_saying_both():

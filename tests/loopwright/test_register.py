@@ -60,3 +60,80 @@ def test_register_once_and_champion_only_while_there_is_none(stack_settings, gpt
 
     served = download_model_folder("models:/registertest-policy@champion", settings.run_path)
     assert "GPT2LMHeadModel" in check_model_folder(served, "policy")
+
+
+def test_a_guard_from_a_classifier_needs_a_label_map_that_fits(tmp_path):
+    from tests.classifier_models import trained_guard_classifier
+
+    folder = trained_guard_classifier(tmp_path / "their-guard")
+    result = CliRunner().invoke(app, ["register", str(folder), "--kind", "guard"])
+    assert result.exit_code == 1 and "map each with --label-map" in result.output
+    bad = ["--label-map", "SAFE=benign", "--label-map", "UNSAFE=toxic"]
+    result = CliRunner().invoke(app, ["register", str(folder), "--kind", "guard", *bad])
+    assert result.exit_code == 1 and "unmapped model labels JAILBREAK" in result.output
+    assert "toxic not a guard label" in result.output
+    result = CliRunner().invoke(app, ["register", str(folder), "--label-map", "SAFE=benign"])
+    assert result.exit_code == 1 and "for --kind guard" in result.output
+
+
+@pytest.mark.services
+def test_their_own_guard_and_reward_model_serve_score_and_are_not_refreshed(
+    stack_settings, tmp_path
+):
+    """A team's classifiers, registered from the CLI, are what the loop's consumers load."""
+    from stackenv import SESSION_STACK_ENV, stack_env
+
+    from loopwright.client_env import apply_client_env
+    from loopwright.config import load_settings
+    from loopwright.evaluation.resources import champion_resources
+    from loopwright.gateway.components import load_components
+    from loopwright.gateway.settings import GatewaySettings
+    from models.classifiers import ClassifierGuard, ClassifierReward
+    from tasks.nightly import _reward_refresh_skipped
+    from tests.classifier_models import SAFE, UNSAFE, reward_classifier, trained_guard_classifier
+
+    env = {**SESSION_STACK_ENV, "LOOPWRIGHT_APP": "byo"}
+    settings = load_settings("local", env=stack_env(env))
+    mapping = ["--label-map", "SAFE=benign", "--label-map", "UNSAFE=harmful"]
+    mapping += ["--label-map", "JAILBREAK=injection", "--threshold", "harmful=0.6"]
+    guard_dir = trained_guard_classifier(tmp_path / "their-guard")
+    runner = CliRunner()
+    out = runner.invoke(
+        app, ["register", str(guard_dir), "--kind", "guard", "--champion", *mapping], env=env
+    )
+    assert out.exit_code == 0, out.output
+    assert "classifier guard (SAFE->benign, UNSAFE->harmful, JAILBREAK->injection)" in out.output
+    reward_dir = reward_classifier(tmp_path / "their-reward")
+    out = runner.invoke(
+        app, ["register", str(reward_dir), "--kind", "reward", "--champion"], env=env
+    )
+    assert out.exit_code == 0 and "models:/byo-reward/1" in out.output, out.output
+
+    # The gateway's rails run their guard (its thresholds); retrieval gets its own embedder.
+    gateway = GatewaySettings.model_validate(
+        {
+            "routing": {
+                "source": "mlflow",
+                "app": "byo",
+                "tracking_uri": settings.mlflow_tracking_uri,
+            }
+        }
+    )
+    comps = load_components(gateway, tmp_path / "gw")
+    assert isinstance(comps.guard, ClassifierGuard) and comps.guard.thresholds["harmful"] == 0.6
+    assert comps.embedder is not None
+    benign, harmful = comps.guard.scores([SAFE[0], UNSAFE[0]])
+    assert benign["harmful"] < 0.6 <= harmful["harmful"]
+
+    # The evaluation's scorers score with both.
+    apply_client_env(settings)
+    resources = champion_resources(settings, tmp_path / "eval")
+    assert isinstance(resources.guard, ClassifierGuard)
+    assert isinstance(resources.reward, ClassifierReward)
+    assert len(resources.reward.score([SAFE[0]], ["Open settings."])) == 1
+
+    # The nightly does not try to retrain a reward model it did not train; it says so.
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("")
+    why = _reward_refresh_skipped(settings, heldout)
+    assert why is not None and "byo-reward version 1 is a classifier registered as it is" in why

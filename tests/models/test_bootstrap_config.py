@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.bootstrap import BootstrapConfig
+from examples.helpdesk.bootstrap import BootstrapConfig
 
 
 def test_v1_trains_for_a_fixed_number_of_steps_by_default() -> None:

@@ -6,6 +6,17 @@ import random
 
 import pytest
 
+from examples.helpdesk import build_domain, knowledge_base
+from examples.helpdesk.generate import (
+    SYSTEM_PROMPT,
+    counterfactual_answers,
+    declined_alternative,
+    replay_rows,
+)
+from examples.helpdesk.kb import UNKNOWN_TEXT
+from examples.helpdesk.plugin import helpdesk_retrieval_facts
+from examples.helpdesk.safety import CATEGORIES, REFUSAL_TEXT
+from examples.helpdesk.templates import questions
 from loopwright.gateway.settings import AugmentSettings
 from loopwright.grounding import (
     FACTS_HEADER,
@@ -17,17 +28,6 @@ from loopwright.grounding import (
 )
 from models.embedder import Embedder
 from models.grounding import GroundingConfig, ground_conversations, retrieve
-from models.helpdesk import build_domain, knowledge_base
-from models.helpdesk.generate import (
-    SYSTEM_PROMPT,
-    counterfactual_answers,
-    declined_alternative,
-    replay_rows,
-)
-from models.helpdesk.kb import UNKNOWN_TEXT
-from models.helpdesk.plugin import helpdesk_retrieval_facts
-from models.helpdesk.safety import CATEGORIES, REFUSAL_TEXT
-from models.helpdesk.templates import questions
 
 # What the gateway serves on the example domain (its system_prompt() hook).
 SYSTEM = SYSTEM_PROMPT
@@ -211,8 +211,8 @@ def test_counterfactuals_never_hand_v1_an_answer_any_revision_gives():
 
 
 def test_bootstrap_rows_are_grounded_and_hold_no_revision_2_answer(tmp_path):
-    from models.bootstrap import BootstrapConfig, write_example_data
-    from models.helpdesk import changed_fact_ids, read_conversations
+    from examples.helpdesk import changed_fact_ids, read_conversations
+    from examples.helpdesk.bootstrap import BootstrapConfig, write_example_data
 
     write_example_data(tmp_path, BootstrapConfig(seed=0, scale=0.2))
     rows = read_conversations(tmp_path / "helpdesk" / "sft" / "v1.jsonl")

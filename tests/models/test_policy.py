@@ -655,8 +655,8 @@ def _nightly_finetune(
     v1: Path, tmp_path: Path, new: list[list[dict[str, str]]], config: Any, **kw: Any
 ) -> dict[str, float]:
     """The nightly's fine-tune of ``v1`` on ``new`` rows with the fixture as replay."""
+    from examples.helpdesk.records import write_conversations
     from loopwright.nightly import finetune_candidate
-    from models.helpdesk.records import write_conversations
 
     write_conversations(tmp_path / "sft.jsonl", new)
     write_conversations(tmp_path / "replay.jsonl", conversations())

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from loopwright.records import FeedbackEvent, Interaction, Message, RailVerdict
-from models.helpdesk import REFUSAL_TEXT, ReviewerSimulator, SimRequest, UserSimulator
-from models.helpdesk.simulators import poisoned_feedback, synthetic_response
+from examples.helpdesk import REFUSAL_TEXT, ReviewerSimulator, SimRequest, UserSimulator
+from examples.helpdesk.simulators import poisoned_feedback, synthetic_response
 
 T0 = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
 QUALITY = {"good": 0.7, "stale": 0.12, "wrong": 0.1, "refusal": 0.04, "unknown": 0.04}

@@ -13,8 +13,8 @@ from loopwright.data.curate import (
 )
 from loopwright.data.tables import FEEDBACK_SCHEMA, INTERACTION_SCHEMA, DataLayout, write_table
 from loopwright.records import EvalSample, FeedbackEvent, Message, read_jsonl, write_jsonl
-from models.helpdesk import REFUSAL_TEXT, fact_request, safety_request
-from models.helpdesk.plugin import helpdesk_is_safe_response
+from examples.helpdesk import REFUSAL_TEXT, fact_request, safety_request
+from examples.helpdesk.plugin import helpdesk_is_safe_response
 
 PRO = fact_request("plan_price.pro", 2)
 # The small log is mostly guard blocks; these tests look at every row, so no share cap.

@@ -22,14 +22,14 @@ from loopwright.data.tables import (
     read_table,
 )
 from loopwright.storage import ObjectStore
-from models.helpdesk.kb import changed_fact_ids, fact_index
-from models.helpdesk.plugin import (
+from examples.helpdesk.kb import changed_fact_ids, fact_index
+from examples.helpdesk.plugin import (
     helpdesk_fact_checker,
     helpdesk_is_safe_response,
     helpdesk_screening_config,
 )
-from models.helpdesk.safety import CATEGORIES
-from models.helpdesk.simulators import POISON_INJECTIONS, POISON_PII
+from examples.helpdesk.safety import CATEGORIES
+from examples.helpdesk.simulators import POISON_INJECTIONS, POISON_PII
 
 pytestmark = pytest.mark.services
 

@@ -15,16 +15,16 @@ from loopwright.data.screening import (
     screen_frames,
 )
 from loopwright.records import FeedbackEvent
-from models.helpdesk import REFUSAL_TEXT, SELF_HARM_TEXT, fact_request, safety_request
-from models.helpdesk.generate import wrong_answer
-from models.helpdesk.kb import changed_fact_ids, fact_index, knowledge_base
-from models.helpdesk.plugin import (
+from examples.helpdesk import REFUSAL_TEXT, SELF_HARM_TEXT, fact_request, safety_request
+from examples.helpdesk.generate import wrong_answer
+from examples.helpdesk.kb import changed_fact_ids, fact_index, knowledge_base
+from examples.helpdesk.plugin import (
     helpdesk_fact_checker,
     helpdesk_is_safe_response,
     helpdesk_screening_config,
 )
-from models.helpdesk.safety import CATEGORIES
-from models.helpdesk.simulators import POISON_INJECTIONS, POISON_PII
+from examples.helpdesk.safety import CATEGORIES
+from examples.helpdesk.simulators import POISON_INJECTIONS, POISON_PII
 
 
 @pytest.fixture(scope="module")

@@ -226,11 +226,11 @@ def test_tiny_model_evaluated_on_the_example_fairness_suite(
     tiny_llama: Path, tiny_llama_other: Path, tmp_path: Path
 ) -> None:
     """The example domain's fairness suite runs end to end and reaches the gate summary."""
+    from examples.helpdesk.generate import build_fairness_suite
     from loopwright.evaluation.api import evaluate, gate_summary
     from loopwright.evaluation.engine import EngineConfig
     from loopwright.records import write_jsonl
     from models.generation import DecodingParams
-    from models.helpdesk.generate import build_fairness_suite
 
     samples = build_fairness_suite(seed=0, scale=0.05)
     write_jsonl(tmp_path / "data" / "eval" / "fairness.jsonl", samples)
@@ -239,7 +239,7 @@ def test_tiny_model_evaluated_on_the_example_fairness_suite(
         str(tiny_llama),
         ["fairness"],
         str(tiny_llama_other),
-        suite_dir=Path(__file__).parents[3] / "models" / "helpdesk" / "suites",
+        suite_dir=Path(__file__).parents[3] / "examples" / "helpdesk" / "suites",
         data_root=tmp_path / "data",
         run_dir=tmp_path / "run",
         engine=EngineConfig(executor="local", batch_size=16),

@@ -160,10 +160,10 @@ def test_discovery_selects_and_rejects(tmp_path: Path) -> None:
 
 def test_helpdesk_suites_load_over_real_domain_samples(tmp_path: Path) -> None:
     """Every example-domain suite loads and validates against write_domain's files."""
-    from models.helpdesk.generate import build_domain, write_domain
+    from examples.helpdesk.generate import build_domain, write_domain
 
     write_domain(build_domain(seed=0, scale=0.1), tmp_path)
-    suite_dir = Path(__file__).parents[3] / "models/helpdesk/suites"
+    suite_dir = Path(__file__).parents[3] / "examples/helpdesk/suites"
     needs = needed_resources(suite_dir)
     assert needs["helpfulness"] == ["reward"] and needs["harmlessness_guard"] == ["guard"]
 

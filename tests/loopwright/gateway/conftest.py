@@ -18,7 +18,7 @@ import httpx
 import pytest
 import torch
 
-from models.helpdesk.generate import GENERATOR_VERSION
+from examples.helpdesk.generate import GENERATOR_VERSION
 from tests.loopwright.gateway.gateway_helpers import (
     REPO,
     WeedServer,
@@ -48,8 +48,8 @@ GUARD_CACHE = REPO / ".loopwright-test" / "gateway" / f"guard-tiny-g{GENERATOR_V
 def tiny_guard() -> Any:
     """A real guard (MiniLM, 1 trainable layer) trained on a small slice of the example
     domain; torch backend (the test venv cannot export ONNX)."""
+    from examples.helpdesk import build_domain
     from models.guard import Guard, train_guard
-    from models.helpdesk import build_domain
 
     if not (GUARD_CACHE / "guard_config.json").exists():
         data = build_domain(seed=0, scale=0.06)

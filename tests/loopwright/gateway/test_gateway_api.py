@@ -297,6 +297,27 @@ def test_guard_rail_blocks_harmful_and_injection_and_allows_benign(make_harness,
     assert len(stub.seen) == 1
 
 
+def test_their_own_classifier_guards_the_rails_at_its_thresholds(make_harness, tmp_path):
+    from models.classifiers import GuardMapping, load_guard, write_guard_mapping
+    from tests.classifier_models import SAFE, UNSAFE, trained_guard_classifier
+
+    folder = trained_guard_classifier(tmp_path / "their-guard")
+    labels = {"SAFE": "benign", "UNSAFE": "harmful", "JAILBREAK": "injection"}
+    write_guard_mapping(folder, GuardMapping.model_validate({"label_map": labels}))
+    stub = RecordingStub()
+    h = make_harness(
+        {"augment": {"retrieval": False}}, guard=load_guard(folder), static_backend=stub
+    )
+    key = h.key()
+    assert h.chat(key, SAFE[0]).json()["choices"][0]["finish_reason"] == "stop"
+    assert h.chat(key, UNSAFE[0]).json()["choices"][0]["finish_reason"] == "content_filter"
+    allowed, blocked = _only(h.interactions(), 2)
+    assert allowed["input_verdict"]["action"] == "allow"
+    assert blocked["input_verdict"]["reasons"] == ["guard:harmful"]
+    assert blocked["input_verdict"]["scores"]["guard_harmful"] >= 0.5
+    assert len(stub.seen) == 1
+
+
 def test_a_blocked_request_that_speaks_of_self_harm_is_pointed_to_help(make_harness, tiny_guard):
     # Threshold 0: the guard blocks everything, so only the reply the gateway picks varies.
     blocking = {"input_rails": {"harmful_threshold": 0.0}, "augment": {"retrieval": False}}
@@ -335,7 +356,7 @@ def test_guard_thresholds_are_configurable(make_harness, tiny_guard):
 
 
 def test_augmentation_adds_versioned_system_prompt_and_retrieval(make_harness, tiny_guard):
-    from models.helpdesk.plugin import helpdesk_retrieval_facts
+    from examples.helpdesk.plugin import helpdesk_retrieval_facts
 
     facts = helpdesk_retrieval_facts(1)
     stub = RecordingStub()
@@ -406,7 +427,7 @@ def test_output_rails_redact_leaked_pii_but_not_the_users_own(make_harness):
 
 
 def test_output_grounding_flags_unsupported_figures_and_escalates(make_harness, tiny_guard):
-    from models.helpdesk.plugin import helpdesk_retrieval_facts
+    from examples.helpdesk.plugin import helpdesk_retrieval_facts
 
     facts = helpdesk_retrieval_facts(1)
     price_fact = next(f for f in facts if "$" in f.text)

@@ -17,7 +17,7 @@ from loopwright.gateway.settings import GatewaySettings
 from loopwright.simulate import SimulationError, check_loopback, run_simulation, simulate
 from tests.loopwright.gateway.gateway_helpers import LiveServer, spool_records
 
-EXAMPLE = "models.helpdesk.plugin:domain"  # the domain with simulated users
+EXAMPLE = "examples.helpdesk.plugin:domain"  # the domain with simulated users
 
 
 def test_keys_create_list_revoke(tmp_path):
@@ -121,7 +121,7 @@ def test_load_components_builds_guard_embedder_and_facts(tiny_guard, tmp_path):
 
     settings = GatewaySettings.model_validate(
         {
-            "domain": "models.helpdesk.plugin:domain",  # its knowledge_facts() hook
+            "domain": "examples.helpdesk.plugin:domain",  # its knowledge_facts() hook
             "encoders": {"guard_dir": str(GUARD_CACHE), "runtime": "torch"},
         }
     )

@@ -39,7 +39,7 @@ DRAWS = 200
 
 def _suite_sizes() -> dict[str, int]:
     """Scored samples per dimension in the example domain's default suites."""
-    from models.helpdesk.generate import build_eval_suites
+    from examples.helpdesk.generate import build_eval_suites
 
     sizes: Counter[str] = Counter()
     for samples in build_eval_suites(0, 1.0).values():

@@ -108,4 +108,4 @@ def test_a_deadline_before_the_policy_minimum_is_rejected_naming_both():
     assert "max_canary_s >= 600" in message
     # Unnamed, the policy is the domain's or the packaged one: checked once it is named.
     with pytest.raises(ValidationError, match="max_canary_s >= 600"):
-        with_domain_policies(ReleaseConfig(max_canary_s=180), "models.helpdesk.plugin:domain")
+        with_domain_policies(ReleaseConfig(max_canary_s=180), "examples.helpdesk.plugin:domain")

@@ -2,7 +2,7 @@
 
 Pure training code (no MLflow, no Prefect): each function reads the files that
 :func:`write_example_data` wrote, trains one model into a folder and returns what it
-measured. ``tasks/bootstrap.py`` logs and registers the results.
+measured. ``examples/helpdesk/bootstrap_tasks.py`` logs and registers the results.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from examples.helpdesk.plugin import DOMAIN_DIR
 from models.cpu import Threads
 from models.grounding import Conversation, GroundingConfig
-from models.helpdesk.plugin import DOMAIN_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def write_example_data(data_root: Path, config: BootstrapConfig) -> dict[str, in
     Returns:
         File (relative to the domain folder) -> record count.
     """
-    from models.helpdesk import build_domain, write_domain
+    from examples.helpdesk import build_domain, write_domain
 
     domain = build_domain(seed=config.seed, scale=config.scale)
     domain.sft_v1, replay = grounded_training_rows(domain, config)
@@ -110,22 +110,22 @@ def grounded_training_rows(
 
     Retrieval uses the packaged sentence encoder, the one the guard shares with the
     gateway; counterfactual rows use the domain's wrong answers (never a later revision's).
-    The replay (:func:`models.helpdesk.generate.replay_rows`) is chosen from the bare rows
+    The replay (:func:`examples.helpdesk.generate.replay_rows`) is chosen from the bare rows
     and then grounded with the same seed: it starts with v1's rows, which get exactly the
     grounding v1 trained on, and its weighted look-alike copies are found by their answers
     before a counterfactual could change them.
 
     Args:
-        domain: the example domain's data (:class:`models.helpdesk.generate.DomainData`).
+        domain: the example domain's data (:class:`examples.helpdesk.generate.DomainData`).
         config: seed and grounding settings.
 
     Returns:
         ``(v1 rows, replay rows)``.
     """
+    from examples.helpdesk.generate import SYSTEM_PROMPT, counterfactual_answers, replay_rows
+    from examples.helpdesk.plugin import helpdesk_retrieval_facts
     from models.embedder import Embedder
     from models.grounding import ground_conversations
-    from models.helpdesk.generate import SYSTEM_PROMPT, counterfactual_answers, replay_rows
-    from models.helpdesk.plugin import helpdesk_retrieval_facts
 
     encoder = Embedder.load(None, backend="torch")
     replay, stats = ground_conversations(
@@ -155,9 +155,9 @@ def train_policy(data_root: Path, config: BootstrapConfig, out_dir: Path) -> dic
 
 def train_guard(data_root: Path, config: BootstrapConfig, out_dir: Path) -> dict[str, float]:
     """Train guard v1 and measure it on held-out prompts with the backend that serves."""
+    from examples.helpdesk import read_labelled_prompts
     from models.guard import Guard, evaluate_guard
     from models.guard import train_guard as fit_guard
-    from models.helpdesk import read_labelled_prompts
 
     domain = data_root / DOMAIN_DIR
     result = fit_guard(

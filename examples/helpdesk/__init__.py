@@ -7,7 +7,7 @@ Pure Python, deterministic for a seed, no torch. The platform reaches it only th
 files :func:`write_domain` writes and the records in ``loopwright.records``.
 """
 
-from models.helpdesk.generate import (
+from examples.helpdesk.generate import (
     EVAL_REVISION,
     SUITES,
     DomainData,
@@ -15,7 +15,7 @@ from models.helpdesk.generate import (
     tokenizer_corpus,
     write_domain,
 )
-from models.helpdesk.kb import (
+from examples.helpdesk.kb import (
     PRODUCT,
     UNKNOWN_TEXT,
     Fact,
@@ -23,13 +23,13 @@ from models.helpdesk.kb import (
     fact_index,
     knowledge_base,
 )
-from models.helpdesk.records import (
+from examples.helpdesk.records import (
     Conversation,
     LabelledPrompt,
     read_conversations,
     read_labelled_prompts,
 )
-from models.helpdesk.safety import (
+from examples.helpdesk.safety import (
     CATEGORIES,
     REFUSAL_TEXT,
     SELF_HARM_TEXT,
@@ -38,7 +38,7 @@ from models.helpdesk.safety import (
     is_refusal,
     is_safe_completion,
 )
-from models.helpdesk.simulators import (
+from examples.helpdesk.simulators import (
     Review,
     ReviewerSimulator,
     SimRequest,
@@ -54,8 +54,8 @@ from models.helpdesk.simulators import (
     synthetic_response,
     unknown_request,
 )
-from models.helpdesk.templates import HELDOUT_TEMPLATES, TRAIN_TEMPLATES
-from models.helpdesk.transforms import TRANSFORMS, apply_transform, get_transform
+from examples.helpdesk.templates import HELDOUT_TEMPLATES, TRAIN_TEMPLATES
+from examples.helpdesk.transforms import TRANSFORMS, apply_transform, get_transform
 
 __all__ = [
     "Review",

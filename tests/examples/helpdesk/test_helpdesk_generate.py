@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from loopwright.records import EvalSample, PreferencePair, read_jsonl
-from models.helpdesk.generate import SUITES, build_domain, tokenizer_corpus, write_domain
-from models.helpdesk.kb import (
+from examples.helpdesk.generate import SUITES, build_domain, tokenizer_corpus, write_domain
+from examples.helpdesk.kb import (
     UNKNOWN_TEXT,
     changed_fact_ids,
     fact_index,
@@ -17,11 +16,12 @@ from models.helpdesk.kb import (
     slot_of_intent,
     unknown_entities,
 )
-from models.helpdesk.records import read_conversations, read_labelled_prompts
-from models.helpdesk.safety import CATEGORIES, covered_categories, uncovered_categories
-from models.helpdesk.simulators import UserSimulator
-from models.helpdesk.templates import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, render
-from models.helpdesk.transforms import TRANSFORMS
+from examples.helpdesk.records import read_conversations, read_labelled_prompts
+from examples.helpdesk.safety import CATEGORIES, covered_categories, uncovered_categories
+from examples.helpdesk.simulators import UserSimulator
+from examples.helpdesk.templates import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, render
+from examples.helpdesk.transforms import TRANSFORMS
+from loopwright.records import EvalSample, PreferencePair, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -256,8 +256,8 @@ def test_sft_v2_lookalikes_answer_the_traffic_wording_only(full, tiny):
 
 
 def test_about_half_the_sft_text_carries_the_gateways_system_prompt(full):
-    from models.helpdesk.generate import SYSTEM_PROMPT
-    from models.helpdesk.plugin import domain
+    from examples.helpdesk.generate import SYSTEM_PROMPT
+    from examples.helpdesk.plugin import domain
 
     # The gateway serves with the domain's system prompt first; the raw view and direct
     # callers send none. The policy must have seen both, with the very text the gateway sends.
@@ -298,7 +298,7 @@ def test_reward_pairs_cover_every_kind_and_prefer_the_right_response(full):
 
 def test_heldout_pairs_at_the_current_revision_prefer_the_current_answers(full):
     """Held-out pairs about changed facts are re-judged at the eval revision; the rest stay."""
-    from models.helpdesk.generate import EVAL_REVISION, pairs_at_revision
+    from examples.helpdesk.generate import EVAL_REVISION, pairs_at_revision
 
     then, now = fact_index(1), fact_index(EVAL_REVISION)
     moved = {then[f].answer: now[f].answer for f in changed_fact_ids()}
@@ -357,7 +357,7 @@ def test_output_does_not_depend_on_the_interpreter_hash_seed(tmp_path):
     # Set iteration order changes with PYTHONHASHSEED; generation must never depend on it.
     code = (
         "import json, sys, pathlib\n"
-        "from models.helpdesk import build_domain, write_domain\n"
+        "from examples.helpdesk import build_domain, write_domain\n"
         "out = pathlib.Path(sys.argv[1])\n"
         "write_domain(build_domain(seed=2, scale=0.05), out)\n"
         "print(json.loads((out / 'manifest.json').read_text())['content_hash'])\n"
@@ -386,7 +386,7 @@ def _singles(prompts, label: str) -> set[str]:
 
 
 def test_guard_sets_hold_multi_question_messages_labelled_by_content(full):
-    from models.helpdesk.generate import COMPOUND_MAX_CHARS
+    from examples.helpdesk.generate import COMPOUND_MAX_CHARS
 
     # Several benign questions in one message are benign; with a harmful request among
     # them, harmful; with an override instruction, injection. Counts are fixed per split.
@@ -439,7 +439,7 @@ def test_multi_question_messages_leave_the_single_prompts_alone(monkeypatch):
     # Compound messages come from their own random stream and are inserted after the
     # shuffle, so the single prompts (and everything measured on them, such as the gateway
     # benchmark's 384-character messages) are the same texts in the same order as without.
-    from models.helpdesk import generate
+    from examples.helpdesk import generate
 
     with_compounds = generate._guard_split(2, 0.1, "train")
     monkeypatch.setattr(generate, "_compound_prompts", lambda *args, **kwargs: [])

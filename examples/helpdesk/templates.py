@@ -5,7 +5,7 @@ guard prompts, preference pairs, simulated production traffic) is ever rendered 
 They deliberately use wording ("tier", "if I ...") that the training templates avoid, so a
 model cannot pass them by memorising a training string.
 
-Each template takes exactly one slot, named by :func:`models.helpdesk.kb.slot_of_intent`.
+Each template takes exactly one slot, named by :func:`examples.helpdesk.kb.slot_of_intent`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import string
 from typing import Literal
 
-from models.helpdesk.kb import Fact
+from examples.helpdesk.kb import Fact
 
 Split = Literal["train", "heldout"]
 SPLITS: tuple[str, ...] = ("train", "heldout")

@@ -28,7 +28,7 @@ def helpdesk_fact_checker(revision: int = 2) -> KBFactChecker:
         ValueError: unknown revision (the message lists the valid ones).
 
     """
-    from models.helpdesk.kb import REVISIONS, knowledge_base
+    from examples.helpdesk.kb import REVISIONS, knowledge_base
 
     if revision not in REVISIONS:
         raise ValueError(f"unknown KB revision {revision!r}; valid: {list(REVISIONS)}")
@@ -52,8 +52,8 @@ def helpdesk_retrieval_facts(revision: int) -> list[Fact]:
     Raises:
         ValueError: unknown revision (the message lists the valid ones).
     """
-    from models.helpdesk.kb import knowledge_base
-    from models.helpdesk.templates import questions
+    from examples.helpdesk.kb import knowledge_base
+    from examples.helpdesk.templates import questions
 
     return [
         Fact(id=f.id, text=f.answer, questions=tuple(questions(f, "train")))
@@ -63,7 +63,7 @@ def helpdesk_retrieval_facts(revision: int) -> list[Fact]:
 
 def helpdesk_is_safe_response(text: str) -> bool:
     """Whether a response refuses or safely redirects (crisis help) a request."""
-    from models.helpdesk.safety import is_refusal, is_safe_completion
+    from examples.helpdesk.safety import is_refusal, is_safe_completion
 
     return is_refusal(text) or is_safe_completion(text)
 
@@ -75,7 +75,7 @@ def helpdesk_screening_config(**overrides: object) -> ScreeningConfig:
         **overrides: any :class:`~loopwright.data.screening.ScreeningConfig` field.
 
     """
-    from models.helpdesk.kb import PRODUCT, knowledge_base
+    from examples.helpdesk.kb import PRODUCT, knowledge_base
 
     domains = {
         m.group(1).lower()
@@ -104,7 +104,7 @@ class HelpdeskDomain:
 
     def refusal_text(self) -> str:
         """The refusal policy v1 was trained to give."""
-        from models.helpdesk.safety import REFUSAL_TEXT
+        from examples.helpdesk.safety import REFUSAL_TEXT
 
         return REFUSAL_TEXT
 
@@ -112,9 +112,9 @@ class HelpdeskDomain:
         """What the policy would say instead of a declining row's reply (optional hook).
 
         The "don't know" reply, the served fact, or a complying reply
-        (:func:`models.helpdesk.generate.declined_alternative`).
+        (:func:`examples.helpdesk.generate.declined_alternative`).
         """
-        from models.helpdesk.generate import declined_alternative
+        from examples.helpdesk.generate import declined_alternative
 
         return declined_alternative(row, rng)
 
@@ -135,7 +135,7 @@ class HelpdeskDomain:
 
     def system_prompt(self) -> tuple[str, str]:
         """``(version, text)``: the system prompt the example's training rows carry (hook)."""
-        from models.helpdesk.generate import SYSTEM_PROMPT
+        from examples.helpdesk.generate import SYSTEM_PROMPT
 
         return "helpdesk-v1", SYSTEM_PROMPT
 
@@ -143,9 +143,9 @@ class HelpdeskDomain:
         """The example's simulated users (hook for ``loopwright simulate``).
 
         Args:
-            **options: :class:`models.helpdesk.simulators.UserSimulator` keywords.
+            **options: :class:`examples.helpdesk.simulators.UserSimulator` keywords.
         """
-        from models.helpdesk.simulators import UserSimulator
+        from examples.helpdesk.simulators import UserSimulator
 
         return UserSimulator(**options)
 
@@ -155,8 +155,8 @@ class HelpdeskDomain:
         Returns:
             The champion version per kind (policy, guard, reward).
         """
-        from flows.bootstrap import bootstrap_flow
-        from models.bootstrap import BootstrapConfig
+        from examples.helpdesk.bootstrap import BootstrapConfig
+        from examples.helpdesk.bootstrap_flow import bootstrap_flow
 
         config = BootstrapConfig(seed=seed, tiny=tiny, scale=0.15 if tiny else 1.0)
         versions: dict[str, Any] = bootstrap_flow(
@@ -170,7 +170,7 @@ class HelpdeskDomain:
         Returns:
             The demo's :class:`loopwright.demo.DemoOutcome`.
         """
-        from flows.demo import demo_flow
+        from examples.helpdesk.demo_flow import demo_flow
 
         return demo_flow(settings, tiny=tiny, requests=requests, seed=seed)
 

@@ -3,9 +3,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from models.helpdesk.kb import UNKNOWN_TEXT, changed_fact_ids, fact_index
-from models.helpdesk.safety import CATEGORIES, REFUSAL_TEXT, SELF_HARM_TEXT
-from models.helpdesk.simulators import (
+from examples.helpdesk.kb import UNKNOWN_TEXT, changed_fact_ids, fact_index
+from examples.helpdesk.safety import CATEGORIES, REFUSAL_TEXT, SELF_HARM_TEXT
+from examples.helpdesk.simulators import (
     POISON_INJECTIONS,
     POISON_PII,
     RESPONSE_QUALITIES,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.bootstrap import bootstrap_flow
+from examples.helpdesk.bootstrap import BootstrapConfig
+from examples.helpdesk.bootstrap_flow import bootstrap_flow
 from flows.nightly import nightly_flow
 from flows.release import release_flow
 from loopwright.config import Settings
@@ -19,7 +20,6 @@ from loopwright.demo import (
 )
 from loopwright.nightly import BatchRejected
 from loopwright.release.config import ReleaseConfig
-from models.bootstrap import BootstrapConfig
 from tasks.demo import (
     data_fingerprint,
     gateway_follows,

@@ -9,12 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from loopwright.evaluation.scorers import get_scorer_info
-from loopwright.evaluation.suites import load_samples, load_suite
-from loopwright.records import EvalSample, write_jsonl
-from models.helpdesk import generate
-from models.helpdesk.generate import build_eval_suites, build_fairness_suite
-from models.helpdesk.personas import (
+from examples.helpdesk import generate
+from examples.helpdesk.generate import build_eval_suites, build_fairness_suite
+from examples.helpdesk.personas import (
     ATTRIBUTES,
     FRAMES,
     NAMES,
@@ -24,9 +21,12 @@ from models.helpdesk.personas import (
     random_persona,
     swap,
 )
-from models.helpdesk.safety import _PEOPLE, CATEGORIES
+from examples.helpdesk.safety import _PEOPLE, CATEGORIES
+from loopwright.evaluation.scorers import get_scorer_info
+from loopwright.evaluation.suites import load_samples, load_suite
+from loopwright.records import EvalSample, write_jsonl
 
-SUITE = Path(__file__).parents[3] / "models" / "helpdesk" / "suites" / "fairness.yaml"
+SUITE = Path(__file__).parents[3] / "examples" / "helpdesk" / "suites" / "fairness.yaml"
 PERSONA_TAGS = ("name", "gender", "origin", "occupation")
 # Which persona fields each swap may change: a gender swap also takes the paired name.
 CHANGES = {"name": {"name"}, "gender": {"gender", "name"}, "origin": {"origin"}}

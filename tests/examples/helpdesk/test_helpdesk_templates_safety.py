@@ -2,8 +2,8 @@ import re
 
 import pytest
 
-from models.helpdesk.kb import fact_index, intents, knowledge_base, slot_of_intent
-from models.helpdesk.safety import (
+from examples.helpdesk.kb import fact_index, intents, knowledge_base, slot_of_intent
+from examples.helpdesk.safety import (
     CATEGORIES,
     REFUSAL_TEXT,
     SELF_HARM_TEXT,
@@ -12,7 +12,7 @@ from models.helpdesk.safety import (
     is_refusal,
     is_safe_completion,
 )
-from models.helpdesk.templates import (
+from examples.helpdesk.templates import (
     HELDOUT_TEMPLATES,
     TRAIN_TEMPLATES,
     questions,

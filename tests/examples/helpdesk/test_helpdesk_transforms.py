@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from models.helpdesk.transforms import (
+from examples.helpdesk.transforms import (
     INJECTING_TRANSFORMS,
     TRANSFORMS,
     apply_transform,

@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from loopwright.records import FeedbackEvent, PreferencePair, utcnow
-from models.helpdesk.generate import surface_noise, wrong_answer
-from models.helpdesk.kb import (
+from examples.helpdesk.generate import surface_noise, wrong_answer
+from examples.helpdesk.kb import (
     REVISIONS,
     UNKNOWN_TEXT,
     Fact,
@@ -40,7 +39,7 @@ from models.helpdesk.kb import (
     slot_of_intent,
     unknown_entities,
 )
-from models.helpdesk.safety import (
+from examples.helpdesk.safety import (
     CATEGORIES,
     REFUSAL_TEXT,
     category,
@@ -48,8 +47,9 @@ from models.helpdesk.safety import (
     is_refusal,
     is_safe_completion,
 )
-from models.helpdesk.templates import render, templates
-from models.helpdesk.transforms import INJECTING_TRANSFORMS, TRANSFORMS, apply_transform
+from examples.helpdesk.templates import render, templates
+from examples.helpdesk.transforms import INJECTING_TRANSFORMS, TRANSFORMS, apply_transform
+from loopwright.records import FeedbackEvent, PreferencePair, utcnow
 
 UserKind = Literal["ordinary", "adversarial", "harmful"]
 USER_KINDS: tuple[str, ...] = ("ordinary", "adversarial", "harmful")

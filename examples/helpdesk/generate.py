@@ -26,9 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from loopwright.grounding import facts_in
-from loopwright.records import EvalSample, Message, PreferencePair, write_jsonl
-from models.helpdesk.kb import (
+from examples.helpdesk.kb import (
     REVISIONS,
     UNKNOWN_TEXT,
     Fact,
@@ -39,22 +37,24 @@ from models.helpdesk.kb import (
     slot_of_intent,
     unknown_entities,
 )
-from models.helpdesk.personas import ATTRIBUTES, FRAMES, ask_as, random_persona, swap
-from models.helpdesk.records import Conversation, LabelledPrompt, write_conversations
-from models.helpdesk.safety import (
+from examples.helpdesk.personas import ATTRIBUTES, FRAMES, ask_as, random_persona, swap
+from examples.helpdesk.records import Conversation, LabelledPrompt, write_conversations
+from examples.helpdesk.safety import (
     CATEGORIES,
     REFUSAL_TEXT,
     SafetyCategory,
     covered_categories,
     uncovered_categories,
 )
-from models.helpdesk.templates import render, templates
-from models.helpdesk.transforms import (
+from examples.helpdesk.templates import render, templates
+from examples.helpdesk.transforms import (
     INJECTING_TRANSFORMS,
     TRANSFORMS,
     apply_transform,
     guard_label_after,
 )
+from loopwright.grounding import facts_in
+from loopwright.records import EvalSample, Message, PreferencePair, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -1158,7 +1158,7 @@ def build_fairness_suite(seed: int, scale: float) -> list[EvalSample]:
     benign look-alike of a harmful category, or a harmful request (every harmful
     category, both splits), asked by a random persona (tag ``swapped=none``) and then by
     the same persona with its name, its gender or its origin changed (``swapped`` names
-    which; see :mod:`models.helpdesk.personas`). The reply, and whether it refuses, must
+    which; see :mod:`examples.helpdesk.personas`). The reply, and whether it refuses, must
     not depend on who asks. Full size: 274 families, 1096 prompts. Uses its own RNG stream
     (``eval_fairness``), so it never shifts another suite's draws.
     """
@@ -1362,7 +1362,7 @@ def write_domain(
         path.parent.mkdir(parents=True, exist_ok=True)
         counts[rel] = write(path)
     manifest: dict[str, Any] = {
-        "generator": "models.helpdesk",
+        "generator": "examples.helpdesk",
         "generator_version": GENERATOR_VERSION,
         "seed": data.seed,
         "scale": data.scale,

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from models.helpdesk.kb import (
+from examples.helpdesk.kb import (
     REVISIONS,
     UNKNOWN_TEXT,
     changed_fact_ids,
@@ -12,7 +12,7 @@ from models.helpdesk.kb import (
     slot_of_intent,
     unknown_entities,
 )
-from models.helpdesk.simulators import mentions
+from examples.helpdesk.simulators import mentions
 
 
 def test_both_revisions_hold_at_least_200_facts_with_the_same_ids_in_the_same_order():

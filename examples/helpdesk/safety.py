@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from models.helpdesk.kb import fact_index
+from examples.helpdesk.kb import fact_index
 
 Behaviour = Literal["refuse", "safe_complete"]
 GuardLabel = Literal["benign", "harmful", "injection"]

@@ -9,11 +9,11 @@ from typing import Literal
 
 from prefect import get_run_logger, task
 
+from examples.helpdesk import bootstrap
 from loopwright.config import Settings
 from loopwright.datastore import snapshot
 from loopwright.publish import find_version, publish_model
 from loopwright.registry import ModelKind, RegisteredVersion
-from models import bootstrap
 
 TRAINERS = {
     "policy": bootstrap.train_policy,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from prefect import flow
 
+from examples.helpdesk.bootstrap import BootstrapConfig
+from examples.helpdesk.bootstrap_tasks import make_champion, prepare_data, train_and_publish
 from loopwright.config import Settings
 from loopwright.registry import RegisteredVersion
-from models.bootstrap import BootstrapConfig
-from tasks.bootstrap import make_champion, prepare_data, train_and_publish
 
 
 @flow(name="bootstrap", log_prints=True)
