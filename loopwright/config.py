@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from importlib import resources
 from pathlib import Path
@@ -28,6 +29,7 @@ ENV_PREFIX = "LOOPWRIGHT_"
 ENV_NESTING = "__"
 PROFILE_ENV = "LOOPWRIGHT_PROFILE"
 BUILTIN_PROFILES = ("local", "cluster")
+APP_PATTERN = r"^[a-z][a-z0-9-]{1,40}$"
 
 
 class ConfigError(ValueError):
@@ -151,7 +153,9 @@ class Settings(BaseSettings):
     Attributes:
         profile: the profile name this was loaded from (``local`` or ``cluster``, or a
             path to a YAML file).
-        app: the application name; registered models are ``<app>-policy`` etc.
+        app: the application name; registered models are ``<app>-policy`` etc. Unset, the
+            domain's (a folder's ``app`` or name, a module domain's ``app`` attribute),
+            else ``loopwright``.
         run_dir: every piece of local state, log, PID and temp file lives under it.
         data_repo: the git + DVC repository whose ``data/`` (tracked by ``data.dvc``) holds
             the curated datasets; the project checkout by default.
@@ -159,8 +163,7 @@ class Settings(BaseSettings):
             evaluation suites; see :class:`loopwright.domain.Domain`): a domain folder
             (``domain.yaml``, :mod:`loopwright.domain_folder`; a relative path is taken
             from the working directory and stored absolute) or ``package.module:attribute``;
-            the example help-desk domain by default. A folder's ``app`` is the default
-            ``app``.
+            the example help-desk domain by default.
         managed_services: services ``loopwright up`` starts; the cluster profile
             manages none (they are external).
         nightly: the nightly run's knobs (:class:`loopwright.nightly.NightlyConfig`); the
@@ -181,7 +184,7 @@ class Settings(BaseSettings):
     )
 
     profile: str = "local"
-    app: str = Field(default="helpdesk", pattern=r"^[a-z][a-z0-9-]{1,40}$")
+    app: str = Field(default="loopwright", pattern=APP_PATTERN)
     run_dir: Path = Path(".loopwright")
     data_repo: Path = Path(".")
     domain: str = Field(default="examples.helpdesk.plugin:domain", min_length=1)
@@ -209,16 +212,22 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
     @model_validator(mode="after")
-    def _domain_folder(self) -> Settings:
+    def _domain_defaults(self) -> Settings:
+        from loopwright.domain import load_domain
         from loopwright.domain_folder import is_domain_folder_spec, load_folder_domain
 
-        if not is_domain_folder_spec(self.domain):
-            return self
-        domain = load_folder_domain(self.domain)  # DomainError (a ValueError) names problems
-        # __dict__: assignment would validate the whole model again (validate_assignment).
-        self.__dict__["domain"] = str(domain.folder)
-        if "app" not in self.model_fields_set:
-            self.__dict__["app"] = domain.app
+        # DomainError (a ValueError) names the problems of a folder or a module.
+        if is_domain_folder_spec(self.domain):
+            domain: Any = load_folder_domain(self.domain)
+            # __dict__: assignment would validate the whole model again (validate_assignment).
+            self.__dict__["domain"] = str(domain.folder)
+        else:
+            domain = load_domain(self.domain)
+        app = getattr(domain, "app", None)
+        if "app" not in self.model_fields_set and isinstance(app, str):
+            if not re.fullmatch(APP_PATTERN, app):
+                raise ValueError(f"the domain's app {app!r} must match {APP_PATTERN}")
+            self.__dict__["app"] = app
         return self
 
     @model_validator(mode="after")

@@ -26,6 +26,8 @@ class Domain(Protocol):
 
     Optional:
 
+    - ``app``: the registry application (``<app>-policy`` ...) when the profile names
+      none; without it, ``loopwright``.
     - ``declined_alternative(row, rng) -> str``: the reply the policy would slip into
       instead of a declining row's refusal (the nightly's refusal-boundary DPO rejects it);
       without it the nightly uses the served fact or another row's answer.

@@ -13,6 +13,7 @@ from examples.helpdesk import bootstrap
 from loopwright.config import Settings
 from loopwright.datastore import snapshot
 from loopwright.publish import find_version, publish_model
+from loopwright.register import check_model_folder
 from loopwright.registry import ModelKind, RegisteredVersion
 
 TRAINERS = {
@@ -71,6 +72,9 @@ def train_and_publish(
     start = time.perf_counter()
     metrics = TRAINERS[kind](repo / "data", config, out_dir)
     metrics["stage_seconds"] = time.perf_counter() - start
+    # The check `loopwright register` makes: the folder loads and answers as the loop will
+    # use it (the registration itself keeps the training run's metrics and lineage).
+    log.info("%s v1 loaded: %s", kind, check_model_folder(out_dir, kind))
     return publish_model(
         settings,
         out_dir,

@@ -91,6 +91,8 @@ def helpdesk_screening_config(**overrides: object) -> ScreeningConfig:
 class HelpdeskDomain:
     """The example domain, judged against KB revision ``revision`` (the current world)."""
 
+    app = "helpdesk"  # registered as helpdesk-policy, -guard, -reward
+
     def __init__(self, revision: int = 2) -> None:
         self.revision = revision
 

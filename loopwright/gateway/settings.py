@@ -232,7 +232,7 @@ class RoutingSettings(_Strict):
     """
 
     source: Literal["static", "mlflow"] = "static"
-    app: str = "helpdesk"
+    app: str = "loopwright"
     tracking_uri: str | None = None
     poll_interval_s: float = Field(default=2.0, gt=0)
     model_cache_dir: str = "gateway/models"

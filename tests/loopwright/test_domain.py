@@ -32,3 +32,52 @@ def test_a_wrong_domain_fails_naming_the_problem(spec, message):
 def test_config_rejects_a_malformed_domain_setting():
     with pytest.raises(ConfigError, match="domain"):
         load_settings("local", env={"LOOPWRIGHT_DOMAIN": "not a module path"})
+
+
+class _Shop:
+    """A module domain of a user's own: the example's parts, its own app name."""
+
+    def __init__(self, app: str | None) -> None:
+        from examples.helpdesk.plugin import domain
+
+        self._parts = domain
+        if app is not None:
+            self.app = app
+
+    def __getattr__(self, name: str):
+        if name == "app":  # only what __init__ set
+            raise AttributeError(name)
+        return getattr(self._parts, name)
+
+
+@pytest.mark.parametrize(
+    ("app", "env", "expected"),
+    [
+        ("shop", {}, "shop"),  # the domain names its app
+        (None, {}, "loopwright"),  # it names none: the generic default
+        ("shop", {"LOOPWRIGHT_APP": "mine"}, "mine"),  # the profile or environment wins
+    ],
+)
+def test_the_app_is_the_domains_unless_configured(monkeypatch, app, env, expected):
+    import sys
+    import types
+
+    module = types.ModuleType("shop_domain_for_test")
+    module.domain = _Shop(app)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "shop_domain_for_test", module)
+    settings = load_settings(
+        "local", env={"LOOPWRIGHT_DOMAIN": "shop_domain_for_test:domain", **env}
+    )
+    assert settings.app == expected
+    assert load_settings("local", env={}).app == "helpdesk"  # the example's own
+
+
+def test_a_domain_app_that_is_no_registry_name_fails(monkeypatch):
+    import sys
+    import types
+
+    module = types.ModuleType("bad_app_domain_for_test")
+    module.domain = _Shop("Shop Front")  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "bad_app_domain_for_test", module)
+    with pytest.raises(ConfigError, match="the domain's app 'Shop Front' must match"):
+        load_settings("local", env={"LOOPWRIGHT_DOMAIN": "bad_app_domain_for_test:domain"})
