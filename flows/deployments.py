@@ -10,7 +10,10 @@ the ``canary-check`` deployment, scheduled one after another (see :mod:`flows.re
 
 from __future__ import annotations
 
+import contextlib
+from datetime import timedelta
 from typing import cast
+from uuid import UUID
 
 from prefect import flow, serve
 from prefect.deployments.runner import RunnerDeployment
@@ -20,6 +23,7 @@ from flows.release import canary_check_flow, release_flow
 from loopwright.client_env import apply_client_env
 from loopwright.config import Settings, load_settings
 from loopwright.domain import domain_hook, load_domain
+from loopwright.gateway.alerts import ALERT_EVENT
 from loopwright.nightly import NightlyStage
 from loopwright.release.canary_wait import CanaryRun
 from loopwright.release.config import ReleaseConfig
@@ -100,15 +104,74 @@ def bootstrap_default(profile: str = "local") -> dict[str, str]:
     return {kind: v.version for kind, v in versions.items()}
 
 
+def ensure_rollback_automation(settings: Settings, rollback_deployment_id: UUID) -> UUID:
+    """The automation that runs the rollback deployment when an alert asks for it.
+
+    It fires on each ``loopwright.alert.firing`` event of this app whose alert is labelled
+    ``response: rollback`` (the gateway turns firing alerts into such events,
+    :mod:`loopwright.gateway.alerts`); the rollback's reason names the alert, so the audit
+    history says why. Recreated on every call (an earlier one of the same name is replaced),
+    so a redeploy points it at the current rollback deployment.
+
+    Returns:
+        The automation's id.
+    """
+    from prefect.automations import Automation
+    from prefect.events.actions import RunDeployment
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    name = f"{settings.app}: roll back on alert"
+    with contextlib.suppress(ValueError):  # ValueError: none of that name yet
+        cast(Automation, Automation.read(name=name)).delete()
+    automation = Automation(
+        name=name,
+        description="A firing alert labelled response=rollback moves champion back.",
+        trigger=EventTrigger(
+            expect={ALERT_EVENT},
+            match={
+                "prefect.resource.id": f"loopwright.app.{settings.app}",
+                "loopwright.response": "rollback",
+            },
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[
+            RunDeployment(
+                source="selected",
+                deployment_id=rollback_deployment_id,
+                parameters={
+                    "reason": {
+                        "__prefect_kind": "jinja",
+                        "template": "alert {{ event.payload.alertname }}: "
+                        "{{ event.payload.summary }}",
+                    }
+                },
+                job_variables=None,
+            )
+        ],
+    )
+    # ``create`` and ``read`` are sync here (no event loop).
+    created = cast(Automation, automation.create())
+    if created.id is None:
+        raise RuntimeError(f"the Prefect server did not create the automation {name!r}")
+    return created.id
+
+
 def serve_all(profile: str, cron: str = "0 2 * * *") -> None:
-    """Register every deployment and serve them until interrupted (blocks)."""
+    """Register every deployment and the alert automation, then serve (blocks)."""
     params = {"profile": profile}
+    # ``to_deployment`` and ``apply`` are sync here (no event loop).
+    rollback_deployment = cast(
+        RunnerDeployment, rollback_champion.to_deployment(name="rollback", parameters=params)
+    )
+    ensure_rollback_automation(_settings(profile), cast(UUID, rollback_deployment.apply()))
     deployments = [
         nightly_loop.to_deployment(name="nightly", cron=cron, parameters=params),
         nightly_only.to_deployment(name="stages-1-5", parameters=params),
         nightly_one_stage.to_deployment(name="stage", parameters=params),
         promote_version.to_deployment(name="promote", parameters=params),
-        rollback_champion.to_deployment(name="rollback", parameters=params),
+        rollback_deployment,
         canary_check.to_deployment(name="canary-check", parameters=params),
     ]
     if callable(getattr(load_domain(_settings(profile).domain), "bootstrap", None)):

@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from loopwright.gateway.alerts import AlertForwarder, add_alert_routes
 from loopwright.gateway.keys import KeyStoreError
 from loopwright.gateway.review import ReviewError, ReviewItem
 from loopwright.gateway.schemas import (
@@ -301,6 +302,15 @@ def _sse(outcome: ChatOutcome, include_usage: bool) -> AsyncIterator[str]:
         yield "data: [DONE]\n\n"
 
     return events()
+
+
+def _alert_forwarder(gateway: Gateway) -> AlertForwarder | None:
+    alerts = gateway.settings.alerts
+    if not alerts.prefect_api_url:
+        return None
+    return AlertForwarder(
+        alerts.prefect_api_url, gateway.settings.routing.app, gateway.run_dir / alerts.state_file
+    )
 
 
 def create_app(gateway: Gateway, *, manage_lifecycle: bool = True) -> FastAPI:
@@ -597,6 +607,7 @@ def create_app(gateway: Gateway, *, manage_lifecycle: bool = True) -> FastAPI:
             await anyio.to_thread.run_sync(gateway.poller.poll_once)
         return _routing()
 
+    add_alert_routes(v1, _alert_forwarder(gateway))
     app.include_router(v1)
 
     # -- health and metrics (no auth: probes and scrapers) -----------------------------

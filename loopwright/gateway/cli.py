@@ -139,7 +139,12 @@ def resolve_settings(main: Any, config: Path | None) -> tuple[GatewaySettings, P
             }
         )
         domain = settings.domain or getattr(main, "domain", None)
-        settings = settings.model_copy(update={"routing": routing, "domain": domain})
+        alerts = settings.alerts.model_copy(
+            update={"prefect_api_url": settings.alerts.prefect_api_url or main.prefect_api_url}
+        )
+        settings = settings.model_copy(
+            update={"routing": routing, "domain": domain, "alerts": alerts}
+        )
     try:
         settings = with_domain_defaults(settings)
     except DomainError as exc:

@@ -345,6 +345,21 @@ class LogSettings(_Strict):
     keep_shipped: bool = False
 
 
+class AlertSettings(_Strict):
+    """Alert intake (:mod:`loopwright.gateway.alerts`).
+
+    Attributes:
+        prefect_api_url: the Prefect API firing alerts are sent to as events
+            (``loopwright serve`` fills it from the main config); None: the alert
+            endpoints answer 503.
+        state_file: the alerts already forwarded, relative to the run directory.
+
+    """
+
+    prefect_api_url: str | None = None
+    state_file: str = "gateway/alerts_forwarded.jsonl"
+
+
 class GatewaySettings(_Strict):
     """All gateway settings; each control layer can be switched off on its own.
 
@@ -369,6 +384,7 @@ class GatewaySettings(_Strict):
     fallback: FallbackSettings = FallbackSettings()
     escalation: EscalationSettings = EscalationSettings()
     log: LogSettings = LogSettings()
+    alerts: AlertSettings = AlertSettings()
 
     def layers_off(self) -> GatewaySettings:
         """The same settings with every optional control layer switched off (for baselines)."""

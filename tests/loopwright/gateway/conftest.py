@@ -99,7 +99,9 @@ def make_harness(tmp_path: Path) -> Iterator[Any]:
     def make(
         overrides: dict[str, Any] | None = None, name: str = "gw", **components: Any
     ) -> Harness:
-        settings = GatewaySettings.model_validate(deep_merge({}, overrides or {}))
+        # The example's app: requests name helpdesk-policy, as the example's clients do.
+        base = {"routing": {"app": "helpdesk"}}
+        settings = GatewaySettings.model_validate(deep_merge(base, overrides or {}))
         run_dir = tmp_path / name
         gw = Gateway(settings, run_dir, **components)
         client = TestClient(create_app(gw))

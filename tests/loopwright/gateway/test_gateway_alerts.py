@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
 from loopwright.gateway.backends import Generation, StubBackend
@@ -95,6 +96,8 @@ def _alert_state(prometheus: str, name: str) -> str:
     return states[0] if states else "inactive"
 
 
+# slow: ~50 s, most of it the rule's `for: 30s` (the default tier stays under 15 minutes).
+@pytest.mark.slow
 def test_a_harmful_output_spike_fires_the_shipped_alert(tmp_path, tiny_guard):
     from loopwright.gateway.app import create_app
     from loopwright.gateway.service import Gateway

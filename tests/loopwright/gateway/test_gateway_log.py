@@ -139,7 +139,7 @@ def test_store_stopped_during_load_then_restarted_logs_every_request_once(weed, 
                     "/v1/chat/completions",
                     headers=auth,
                     json={
-                        "model": "helpdesk-policy",
+                        "model": "loopwright-policy",
                         "messages": [{"role": "user", "content": content}],
                     },
                 )
@@ -202,7 +202,7 @@ def test_restart_after_a_crash_ships_what_the_dead_process_left(weed, tmp_path):
         client.post(
             "/v1/chat/completions",
             headers={"Authorization": f"Bearer {key}"},
-            json={"model": "helpdesk-policy", "messages": [{"role": "user", "content": f"q{i}"}]},
+            json={"model": "loopwright-policy", "messages": [{"role": "user", "content": f"q{i}"}]},
         ).json()["id"]
         for i in range(5)
     ]

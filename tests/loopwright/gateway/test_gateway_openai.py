@@ -25,10 +25,10 @@ def test_openai_client_plain_streaming_errors_and_feedback(live):
     client = openai.OpenAI(api_key=key, base_url=f"{server.url}/v1", max_retries=0)
 
     models = client.models.list()
-    assert [m.id for m in models.data] == ["helpdesk-policy"]
+    assert [m.id for m in models.data] == ["loopwright-policy"]
 
     plain = client.chat.completions.create(
-        model="helpdesk-policy",
+        model="loopwright-policy",
         messages=[{"role": "user", "content": "How much is the Pro plan?"}],
         max_tokens=32,
     )
@@ -37,10 +37,10 @@ def test_openai_client_plain_streaming_errors_and_feedback(live):
     )
     assert plain.choices[0].finish_reason == "stop"
     assert plain.usage is not None and plain.usage.completion_tokens == 11
-    assert plain.system_fingerprint == "helpdesk-policy@static/champion"
+    assert plain.system_fingerprint == "loopwright-policy@static/champion"
 
     stream = client.chat.completions.create(
-        model="helpdesk-policy",
+        model="loopwright-policy",
         messages=[{"role": "user", "content": "Which regions are there?"}],
         stream=True,
         stream_options={"include_usage": True},
@@ -70,19 +70,19 @@ def test_openai_client_plain_streaming_errors_and_feedback(live):
     bad = openai.OpenAI(api_key="lw_wrong_key", base_url=f"{server.url}/v1", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.chat.completions.create(
-            model="helpdesk-policy", messages=[{"role": "user", "content": "hi"}]
+            model="loopwright-policy", messages=[{"role": "user", "content": "hi"}]
         )
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.UnprocessableEntityError) as exc:
         client.chat.completions.create(
-            model="helpdesk-policy", messages=[{"role": "user", "content": "a\x00b"}]
+            model="loopwright-policy", messages=[{"role": "user", "content": "a\x00b"}]
         )
     assert "control character U+0000" in str(exc.value)
     # 6 tokens of burst are spent: 2 completions above, models, feedback, 404, 422.
     with pytest.raises(openai.RateLimitError) as limited:
         client.chat.completions.create(
-            model="helpdesk-policy", messages=[{"role": "user", "content": "again"}]
+            model="loopwright-policy", messages=[{"role": "user", "content": "again"}]
         )
     # About 1000 s until the next token (a little less when the test itself ran slowly).
     assert 900 <= int(limited.value.response.headers["retry-after"]) <= 1000
