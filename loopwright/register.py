@@ -145,7 +145,6 @@ def with_chat_template(folder: Path, template: str | None, workdir: Path) -> Pat
     """
     if template is None or not (folder / "config.json").is_file():
         return folder
-    import shutil
 
     from transformers import AutoTokenizer
 
@@ -157,12 +156,19 @@ def with_chat_template(folder: Path, template: str | None, workdir: Path) -> Pat
     problem = chat_template_problem(template)
     if problem:
         raise ModelFolderError(f"the domain's chat template: {problem}")
-    copy = workdir / folder.resolve().name
-    shutil.rmtree(copy, ignore_errors=True)
-    shutil.copytree(folder, copy)
+    copy = _fresh_copy(folder, workdir / folder.resolve().name)
     tokenizer.chat_template = template
     tokenizer.save_pretrained(copy)
     logger.info("%s has no chat template: registering a copy with the domain's", folder)
+    return copy
+
+
+def _fresh_copy(folder: Path, copy: Path) -> Path:
+    """``folder`` copied to ``copy``, replacing whatever an earlier registration left there."""
+    import shutil
+
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(folder, copy)
     return copy
 
 
@@ -183,11 +189,10 @@ def with_guard_mapping(
         ModelFolderError: a label map that does not fit the model's labels, or a label map
             given for a guard loopwright trained.
     """
-    import shutil
-
     from pydantic import ValidationError
 
     from models.classifiers import (
+        DEFAULT_THRESHOLDS,
         HF_GUARD_FILE,
         ClassifierFolderError,
         GuardMapping,
@@ -214,15 +219,13 @@ def with_guard_mapping(
         existing = read_guard_mapping(folder) if (folder / HF_GUARD_FILE).is_file() else None
         labels = model_labels(folder)
         mapped = guard_mapping(labels, label_map or (existing.label_map if existing else None))
-        limits = {**(existing.thresholds if existing else GuardMapping(label_map={}).thresholds)}
+        limits = {**DEFAULT_THRESHOLDS, **(existing.thresholds if existing else {})}
         mapping = GuardMapping.model_validate(
             {"label_map": mapped, "thresholds": {**limits, **(thresholds or {})}}
         )
     except (ClassifierFolderError, ValidationError) as exc:
         raise ModelFolderError(f"{folder}: {exc}") from exc
-    copy = workdir / f"{folder.resolve().name}-guard"
-    shutil.rmtree(copy, ignore_errors=True)
-    shutil.copytree(folder, copy)
+    copy = _fresh_copy(folder, workdir / f"{folder.resolve().name}-guard")
     write_guard_mapping(copy, mapping)
     return copy
 

@@ -32,8 +32,11 @@ HF_GUARD_FILE = "loopwright_guard.json"
 HF_GUARD_FORMAT: Literal["hf-sequence-classifier"] = "hf-sequence-classifier"
 
 
+DEFAULT_THRESHOLDS: dict[BlockLabel, float] = {"harmful": 0.5, "injection": 0.5}
+
+
 def _default_thresholds() -> dict[BlockLabel, float]:
-    return {"harmful": 0.5, "injection": 0.5}
+    return dict(DEFAULT_THRESHOLDS)
 
 
 class GuardMapping(BaseModel):
@@ -64,7 +67,10 @@ def model_labels(folder: Path) -> list[str]:
     """The label names of a sequence-classifier folder, in logit order."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    return _labels(AutoConfig.from_pretrained(str(folder), local_files_only=True))
+
+
+def _labels(config: Any) -> list[str]:
     return [str(config.id2label[i]) for i in range(int(config.num_labels))]
 
 
@@ -163,8 +169,7 @@ class ClassifierGuard:
         self.mapping = mapping
         self.thresholds = dict(mapping.thresholds)
         self.batch_size = batch_size
-        labels = [str(model.config.id2label[i]) for i in range(int(model.config.num_labels))]
-        self._targets = [mapping.label_map[label] for label in labels]
+        self._targets = [mapping.label_map[label] for label in _labels(model.config)]
         self._multi_label = model.config.problem_type == "multi_label_classification"
         self._max_length = _max_length(tokenizer, model)
 
@@ -180,7 +185,7 @@ class ClassifierGuard:
         folder = Path(folder)
         mapping = read_guard_mapping(folder)
         model, tokenizer = _load_classifier(folder, threads)
-        guard_mapping(model_labels(folder), mapping.label_map)
+        guard_mapping(_labels(model.config), mapping.label_map)
         return cls(model, tokenizer, mapping)
 
     def probs(self, texts: Sequence[str]) -> np.ndarray:
