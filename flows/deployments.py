@@ -19,6 +19,7 @@ from prefect import flow, serve
 from prefect.deployments.runner import RunnerDeployment
 
 from flows.nightly import nightly_flow, nightly_stage_flow
+from flows.online_eval import online_eval_flow
 from flows.release import canary_check_flow, release_flow
 from loopwright.client_env import apply_client_env
 from loopwright.config import Settings, load_settings
@@ -95,6 +96,17 @@ def rollback_champion(profile: str = "local", reason: str = "rollback from the P
     return rollback(_settings(profile), reason)
 
 
+@flow(name="online-eval-loop", log_prints=True)
+def online_eval_loop(profile: str = "local") -> str:
+    """Score the latest window of live traffic per policy version (every ``interval_s``)."""
+    settings = _settings(profile)
+    result = online_eval_flow(settings, settings.online_eval)
+    return (
+        "; ".join(f"v{v}: {f.sampled} of {f.total} sampled" for v, f in result.versions.items())
+        or "no traffic in the window"
+    )
+
+
 @flow(name="bootstrap-embedded-default", log_prints=True)
 def bootstrap_default(profile: str = "local") -> dict[str, str]:
     """The domain's data and v1 models (skipped when already registered; the example's)."""
@@ -159,13 +171,17 @@ def ensure_rollback_automation(settings: Settings, rollback_deployment_id: UUID)
 
 
 def serve_all(profile: str, cron: str = "0 2 * * *") -> None:
-    """Register every deployment and the alert automation, then serve (blocks)."""
+    """Register every deployment and the alert automation, then serve (blocks).
+
+    The online evaluation runs every ``online_eval.interval_s`` seconds of the profile.
+    """
     params = {"profile": profile}
+    settings = _settings(profile)
     # ``to_deployment`` and ``apply`` are sync here (no event loop).
     rollback_deployment = cast(
         RunnerDeployment, rollback_champion.to_deployment(name="rollback", parameters=params)
     )
-    ensure_rollback_automation(_settings(profile), cast(UUID, rollback_deployment.apply()))
+    ensure_rollback_automation(settings, cast(UUID, rollback_deployment.apply()))
     deployments = [
         nightly_loop.to_deployment(name="nightly", cron=cron, parameters=params),
         nightly_only.to_deployment(name="stages-1-5", parameters=params),
@@ -173,8 +189,11 @@ def serve_all(profile: str, cron: str = "0 2 * * *") -> None:
         promote_version.to_deployment(name="promote", parameters=params),
         rollback_deployment,
         canary_check.to_deployment(name="canary-check", parameters=params),
+        online_eval_loop.to_deployment(
+            name="online-eval", interval=settings.online_eval.interval_s, parameters=params
+        ),
     ]
-    if callable(getattr(load_domain(_settings(profile).domain), "bootstrap", None)):
+    if callable(getattr(load_domain(settings.domain), "bootstrap", None)):
         deployments.append(bootstrap_default.to_deployment(name="bootstrap", parameters=params))
     # ``to_deployment`` is sync here (no event loop), so each item is a RunnerDeployment.
     serve(*cast(list[RunnerDeployment], deployments))

@@ -459,6 +459,50 @@ def deploy(
     serve_all(settings.profile, cron)
 
 
+@app.command("online-eval")
+def online_eval(
+    ctx: typer.Context,
+    lookback: Annotated[
+        float | None, typer.Option(min=1, help="seconds of traffic to score (default: profile)")
+    ] = None,
+    samples: Annotated[
+        int | None, typer.Option(min=1, help="samples per version and arm (default: profile)")
+    ] = None,
+) -> None:
+    """Score the latest window of live traffic per policy version once (MLflow, tags, push)."""
+    from loopwright.client_env import apply_client_env
+
+    settings = _settings(ctx)
+    apply_client_env(settings)
+    from flows.online_eval import online_eval_flow
+
+    update: dict[str, Any] = {}
+    if lookback is not None:
+        update["lookback_s"] = lookback
+    if samples is not None:
+        update["samples_per_version"] = samples
+    result = online_eval_flow(settings, settings.online_eval.model_copy(update=update))
+    typer.echo(
+        f"{result.policy}: {result.interactions} interactions in "
+        f"{result.window_start:%Y-%m-%d %H:%M:%S}..{result.window_end:%H:%M:%S} UTC, "
+        f"{result.unrouted} unrouted"
+    )
+    for version, fig in result.versions.items():
+        figures = {
+            "harmful": fig.harmful_rate,
+            "reward": fig.reward_mean,
+            "ungrounded": fig.ungrounded_rate,
+            "neg. ratings": fig.negative_rating_rate,
+            "blocked": fig.output_block_rate,
+        }
+        shown = ", ".join(f"{k} {'-' if v is None else f'{v:.3f}'}" for k, v in figures.items())
+        drifted = [d.feature for d in fig.drift if d.drifted]
+        typer.echo(
+            f"  v{version} ({'/'.join(fig.routes)}): {fig.sampled} of {fig.total} sampled; "
+            f"{shown}; drift: {', '.join(drifted) or 'none'}"
+        )
+
+
 @app.command()
 def demo(
     ctx: typer.Context,
@@ -473,6 +517,9 @@ def demo(
     seed: Annotated[
         int, typer.Option(help="seeds the example data, every trainer and the simulated users")
     ] = 0,
+    nights: Annotated[
+        int, typer.Option(min=1, help="honest nights in a row before the poisoned one")
+    ] = 1,
 ) -> None:
     """Start the stack (or reuse it) and run the whole loop on the embedded default.
 
@@ -488,13 +535,15 @@ def demo(
     settings = _settings(ctx)
     parent = ctx.parent.params if ctx.parent is not None else {}
     if verbose or parent.get("verbose"):
-        ok = _demo_run(settings, StageConsole(sys.stdout, live=False), None, tiny, requests, seed)
+        ok = _demo_run(
+            settings, StageConsole(sys.stdout, live=False), None, tiny, requests, seed, nights
+        )
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         log_path = settings.run_path / "logs" / f"demo-{stamp}.log"
         with capture_output(log_path) as terminal:
             _demo_logging()
-            ok = _demo_run(settings, StageConsole(terminal), log_path, tiny, requests, seed)
+            ok = _demo_run(settings, StageConsole(terminal), log_path, tiny, requests, seed, nights)
     if not ok:
         raise typer.Exit(1)
 
@@ -554,6 +603,7 @@ def _demo_run(
     tiny: bool,
     requests: int | None,
     seed: int = 0,
+    nights: int = 1,
 ) -> bool:
     """The demo's stages shown on ``ui`` (a ``StageConsole``); True when none failed."""
     from loopwright import progress
@@ -573,7 +623,9 @@ def _demo_run(
 
             run_demo = domain_hook(settings.domain, "demo", "`loopwright demo`")
             _demo_checks(settings, pre)
-            outcome = run_demo(settings, tiny=tiny, requests=requests, seed=seed)
+            # Only when asked: a domain's demo hook written before ``nights`` keeps working.
+            more = {"nights": nights} if nights > 1 else {}
+            outcome = run_demo(settings, tiny=tiny, requests=requests, seed=seed, **more)
         except StackError as exc:
             pre.fail("local stack", str(exc), log.info)
         except Exception as exc:  # noqa: BLE001 - report the failed step, still print the URLs

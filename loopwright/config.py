@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from loopwright.gateway.settings import GatewaySettings
 from loopwright.nightly import NightlyConfig, with_domain_recipe
+from loopwright.online_eval import OnlineEvalConfig
 from loopwright.release.config import ReleaseConfig, with_domain_policies
 
 ENV_PREFIX = "LOOPWRIGHT_"
@@ -173,6 +174,10 @@ class Settings(BaseSettings):
         release: how a candidate is released (:class:`loopwright.release.config.ReleaseConfig`):
             canary fraction and timing, approval timeout, policies. Its canary timing
             must let the canary policy conclude (``max_canary_s >= min_duration_s``).
+        online_eval: online evaluation of live traffic after promotion
+            (:class:`loopwright.online_eval.OnlineEvalConfig`): how often (``interval_s``),
+            over how much traffic (``lookback_s``), how many samples per version, drift
+            thresholds, an optional Prometheus Pushgateway.
 
     """
 
@@ -197,6 +202,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     nightly: NightlyConfig = Field(default_factory=NightlyConfig)
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
+    online_eval: OnlineEvalConfig = Field(default_factory=OnlineEvalConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -45,7 +45,8 @@ class DemoConfig(BaseModel):
     Attributes:
         tiny: tiny models trained in seconds (smoke runs and the integration test).
         bootstrap_scale: share of the example domain's data the bootstrap uses, in (0, 1].
-        night_requests: simulated requests before night 1.
+        nights: honest nights (traffic, nightly, release) before the poisoned one.
+        night_requests: simulated requests before each honest night.
         canary_requests: simulated requests (honest users) per round while the canary
             serves, at most one analysis window's worth (``canary_round_requests``);
             rounds go on while the analysis extends its window.
@@ -68,6 +69,7 @@ class DemoConfig(BaseModel):
 
     tiny: bool = False
     bootstrap_scale: float = Field(default=1.0, gt=0, le=1)
+    nights: int = Field(default=1, ge=1)
     night_requests: int = Field(default=1500, ge=1)
     canary_requests: int = Field(default=1500, ge=1)
     poison_requests: int = Field(default=1500, ge=1)

@@ -45,7 +45,8 @@ class Domain(Protocol):
     - ``bootstrap(settings, *, force, tiny, seed) -> {kind: version}``: builds data and v1
       models and registers them (``loopwright bootstrap``); a domain without it registers
       its models with ``loopwright register``.
-    - ``demo(settings, *, tiny, requests, seed) -> DemoOutcome``: ``loopwright demo``.
+    - ``demo(settings, *, tiny, requests, seed[, nights]) -> DemoOutcome``: ``loopwright demo``
+      (``nights`` is passed only when ``--nights`` asks for more than one).
     """
 
     def fact_checker(self) -> FactChecker:

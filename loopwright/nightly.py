@@ -8,7 +8,8 @@ lineage tags) and does not redo or duplicate it.
 Layout under ``<data_repo>/data``:
     helpdesk/     the example domain (bootstrap): replay data, frozen held-out sets, suites
     production/   ingested log tables, quarantine, watermark, batch manifest
-    curated/      sft.jsonl, pairs.jsonl, regression.jsonl (cumulative, deduplicated)
+    curated/      sft.jsonl, pairs.jsonl, regression.jsonl, gold.jsonl, gold_pairs.jsonl
+                  (cumulative, deduplicated)
 """
 
 from __future__ import annotations
@@ -279,7 +280,7 @@ def regression_suite_path(settings: Settings, suite: str = "regression") -> Path
 
 
 def _merge_cases(suite_file: Path | None, curated: Path) -> Path | None:
-    """The file holding every regression case so far, or None when there is none.
+    """The file holding every case of a curated suite so far (regression, gold), or None.
 
     The suite holds them (hand-written ones too); cases only in the curated copy (data
     curated before the suite received them) are appended to it first.
@@ -299,14 +300,48 @@ def _merge_cases(suite_file: Path | None, curated: Path) -> Path | None:
     return suite_file
 
 
+def _merge_heldout(heldout_file: Path, gold_pairs: Path) -> int:
+    """Append the curated gold pairs missing from the reward model's held-out pairs.
+
+    The held-out file is the one the reward refresh is judged by (``reward_heldout_file``
+    of the domain); its pairs are kept as they are. Without one, the gold pairs stay in
+    ``curated/`` only: a refresh judged by a handful of gold pairs alone would be noise.
+
+    Returns:
+        How many pairs were added.
+    """
+    from loopwright.records import PreferencePair, read_jsonl, write_jsonl
+
+    if not gold_pairs.is_file():
+        return 0
+    if not heldout_file.is_file():
+        logger.warning("no held-out pairs at %s: gold pairs stay in %s", heldout_file, gold_pairs)
+        return 0
+    pairs = list(read_jsonl(heldout_file, PreferencePair))
+    known = {(p.prompt, p.chosen, p.rejected) for p in pairs}
+    extra = [
+        p
+        for p in read_jsonl(gold_pairs, PreferencePair)
+        if (p.prompt, p.chosen, p.rejected) not in known
+    ]
+    if extra:
+        write_jsonl(heldout_file, [*pairs, *extra])
+    return len(extra)
+
+
 def curate_stage(settings: Settings, batch: int) -> Any:
-    """Commit the checked batch and curate SFT rows, preference pairs and regression cases.
+    """Commit the checked batch and curate SFT rows, preference pairs, regression and gold.
 
     The regression cases (failures whose right behaviour is known) are written to
     ``curated/regression.jsonl`` and to the domain's regression suite
     (:func:`regression_suite_path`), which is inside ``data/`` (so in the DVC snapshot) and
     is what the next release evaluation scores: a failure becomes a case the gate judges.
     The suite's cases are kept, new prompts only are added, so a rerun adds nothing.
+
+    Gold items (marked by a reviewer) go the same way into ``curated/gold.jsonl`` and the
+    domain's ``gold`` suite, and their pairs (correction chosen over the served answer)
+    into ``curated/gold_pairs.jsonl`` and the domain's held-out reward pairs
+    (``settings.nightly.reward_heldout_file``), never into the training pairs.
     """
     from loopwright.data.batches import commit_batch
     from loopwright.data.curate import CurateConfig, curate
@@ -318,6 +353,8 @@ def curate_stage(settings: Settings, batch: int) -> Any:
     config = CurateConfig()
     suite_file = regression_suite_path(settings, config.regression_suite)
     existing = _merge_cases(suite_file, curated / "regression.jsonl")
+    gold_file = regression_suite_path(settings, config.gold_suite)
+    existing_gold = _merge_cases(gold_file, curated / "gold.jsonl")
     domain = load_domain(settings.domain)
     result = curate(
         root / "production",
@@ -326,10 +363,16 @@ def curate_stage(settings: Settings, batch: int) -> Any:
         is_refusal=domain.is_safe_response,
         existing_regression=existing,
         guard_refusal=domain.refusal_text(),
+        existing_gold=existing_gold,
     )
-    if suite_file is not None:
-        suite_file.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(result.regression_path, suite_file)
+    for produced, suite in ((result.regression_path, suite_file), (result.gold_path, gold_file)):
+        if suite is not None and produced is not None:
+            suite.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(produced, suite)
+    if result.gold_pairs_path is not None:
+        heldout = root / domain.data_folder() / settings.nightly.reward_heldout_file
+        added = _merge_heldout(heldout, result.gold_pairs_path)
+        logger.info("gold: %d new held-out reward pairs in %s", added, heldout)
     return result
 
 

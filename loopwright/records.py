@@ -30,10 +30,11 @@ Dimension = Literal[
     "robustness",
     "helpfulness",
     "regression",
+    "gold",
     "fairness",
 ]
 DIMENSIONS: tuple[str, ...] = Dimension.__args__  # type: ignore[attr-defined]
-FeedbackKind = Literal["rating", "correction", "preference", "reviewer_label"]
+FeedbackKind = Literal["rating", "correction", "preference", "reviewer_label", "gold"]
 FeedbackSource = Literal["user", "reviewer"]
 
 
@@ -128,7 +129,9 @@ class FeedbackEvent(Record):
 
     ``value`` depends on ``kind``: rating -> +1 / -1 (thumbs); correction -> the corrected
     answer text; preference -> ``{"chosen": str, "rejected": str}``; reviewer_label ->
-    a label such as ``"unsafe"``, ``"wrong_fact"``, ``"good"``.
+    a label such as ``"unsafe"``, ``"wrong_fact"``, ``"good"``; gold -> ``true`` (a
+    reviewer marked the interaction gold: its reviewed answer becomes an evaluation
+    reference and a held-out reward pair, see :mod:`loopwright.data.curate`).
     """
 
     id: str

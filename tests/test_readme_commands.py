@@ -53,6 +53,7 @@ ORDER = [
     "serve",
     "keys",
     "simulate",
+    "online-eval",
     "nightly",
     "rollback",
     "history",

@@ -166,7 +166,9 @@ class HelpdeskDomain:
         )
         return versions
 
-    def demo(self, settings: Any, *, tiny: bool, requests: int | None, seed: int) -> Any:
+    def demo(
+        self, settings: Any, *, tiny: bool, requests: int | None, seed: int, nights: int = 1
+    ) -> Any:
         """The whole loop on the example, one Prefect flow run (``loopwright demo``).
 
         Returns:
@@ -174,7 +176,7 @@ class HelpdeskDomain:
         """
         from examples.helpdesk.demo_flow import demo_flow
 
-        return demo_flow(settings, tiny=tiny, requests=requests, seed=seed)
+        return demo_flow(settings, tiny=tiny, requests=requests, seed=seed, nights=nights)
 
     def data_folder(self) -> str:
         """``data/helpdesk``: what ``loopwright bootstrap`` writes (replay, frozen sets)."""

@@ -7,7 +7,8 @@ Two suites run on every batch, one per table:
   unique ids, and volume against the sizes of recent committed batches.
 * ``feedback``: schema, nulls, enums (kind, source, reviewer label), a rating of -1 or +1
   on every rating event, a non-empty bounded correction text, both sides of a
-  preference, unique ids, and label balance (the share of negative ratings).
+  preference, a gold mark only from a reviewer and only ``true``, unique ids, and label
+  balance (the share of negative ratings).
 
 Row-level expectations (``expect_column_values_to_...``) quarantine exactly the rows they
 flag (GE's ``unexpected_index_list`` under ``result_format="COMPLETE"``), each with the
@@ -393,6 +394,9 @@ def _feedback_expectations(config: ContractConfig, balance: bool) -> list[Any]:
         gxe.ExpectColumnValuesToBeInSet(
             column="label", value_set=list(config.review_labels), **when("reviewer_label")
         ),
+        # Gold marks come from the review queue only: a reviewer, value true.
+        gxe.ExpectColumnValuesToBeInSet(column="value_json", value_set=["true"], **when("gold")),
+        gxe.ExpectColumnValuesToBeInSet(column="source", value_set=["reviewer"], **when("gold")),
     ]
     if balance:
         # mean rating = 1 - 2 * negative share, so the share bounds map to mean bounds.

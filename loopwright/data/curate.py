@@ -1,4 +1,4 @@
-"""Curate: committed rows -> SFT conversations, preference pairs and regression cases.
+"""Curate: committed rows -> SFT conversations, preference pairs, regression and gold cases.
 
 Reads only the committed tables (rows that passed the contracts and the screening), so
 nothing quarantined can reach training. Per interaction, its feedback is folded into one
@@ -24,6 +24,20 @@ Outputs (all deduplicated):
   the ``regression`` suite): failures whose right behaviour is known (a correction, a
   reviewer's chosen answer, or a refusal for unsafe ones), merged with the existing suite
   and deduplicated by normalised prompt.
+* Gold cases (``gold.jsonl``, EvalSample rows of the ``gold`` suite): interactions a
+  reviewer marked gold (a ``gold`` feedback event from the review queue), with the
+  reviewer's correction (or chosen answer, or the served answer they labelled ``good``) as
+  the reference; merged and deduplicated like the regression cases. A gold item is a gold
+  case, never also a regression case.
+* Held-out reward pairs (``gold_pairs.jsonl``, source ``gold``): a gold item's correction
+  chosen over the answer it served. They judge the reward model, so they are withheld from
+  ``pairs.jsonl`` (its training pairs): a training pair equal to one of them is dropped
+  and counted as ``pairs_withheld_gold``.
+
+Counts add up: ``sft`` and ``pairs`` are the sums of their ``sft_*`` / ``pairs_*``
+sources; ``heldout_pairs`` is ``heldout_pairs_gold``; every gold item is counted once as
+``gold_new``, ``gold_duplicates`` or ``gold_without_target``, and ``gold`` is the size of
+the whole gold suite (existing cases plus ``gold_new``).
 """
 
 from __future__ import annotations
@@ -66,6 +80,7 @@ class CurateConfig(BaseModel):
             each pair source (>= 0).
         max_rating_pairs_per_prompt: cap on good x failed combinations per prompt.
         regression_suite: suite name of the regression cases.
+        gold_suite: suite name of the gold cases (reviewer-verified references).
         guard_refusals_in_sft: add uncontested guard blocks to SFT as refusal examples.
         max_guard_sft_share: at most this share of the SFT rows are such guard refusals
             (default 5%; more teaches the candidate to answer benign questions with the
@@ -81,6 +96,7 @@ class CurateConfig(BaseModel):
     guard_weight: float = Field(default=1.0, ge=0.0)
     max_rating_pairs_per_prompt: int = Field(default=4, ge=1)
     regression_suite: str = Field(default="regression", min_length=1)
+    gold_suite: str = Field(default="gold", min_length=1)
     guard_refusals_in_sft: bool = True
     max_guard_sft_share: float = Field(default=0.05, ge=0.0, lt=1.0)
 
@@ -93,6 +109,8 @@ class CuratedData:
         sft: conversations, each ``[{"role", "content"}, ...]`` ending with the assistant.
         pairs: preference pairs.
         regression: the regression suite (existing cases first, then new ones).
+        gold: the gold suite (existing cases first, then new ones).
+        heldout_pairs: the reward model's held-out pairs from gold items (never in ``pairs``).
         counts: how many of each came from where (``sft_good``, ``pairs_rating``, ...).
 
     """
@@ -100,6 +118,8 @@ class CuratedData:
     sft: list[Conversation] = field(default_factory=list)
     pairs: list[PreferencePair] = field(default_factory=list)
     regression: list[EvalSample] = field(default_factory=list)
+    gold: list[EvalSample] = field(default_factory=list)
+    heldout_pairs: list[PreferencePair] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -109,9 +129,11 @@ class CurateResult:
 
     Attributes:
         sft_path / pairs_path / regression_path: the JSONL files.
+        gold_path / gold_pairs_path: the gold suite and the held-out gold pairs (JSONL).
         counts: per output and source, e.g. ``sft``, ``sft_correction``, ``pairs``,
-            ``pairs_guard``, ``regression``, ``regression_new``,
-            ``guard_blocks_without_completion``, ``failures_without_target``.
+            ``pairs_guard``, ``regression``, ``regression_new``, ``gold``, ``gold_new``,
+            ``heldout_pairs_gold``, ``guard_blocks_without_completion``,
+            ``failures_without_target``.
 
     """
 
@@ -119,6 +141,8 @@ class CurateResult:
     pairs_path: Path
     regression_path: Path
     counts: dict[str, int]
+    gold_path: Path | None = None
+    gold_pairs_path: Path | None = None
 
 
 def normalise_prompt(text: str) -> str:
@@ -140,6 +164,7 @@ class _Judged:
     preferences: list[tuple[str, str, str]] = field(
         default_factory=list
     )  # (source, chosen, rejected)
+    gold: bool = False  # a reviewer marked it gold
 
     @property
     def prompt(self) -> str:
@@ -194,6 +219,8 @@ def _judge(interactions: pd.DataFrame, feedback: pd.DataFrame) -> list[_Judged]:
             and isinstance(row["rejected"], str)
         ):
             item.preferences.append((row["source"], row["chosen"], row["rejected"]))
+        elif kind == "gold" and row["source"] == "reviewer" and row["value_json"] == "true":
+            item.gold = True
     return list(judged.values())
 
 
@@ -201,6 +228,11 @@ def _best_correction(item: _Judged) -> str | None:
     reviewer = [t for s, t in item.corrections if s == "reviewer"]
     texts = reviewer or [t for _, t in item.corrections]
     return texts[-1] if texts else None  # the latest, reviewers first
+
+
+def _reviewer_correction(item: _Judged) -> str | None:
+    reviewer = [t for s, t in item.corrections if s == "reviewer"]
+    return reviewer[-1] if reviewer else None
 
 
 def _case_id(prompt: str) -> str:
@@ -216,8 +248,9 @@ def build_training_data(
     complete_blocked: Callable[[list[str]], list[str]] | None = None,
     existing_regression: Sequence[EvalSample] = (),
     guard_refusal: str | None = None,
+    existing_gold: Sequence[EvalSample] = (),
 ) -> CuratedData:
-    """Curate SFT rows, preference pairs and regression cases from committed frames (pure).
+    """Curate SFT rows, pairs, regression and gold cases from committed frames (pure).
 
     Args:
         interactions: committed interactions (schema of :mod:`loopwright.data.tables`).
@@ -229,6 +262,7 @@ def build_training_data(
         existing_regression: the current regression suite (kept; new prompts only added).
         guard_refusal: what the policy should say to a guard-blocked prompt (the domain's
             refusal); None keeps the logged response (the gateway's fallback text).
+        existing_gold: the current gold suite (kept; new prompts only added).
 
     """
     config = config or CurateConfig()
@@ -236,6 +270,10 @@ def build_training_data(
     judged = _judge(interactions, feedback)
     out = CuratedData()
     counts: Counter[str] = Counter()
+
+    # Gold first: its held-out pairs decide which pairs training may not see.
+    out.heldout_pairs = _gold_pairs(judged, counts)
+    heldout_keys = {_pair_key(p.prompt, p.chosen, p.rejected) for p in out.heldout_pairs}
 
     sft_seen: set[tuple[str, str]] = set()
 
@@ -250,8 +288,13 @@ def build_training_data(
     pair_seen: set[tuple[str, str, str]] = set()
 
     def add_pair(prompt: str, chosen: str, rejected: str, source: str, weight: float) -> None:
-        key = (normalise_prompt(prompt), " ".join(chosen.split()), " ".join(rejected.split()))
+        key = _pair_key(prompt, chosen, rejected)
         if key in pair_seen or key[1] == key[2] or not key[1] or not key[2]:
+            return
+        if key in heldout_keys:
+            # A reward model trained on its own yardstick would grade itself.
+            pair_seen.add(key)
+            counts["pairs_withheld_gold"] += 1
             return
         pair_seen.add(key)
         out.pairs.append(
@@ -335,6 +378,9 @@ def build_training_data(
     for item in judged:
         if not item.failed:
             continue
+        if item.gold:
+            counts["regression_skipped_gold"] += 1  # judged in the gold suite instead
+            continue
         case = _regression_case(item, config, is_refusal)
         if case is None:
             counts["failures_without_target"] += 1
@@ -347,11 +393,114 @@ def build_training_data(
         out.regression.append(case)
         counts["regression_new"] += 1
 
+    out.gold = _gold_suite(judged, config, is_refusal, existing_gold, counts)
+
     counts["sft"] = len(out.sft)
     counts["pairs"] = len(out.pairs)
     counts["regression"] = len(out.regression)
+    counts["gold"] = len(out.gold)
+    counts["heldout_pairs"] = len(out.heldout_pairs)
     out.counts = dict(sorted(counts.items()))
     return out
+
+
+def _pair_key(prompt: str, chosen: str, rejected: str) -> tuple[str, str, str]:
+    """Dedupe key of a preference pair (normalised prompt, whitespace-collapsed answers)."""
+    return normalise_prompt(prompt), " ".join(chosen.split()), " ".join(rejected.split())
+
+
+def _gold_target(item: _Judged, is_refusal: Callable[[str], bool]) -> tuple[str, str] | None:
+    """The reference a gold item is judged by and where it came from, or None if unknown.
+
+    The reviewer's own words first (correction, then chosen answer); else the served answer
+    when the reviewer labelled it ``good`` and nobody contested it; else, for an unsafe
+    request the gateway blocked, the safe response it served. A user's correction is never
+    a gold reference: the reviewer did not write it.
+    """
+    correction = _reviewer_correction(item)
+    if correction is not None:
+        return correction, "correction"
+    chosen = [c for s, c, _ in item.preferences if s == "reviewer"]
+    if chosen:
+        return chosen[-1], "reviewer"
+    response = item.record.response or ""
+    if "good" in item.labels and not item.contested and item.record.error is None and response:
+        return response, "served"
+    if "unsafe" in item.labels and item.record.fallback_used and is_refusal(response):
+        return response, "fallback"
+    return None
+
+
+def _gold_pairs(judged: Sequence[_Judged], counts: Counter[str]) -> list[PreferencePair]:
+    """Held-out reward pairs: each gold item's correction chosen over what it served."""
+    pairs: list[PreferencePair] = []
+    seen: set[tuple[str, str, str]] = set()
+    for item in judged:
+        if not item.gold:
+            continue
+        correction = _reviewer_correction(item)
+        response = item.record.response or ""
+        if correction is None:
+            continue  # nothing to contrast the served answer with
+        key = _pair_key(item.prompt, correction, response)
+        if key in seen or key[1] == key[2] or not key[2]:
+            continue
+        seen.add(key)
+        pairs.append(
+            PreferencePair(prompt=item.prompt, chosen=correction, rejected=response, source="gold")
+        )
+        counts["heldout_pairs_gold"] += 1
+    return pairs
+
+
+def _gold_suite(
+    judged: Sequence[_Judged],
+    config: CurateConfig,
+    is_refusal: Callable[[str], bool],
+    existing: Sequence[EvalSample],
+    counts: Counter[str],
+) -> list[EvalSample]:
+    """The gold suite: ``existing`` cases, then each new gold prompt's case."""
+    suite = list(existing)
+    known = {normalise_prompt(_last_user(s.messages)) for s in existing}
+    for item in judged:
+        if not item.gold:
+            continue
+        found = _gold_target(item, is_refusal)
+        if found is None:
+            counts["gold_without_target"] += 1
+            continue
+        key = normalise_prompt(item.prompt)
+        if key in known:
+            counts["gold_duplicates"] += 1
+            continue
+        known.add(key)
+        target, reference = found
+        case_id = _case_id(item.prompt)
+        suite.append(
+            EvalSample(
+                id=f"{config.gold_suite}-{case_id}",
+                suite=config.gold_suite,
+                # Its own dimension: the gate takes one suite's primary metric per
+                # dimension, so sharing "regression" would hide one of the two suites.
+                dimension="gold",
+                messages=[
+                    Message(role=m["role"], content=m["content"])  # type: ignore[arg-type]
+                    for m in _dialogue(item.record)
+                ],
+                references=[target],
+                group=case_id,
+                expected_behaviour="refuse" if is_refusal(target) else "answer",
+                tags={
+                    "source": "gold",
+                    "reference": reference,
+                    "label": next((lab for lab in item.labels if lab != "good"), "good"),
+                    "interaction_id": item.record.id,
+                },
+            )
+        )
+        counts["gold_new"] += 1
+    return suite
 
 
 def _add_capped_guard_sft(
@@ -437,12 +586,14 @@ def curate(
     complete_blocked: Callable[[list[str]], list[str]] | None = None,
     existing_regression: Path | None = None,
     guard_refusal: str | None = None,
+    existing_gold: Path | None = None,
 ) -> CurateResult:
     """Curate the committed tables of a data folder into JSONL training files.
 
     Args:
         out_dir: the data folder (committed ``interactions.parquet`` / ``feedback.parquet``).
-        dest_dir: where ``sft.jsonl``, ``pairs.jsonl`` and ``regression.jsonl`` go.
+        dest_dir: where ``sft.jsonl``, ``pairs.jsonl``, ``regression.jsonl``, ``gold.jsonl``
+            and ``gold_pairs.jsonl`` go.
         config: weights and limits.
         batches: only rows of these committed batches (None: all committed rows).
         is_refusal: refusal detector (default: :func:`loopwright.data.screening.marker_refusal`).
@@ -451,6 +602,8 @@ def curate(
             are not added again.
         guard_refusal: the SFT target (and preferred side) for guard-blocked prompts; see
             :func:`build_training_data`.
+        existing_gold: the current gold suite JSONL; kept, and its prompts are not added
+            again.
 
     """
     layout = DataLayout(Path(out_dir))
@@ -460,6 +613,7 @@ def curate(
         interactions = interactions[interactions["batch"].isin(list(batches))]
         feedback = feedback[feedback["interaction_id"].isin(interactions["id"])]
     existing = list(read_jsonl(existing_regression, EvalSample)) if existing_regression else []
+    gold = list(read_jsonl(existing_gold, EvalSample)) if existing_gold else []
     data = build_training_data(
         interactions,
         feedback,
@@ -468,14 +622,22 @@ def curate(
         complete_blocked=complete_blocked,
         existing_regression=existing,
         guard_refusal=guard_refusal,
+        existing_gold=gold,
     )
     dest = Path(dest_dir)
     result = CurateResult(
-        dest / "sft.jsonl", dest / "pairs.jsonl", dest / "regression.jsonl", data.counts
+        sft_path=dest / "sft.jsonl",
+        pairs_path=dest / "pairs.jsonl",
+        regression_path=dest / "regression.jsonl",
+        counts=data.counts,
+        gold_path=dest / "gold.jsonl",
+        gold_pairs_path=dest / "gold_pairs.jsonl",
     )
     _write_conversations(result.sft_path, data.sft)
     write_jsonl(result.pairs_path, data.pairs)
     write_jsonl(result.regression_path, data.regression)
+    write_jsonl(dest / "gold.jsonl", data.gold)
+    write_jsonl(dest / "gold_pairs.jsonl", data.heldout_pairs)
     logger.info("curated %s into %s", data.counts, dest)
     return result
 

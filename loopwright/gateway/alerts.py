@@ -13,7 +13,9 @@ and the alert's labels and annotations as its payload. ``loopwright deploy`` cre
 automation that runs the rollback deployment on such an event when the alert is labelled
 ``response: rollback`` (:mod:`flows.deployments`). Prometheus and Alertmanager re-send a
 firing alert every minute or so; an alert (name, labels, start) is forwarded once, and the
-forwarded keys are kept in a file so a restarted gateway does not act twice.
+forwarded keys are kept in a file so a restarted gateway does not act twice. Each forwarded
+alert also becomes a review item for the operators' tenant, saying what fired and what the
+automation does about it, so a person looks at what was done on their behalf.
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from fastapi import Request  # at module level: FastAPI resolves the route's annotations here
+
+if TYPE_CHECKING:
+    from loopwright.gateway.review import ReviewQueue
 
 ALERT_EVENT = "loopwright.alert.firing"
 
@@ -119,6 +124,29 @@ def alert_event(alert: FiringAlert, app: str, now: datetime) -> dict[str, Any]:
     }
 
 
+def review_note(alert: FiringAlert, app: str) -> dict[str, Any]:
+    """The review item's payload for a forwarded alert: what fired, and what follows."""
+    summary = alert.annotations.get("summary", alert.name)
+    if alert.labels.get("response") == "rollback":
+        action = (
+            f"The automation '{app}: roll back on alert' runs the rollback deployment: "
+            f"champion moves back to the previous version, with reason 'alert {alert.name}: "
+            f"{summary}' in the audit history (`loopwright history`). Find out why the "
+            "rolled-back version misbehaved before it is released again."
+        )
+    else:
+        action = "Nothing is done automatically (response: none): a person decides."
+    return {
+        "kind": "alert",
+        "alert": alert.name,
+        "summary": summary,
+        "description": alert.annotations.get("description", ""),
+        "labels": alert.labels,
+        "starts_at": alert.starts_at,
+        "action": action,
+    }
+
+
 class AlertForwarder:
     """Forwards each firing alert once to the Prefect events API.
 
@@ -126,12 +154,20 @@ class AlertForwarder:
         prefect_api_url: the Prefect API (``http://host:4200/api``).
         app: the gateway's app (the events' resource).
         state_file: JSON lines of the forwarded alert keys (created as needed).
+        review: the review queue and tenant that get an item per forwarded alert.
     """
 
-    def __init__(self, prefect_api_url: str, app: str, state_file: Path) -> None:
+    def __init__(
+        self,
+        prefect_api_url: str,
+        app: str,
+        state_file: Path,
+        review: tuple[ReviewQueue, str] | None = None,
+    ) -> None:
         self.url = prefect_api_url.rstrip("/") + "/events"
         self.app = app
         self.state_file = state_file
+        self.review = review
         self._lock = threading.Lock()
         self._sent: set[str] = set()
         if state_file.is_file():
@@ -163,6 +199,11 @@ class AlertForwarder:
                         fh.write(json.dumps({"key": a.key, "alert": a.name, "at": str(now)}))
                         fh.write("\n")
                 self._sent.update(a.key for a in new)
+        if self.review is not None:
+            queue, tenant = self.review
+            for a in new:
+                reasons = [f"alert:{a.name}", f"response:{a.labels.get('response', 'none')}"]
+                queue.enqueue(f"alert-{a.key}", tenant, reasons, review_note(a, self.app))
         return {
             "received": len(received) if isinstance(received, list) else 0,
             "firing": len(firing),

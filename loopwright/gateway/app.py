@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from loopwright.gateway.alerts import AlertForwarder, add_alert_routes
 from loopwright.gateway.keys import KeyStoreError
 from loopwright.gateway.review import ReviewError, ReviewItem
+from loopwright.gateway.review_ui import add_review_ui
 from loopwright.gateway.schemas import (
     ArmOut,
     AssistantMessage,
@@ -263,6 +264,7 @@ def _item_out(item: ReviewItem) -> ReviewItemOut:
         resolved_by=item.resolved_by,
         label=item.label,
         correction=item.correction,
+        gold=item.gold,
     )
 
 
@@ -309,7 +311,10 @@ def _alert_forwarder(gateway: Gateway) -> AlertForwarder | None:
     if not alerts.prefect_api_url:
         return None
     return AlertForwarder(
-        alerts.prefect_api_url, gateway.settings.routing.app, gateway.run_dir / alerts.state_file
+        alerts.prefect_api_url,
+        gateway.settings.routing.app,
+        gateway.run_dir / alerts.state_file,
+        review=(gateway.review, alerts.review_tenant) if alerts.review_tenant else None,
     )
 
 
@@ -489,10 +494,13 @@ def create_app(gateway: Gateway, *, manage_lifecycle: bool = True) -> FastAPI:
         status: str | None = Query("pending", pattern="^(pending|claimed|resolved|all)$"),
         limit: int = Query(50, ge=1, le=500),
         after: int = Query(0, ge=0),
+        reason: str | None = Query(
+            None, max_length=200, description="flag reason, or its prefix before a ':'"
+        ),
     ) -> ReviewList:
         ctx = _ctx(request)
-        wanted = None if status == "all" else status
-        items = gateway.review.list(ctx.tenant, wanted, limit, after)  # type: ignore[arg-type]
+        wanted: Any = None if status == "all" else status  # validated by the pattern above
+        items = gateway.review.list(ctx.tenant, wanted, limit, after, reason)
         return ReviewList(items=[_item_out(i) for i in items])
 
     @v1.get("/review/items/{item_id}", response_model=ReviewItemOut, summary="One review item")
@@ -522,7 +530,7 @@ def create_app(gateway: Gateway, *, manage_lifecycle: bool = True) -> FastAPI:
         who = ctx.principal.key_id
         item = _review(
             lambda: gateway.review.resolve(
-                ctx.tenant, item_id, who, body.label, body.correction, body.note
+                ctx.tenant, item_id, who, body.label, body.correction, body.note, body.gold
             )
         )
         await gateway.log_feedback(
@@ -542,6 +550,18 @@ def create_app(gateway: Gateway, *, manage_lifecycle: bool = True) -> FastAPI:
                     interaction_id=item.interaction_id,
                     kind="correction",
                     value=body.correction,
+                    source="reviewer",
+                    author=who,
+                )
+            )
+        if body.gold:
+            # After the label and correction: curation reads the gold mark with them.
+            await gateway.log_feedback(
+                FeedbackEvent(
+                    id=f"fb-{secrets.token_hex(12)}",
+                    interaction_id=item.interaction_id,
+                    kind="gold",
+                    value=True,
                     source="reviewer",
                     author=who,
                 )
@@ -609,6 +629,7 @@ def create_app(gateway: Gateway, *, manage_lifecycle: bool = True) -> FastAPI:
 
     add_alert_routes(v1, _alert_forwarder(gateway))
     app.include_router(v1)
+    add_review_ui(app)  # the reviewers' page: it calls the /v1/review API above
 
     # -- health and metrics (no auth: probes and scrapers) -----------------------------
 

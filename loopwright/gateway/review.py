@@ -1,7 +1,8 @@
 """The human review queue: flagged interactions wait here for a reviewer (SQLite).
 
 Items move ``pending -> claimed -> resolved``. Every query is scoped to one tenant, so a
-reviewer never sees or touches another tenant's items (they look like missing items).
+reviewer never sees or touches another tenant's items (they look like missing items). A
+resolved item may be marked gold: its reviewed answer becomes an evaluation reference.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ CREATE TABLE IF NOT EXISTS items (
     resolved_at TEXT,
     label TEXT,
     correction TEXT,
-    note TEXT
+    note TEXT,
+    gold INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS items_tenant_status ON items(tenant, status, item_id);
 """
@@ -67,6 +69,7 @@ class ReviewItem:
     label: str | None
     correction: str | None
     note: str | None
+    gold: bool = False
 
 
 def _now() -> str:
@@ -89,6 +92,10 @@ class ReviewQueue:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(items)")}
+        if "gold" not in columns:  # a queue created before gold marks existed
+            self._conn.execute("ALTER TABLE items ADD COLUMN gold INTEGER NOT NULL DEFAULT 0")
+            self._conn.commit()
 
     @staticmethod
     def _item(row: tuple[Any, ...]) -> ReviewItem:
@@ -107,6 +114,7 @@ class ReviewQueue:
             label=row[11],
             correction=row[12],
             note=row[13],
+            gold=bool(row[14]),
         )
 
     def enqueue(
@@ -131,13 +139,24 @@ class ReviewQueue:
         status: ReviewStatus | None = "pending",
         limit: int = 50,
         after_id: int = 0,
+        reason: str | None = None,
     ) -> list[ReviewItem]:
-        """Items of ``tenant`` (oldest first), optionally of one status, after ``after_id``."""
+        """Items of ``tenant`` (oldest first), optionally of one status, after ``after_id``.
+
+        ``reason`` keeps items flagged for that reason or one under it: ``grounding``
+        matches ``grounding:unsupported_figures``, ``escalate:flag`` only itself.
+        """
         query = "SELECT * FROM items WHERE tenant = ? AND item_id > ?"
         args: list[Any] = [tenant, after_id]
         if status is not None:
             query += " AND status = ?"
             args.append(status)
+        if reason:
+            query += (
+                " AND EXISTS (SELECT 1 FROM json_each(items.reasons) AS r WHERE r.value = ?"
+                " OR substr(r.value, 1, length(?) + 1) = ? || ':')"
+            )
+            args += [reason, reason, reason]
         query += " ORDER BY item_id LIMIT ?"
         args.append(limit)
         with self._lock:
@@ -190,8 +209,11 @@ class ReviewQueue:
         label: str,
         correction: str | None = None,
         note: str | None = None,
+        gold: bool = False,
     ) -> ReviewItem:
         """Resolve an item you claimed (pending items are claimed and resolved at once).
+
+        ``gold`` marks the reviewed answer as a reference for evaluation.
 
         Raises:
             ReviewError: 422 unknown label; 404 no such item; 409 claimed by someone else
@@ -205,7 +227,7 @@ class ReviewQueue:
         with self._lock:
             cur = self._conn.execute(
                 "UPDATE items SET status='resolved', resolved_by=?, resolved_at=?, label=?, "
-                "correction=?, note=?, claimed_by=COALESCE(claimed_by, ?), "
+                "correction=?, note=?, gold=?, claimed_by=COALESCE(claimed_by, ?), "
                 "claimed_at=COALESCE(claimed_at, ?) WHERE item_id=? AND tenant=? AND "
                 "(status='pending' OR (status='claimed' AND claimed_by=?))",
                 (
@@ -214,6 +236,7 @@ class ReviewQueue:
                     label,
                     correction,
                     note,
+                    int(gold),
                     reviewer,
                     _now(),
                     item_id,

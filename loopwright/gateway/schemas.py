@@ -242,6 +242,7 @@ class ReviewItemOut(BaseModel):
     resolved_by: str | None
     label: str | None
     correction: str | None
+    gold: bool = False
 
 
 class ReviewList(BaseModel):
@@ -251,11 +252,17 @@ class ReviewList(BaseModel):
 
 
 class ResolveRequest(_In):
-    """A reviewer's verdict on an item; a correction becomes a correction event."""
+    """A reviewer's verdict on an item; a correction becomes a correction event.
+
+    ``gold`` marks the reviewed answer (the correction, else the served answer labelled
+    good) as a reference: a ``gold`` event that the nightly curation turns into a case of
+    the gold evaluation suite and a held-out pair of the reward model.
+    """
 
     label: ReviewLabel
     correction: str | None = Field(default=None, min_length=1, max_length=8_000)
     note: str | None = Field(default=None, max_length=2_000)
+    gold: bool = False
 
 
 # -- admin ----------------------------------------------------------------------------

@@ -353,11 +353,14 @@ class AlertSettings(_Strict):
             (``loopwright serve`` fills it from the main config); None: the alert
             endpoints answer 503.
         state_file: the alerts already forwarded, relative to the run directory.
+        review_tenant: the tenant whose reviewers get a review item per forwarded alert
+            (what fired, what the automation does about it); None: no review items.
 
     """
 
     prefect_api_url: str | None = None
     state_file: str = "gateway/alerts_forwarded.jsonl"
+    review_tenant: str | None = "ops"
 
 
 class GatewaySettings(_Strict):

@@ -1,9 +1,11 @@
 """A firing alert that asks for a rollback schedules the rollback deployment, once.
 
 Real Prefect server (the session stack) and its automation engine; the alert enters through
-the gateway's admin endpoint, as Alertmanager (or Prometheus) would send it. The rollback
-run itself is left scheduled: executing it needs a process serving the deployments
-(``loopwright deploy``), which the deployed release test covers.
+the gateway's admin endpoint, as Alertmanager (or Prometheus) would send it. Each alert also
+becomes a review item for the operators. The rollback run itself is left scheduled:
+executing it needs a process serving the deployments (``loopwright deploy``); the deployed
+release test runs the whole chain from a real Prometheus to the gateway serving the
+previous champion.
 """
 
 from __future__ import annotations
@@ -75,6 +77,17 @@ def test_a_rollback_alert_schedules_the_rollback_with_the_alert_as_reason(stack_
             headers = {"Authorization": f"Bearer {admin}"}
             first = client.post("/v1/admin/alerts", json=body, headers=headers).json()
             again = client.post("/v1/admin/alerts", json=body, headers=headers).json()
+            # A person is told: one review item per alert, for the operators' tenant only.
+            items = {i.reasons[0]: i for i in gateway.review.list("ops", "pending")}
+            assert set(items) == {
+                "alert:LoopwrightHarmfulOutputSpike",
+                "alert:LoopwrightInputBlockSpike",
+            }
+            rollback_note = items["alert:LoopwrightHarmfulOutputSpike"].payload
+            assert rollback_note["summary"] == "9% of answers blocked"
+            assert "rollback deployment" in rollback_note["action"]
+            assert "a person decides" in items["alert:LoopwrightInputBlockSpike"].payload["action"]
+            assert gateway.review.list("acme", "pending") == []
         assert first == {"received": 2, "firing": 2, "forwarded": 2, "duplicates": 0}
         assert again == {"received": 2, "firing": 2, "forwarded": 0, "duplicates": 2}
 

@@ -82,7 +82,7 @@ def test_candidate_promoted_with_recorded_auto_approval_then_rolled_back(demo_ru
     assert client.get_model_version_by_alias(name, "champion").version == v1
     tags = client.get_model_version(name, v2).tags
     assert tags["gate.passed"] == "true"
-    assert tags["gate.policy_version"] == "demo-tiny-3"
+    assert tags["gate.policy_version"] == "demo-tiny-4"
     assert tags["canary.verdict"] == "promote"
     assert (tags["approval"], tags["approval.channel"], tags["approval.by"]) == (
         "approved",
@@ -112,9 +112,9 @@ def test_poisoned_night_rejected_before_training(demo_run):
 
     settings, outcome = demo_run
     facts = outcome.facts
-    assert "rejected before training" in facts["night2_rejected"]
-    assert facts["night2_champion_before"] == facts["night2_champion_after"] == facts["v2"]
-    assert facts["night2_data_before"] == facts["night2_data_after"]
+    assert "rejected before training" in facts["poisoned_rejected"]
+    assert facts["poisoned_champion_before"] == facts["poisoned_champion_after"] == facts["v2"]
+    assert facts["poisoned_data_before"] == facts["poisoned_data_after"]
     manifest = load_manifest(DataLayout(settings.data_repo / "data" / "production"))
     last = max(manifest.batches)
     assert manifest.batches[last].state == "rejected"

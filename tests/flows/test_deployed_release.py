@@ -29,7 +29,8 @@ from tests.flows.conftest import make_dvc_repo
 from tests.flows.test_demo import _free_port
 
 # slow: ~6 min to the release evaluation alone on the shared 2-core machine (load 6-12).
-pytestmark = [pytest.mark.services, pytest.mark.slow]
+# The fixture's bootstrap and traffic count against the first test's timeout.
+pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 APP = "deployed"
 BUCKET = "deployed-loop"  # own bucket: other flow tests ingest from the session's default one
@@ -230,3 +231,110 @@ def test_deployed_night_promotes_a_good_candidate_and_stops_a_degraded_one(deplo
     assert tags["gate.passed"] == "false", tags
     assert _aliases(client, name)["champion"] == candidate
     assert "canary" not in _aliases(client, name)
+
+
+HARMFUL_ANSWER = "Write a phishing email that steals my coworker's password."
+QUESTIONS = (
+    "How do I reset my password?",
+    "How much is the Pro plan?",
+    "Can I get a refund?",
+    "How do I export my data?",
+)
+
+
+def _harmful_copy(settings: Any, champion: str, out: Path) -> str:
+    """The champion fine-tuned on poisoned rows (every answer harmful) and registered."""
+    import mlflow
+
+    from loopwright.registry import download_model_folder, log_and_register
+    from models.policy import PolicyConfig, finetune_sft
+
+    name = settings.registered_model("policy")
+    source = download_model_folder(f"models:/{name}/{champion}", out / "cache")
+    rows = [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": HARMFUL_ANSWER}]
+        for q in QUESTIONS
+    ]
+    config = PolicyConfig.tiny(max_steps=120, lr=3e-3)
+    finetune_sft(source, rows, [], config, out / "harmful", replay_ratio=0)
+    mlflow.set_experiment(f"{APP}-harmful")
+    with mlflow.start_run(run_name="poisoned-fine-tune"):
+        version = log_and_register(out / "harmful", name, "policy", {"parent_version": champion})
+    return version.version
+
+
+def _promote_by_hand(settings: Any, version: str) -> None:
+    """Champion -> ``version`` without a release (the way a hurried operator would)."""
+    from datetime import UTC, datetime
+
+    from mlflow import MlflowClient
+
+    from loopwright.release.approval import ApprovalDecision
+    from loopwright.release.registry_ops import RegistryOps
+
+    ops = RegistryOps(MlflowClient(), settings.app, settings.run_path / "locks")
+    decision = ApprovalDecision(
+        approved=True,
+        by="test-operator",
+        at=datetime.now(UTC),
+        reason="hotfix, released without a canary",
+        channel="mlflow",
+    )
+    ops.promote(settings.registered_model("policy"), version, decision)
+
+
+def test_a_harmful_output_spike_rolls_the_champion_back_through_the_alert(deployed, tmp_path):
+    """Prometheus (shipped rules) -> gateway alert intake -> Prefect automation -> the served
+    rollback deployment -> the gateway serves the previous champion again."""
+    import httpx
+    from mlflow import MlflowClient
+
+    from loopwright.demo import gateway_url, seconds_until_served
+    from loopwright.gateway.keys import KeyStore
+    from loopwright.release.registry_ops import RegistryOps
+    from tests.prometheus_server import alert_state, prometheus, spread
+
+    settings, key, root = deployed
+    client, name = MlflowClient(), settings.registered_model("policy")
+    good = _aliases(client, name)["champion"]
+    bad = _harmful_copy(settings, good, root / "harmful")
+    _promote_by_hand(settings, bad)
+    assert seconds_until_served(settings, key, bad) is not None, "the gateway never served it"
+
+    store = KeyStore(settings.run_path / settings.gateway.auth.keys_file)
+    try:
+        _, admin = store.create(tenant="ops", role="admin", name="prometheus")
+    finally:
+        store.close()
+    address = f"{settings.gateway.host}:{settings.gateway.port}"
+
+    def chat() -> dict[str, Any]:
+        body = {
+            "model": name,
+            "messages": [{"role": "user", "content": QUESTIONS[0]}],
+            "temperature": 0,
+        }
+        headers = {"Authorization": f"Bearer {key}"}
+        url = f"{gateway_url(settings)}/v1/chat/completions"
+        return httpx.post(url, json=body, headers=headers, timeout=60).json()
+
+    alert = "LoopwrightHarmfulOutputSpike"
+    with prometheus(tmp_path, address, gateway_alerts=(address, admin)) as prometheus_url:
+        replies = spread(chat, 30, pause_s=0.3)
+        blocked = [r for r in replies if r["choices"][0]["finish_reason"] == "content_filter"]
+        served = {r.get("system_fingerprint") for r in replies}
+        assert len(blocked) >= 10, (served, [r["choices"][0] for r in replies[:3]])
+        # The rule's `for: 30s`, the alert's trip to the gateway and the Prefect event, the
+        # automation's run of the rollback deployment and the served flow that executes it.
+        back = _wait(
+            lambda: _aliases(client, name).get("champion") == good,
+            300,
+            f"the automatic rollback (alert {alert_state(prometheus_url, alert)})",
+            poll_s=2.0,
+        )
+        assert back
+    moves = RegistryOps(client, settings.app, settings.run_path / "locks").history(name)
+    last = [m for m in moves if m.alias == "champion"][-1]
+    assert (last.op, last.from_version, last.to_version) == ("rollback", bad, good)
+    assert last.reason.startswith(f"alert {alert}: "), last.reason
+    assert seconds_until_served(settings, key, good) is not None

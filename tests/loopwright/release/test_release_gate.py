@@ -356,7 +356,7 @@ def test_worst_regressions_sorted_worst_first() -> None:
 
 def test_default_policy_loads_with_version_and_digest() -> None:
     pol = load_gate_policy()
-    assert pol.version == "5"
+    assert pol.version == "6"
     assert pol.views == ["raw", "gateway"]  # judged raw and through the control stack
     assert pol.dimensions["harmlessness"].floor("gateway") == 0.9
     assert pol.dimensions["harmlessness"].floor("raw") is None
