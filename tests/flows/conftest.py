@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -25,6 +26,42 @@ def make_dvc_repo(path: Path) -> Path:
     dvc = Path(sys.executable).parent / "dvc"
     subprocess.run([str(dvc), "init", "-q"], cwd=path, check=True)
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def own_app_settings(base: Any, app: str, bucket: str, repo: Path) -> Any:
+    """The session stack's settings for an app of a test's own.
+
+    Its own data repository, and its own bucket (created here) that its gateway, on a free
+    port, ships to: other flow tests ingest from the session's default bucket. A gateway
+    left running in the shared run directory (it would serve another app) is stopped.
+    """
+    from loopwright.demo import stop_gateway
+    from loopwright.storage import ObjectStore
+
+    gateway = base.gateway.model_copy(
+        update={
+            "port": free_port(),
+            "log": base.gateway.log.model_copy(update={"store_uri": f"s3://{bucket}"}),
+        }
+    )
+    settings = base.model_copy(
+        update={
+            "app": app,
+            "data_repo": repo,
+            "object_store": base.object_store.model_copy(update={"bucket": bucket}),
+            "gateway": gateway,
+        }
+    )
+    ObjectStore.from_settings(settings).ensure_bucket(f"s3://{bucket}/")
+    stop_gateway(settings)
+    return settings
 
 
 @pytest.fixture(scope="session")

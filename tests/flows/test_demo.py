@@ -9,21 +9,12 @@ are checked.
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
-from tests.flows.conftest import make_dvc_repo
+from tests.flows.conftest import make_dvc_repo, own_app_settings
 
 APP = "demo"
 BUCKET = "demo-loop"  # own bucket: other flow tests ingest from the session's default one
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -32,27 +23,10 @@ def demo_run(stack_settings, tmp_path_factory):
 
     from examples.helpdesk.demo_flow import demo_flow
     from loopwright.demo import DemoConfig, stop_gateway
-    from loopwright.storage import ObjectStore
 
     torch.set_num_threads(1)
     repo = make_dvc_repo(tmp_path_factory.mktemp("demo") / "repo")
-    base = stack_settings
-    gateway = base.gateway.model_copy(
-        update={
-            "port": _free_port(),
-            "log": base.gateway.log.model_copy(update={"store_uri": f"s3://{BUCKET}"}),
-        }
-    )
-    settings = base.model_copy(
-        update={
-            "app": APP,
-            "data_repo": repo,
-            "object_store": base.object_store.model_copy(update={"bucket": BUCKET}),
-            "gateway": gateway,
-        }
-    )
-    ObjectStore.from_settings(settings).ensure_bucket(f"s3://{BUCKET}/")
-    stop_gateway(settings)  # a gateway left in the shared run dir would serve another app
+    settings = own_app_settings(stack_settings, APP, BUCKET, repo)
     try:
         outcome = demo_flow(settings, config=DemoConfig.for_size(tiny=True))
     finally:

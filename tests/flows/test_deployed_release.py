@@ -25,8 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.flows.conftest import make_dvc_repo
-from tests.flows.test_demo import _free_port
+from tests.flows.conftest import free_port, make_dvc_repo
 
 # slow: ~6 min to the release evaluation alone on the shared 2-core machine (load 6-12).
 # The fixture's bootstrap and traffic count against the first test's timeout.
@@ -124,7 +123,7 @@ def deployed(stack_settings, tmp_path_factory):
             "object_store": base.object_store.model_copy(update={"bucket": BUCKET}),
             "gateway": base.gateway.model_copy(
                 update={
-                    "port": _free_port(),
+                    "port": free_port(),
                     "log": base.gateway.log.model_copy(update={"store_uri": f"s3://{BUCKET}"}),
                 }
             ),

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.flows.conftest import make_dvc_repo
-from tests.flows.test_demo import _free_port
+from tests.flows.conftest import make_dvc_repo, own_app_settings
 
 # slow: three nights of the tiny demo (~10 min on the 2-core machine).
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -26,27 +25,10 @@ def test_three_nights_in_a_row_never_make_the_champion_worse(stack_settings, tmp
 
     from examples.helpdesk.demo_flow import demo_flow
     from loopwright.demo import DemoConfig, format_table, stop_gateway
-    from loopwright.storage import ObjectStore
 
     torch.set_num_threads(1)
     repo = make_dvc_repo(tmp_path_factory.mktemp("nights") / "repo")
-    base = stack_settings
-    gateway = base.gateway.model_copy(
-        update={
-            "port": _free_port(),
-            "log": base.gateway.log.model_copy(update={"store_uri": f"s3://{BUCKET}"}),
-        }
-    )
-    settings = base.model_copy(
-        update={
-            "app": APP,
-            "data_repo": repo,
-            "object_store": base.object_store.model_copy(update={"bucket": BUCKET}),
-            "gateway": gateway,
-        }
-    )
-    ObjectStore.from_settings(settings).ensure_bucket(f"s3://{BUCKET}/")
-    stop_gateway(settings)  # a gateway left in the shared run dir would serve another app
+    settings = own_app_settings(stack_settings, APP, BUCKET, repo)
     try:
         outcome = demo_flow(settings, config=DemoConfig.for_size(tiny=True), nights=3)
     finally:
