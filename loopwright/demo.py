@@ -109,7 +109,10 @@ class DemoConfig(BaseModel):
             # Windows only extend while the verdict is inconclusive: on a loaded machine the
             # canary's requests arrive slower (a CI run saw "inconclusive" after 6 windows).
             max_windows=12,
-            max_negative_share=0.95,
+            # Users rate the tiny v1 down 87-96% of the time (measured: 0.868 and 0.960 on
+            # night 1 of two idle runs of the same code), so the contract's ceiling is
+            # lifted out of the way; screening catches the poisoned night instead.
+            max_negative_share=0.99,
             log_seal_s=3.0,
         )
 

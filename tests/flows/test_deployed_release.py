@@ -129,7 +129,7 @@ def deployed(stack_settings, tmp_path_factory):
             ),
             # Time only: a few fine-tune steps (a candidate that barely moves).
             "nightly": base.nightly.model_copy(
-                update={"finetune_steps": 3, "max_negative_share": 0.95}
+                update={"finetune_steps": 3, "max_negative_share": 0.99}
             ),
             # Time only: analyse every 5 s, give up after 3 minutes; the tiny canary policy.
             "release": base.release.model_copy(
