@@ -55,9 +55,6 @@ def _spooled(folder: Path) -> list[dict[str, Any]]:
     ]
 
 
-# slow: ~40 s; the default tier is at its 15-minute budget (clean-clone CI 870-943 s), and
-# the tiny demo and the second-domain test there judge the gateway view end to end.
-@pytest.mark.slow
 def test_gateway_view_judges_pinned_versions_behind_the_controls(gv, tmp_path, caplog) -> None:
     import logging
 
