@@ -23,6 +23,9 @@ LIFECYCLE_ENV = {
 }
 
 
+# slow: ~30 s; the default tier is at its 15-minute budget, and every test session's own
+# stack goes up and down through the same Stack code.
+@pytest.mark.slow
 def test_lifecycle_up_status_up_again_down_down_again():
     shutil.rmtree(TEST_ROOT / f"lifecycle-{PORT_OFFSET}", ignore_errors=True)
     settings = load_settings("local", env=stack_env(LIFECYCLE_ENV))
