@@ -69,6 +69,7 @@ def check_domain_folder(folder: str | Path, *, deep: bool = True) -> DomainRepor
     if deep:
         _check_knowledge(folder, report.spec, report)
         _check_policies(folder, report.spec, report)
+        _check_recipe(folder, report.spec, report)
         _check_chat_template(folder, report.spec, report)
         _check_data_files(folder, report.spec, report)
         _check_suites(folder, report.spec, report)
@@ -124,6 +125,7 @@ def _check_named_files(
         "gate_policy": spec.gate_policy,
         "canary_policy": spec.canary_policy,
         "chat_template": spec.chat_template,
+        "nightly.finetune_recipe": spec.nightly.finetune_recipe if spec.nightly else None,
     }
     for key, relative in named.items():
         if relative is not None and not (folder / relative).is_file():
@@ -191,6 +193,21 @@ def _check_policies(folder: Path, spec: DomainSpec, report: DomainReport) -> Non
             report.problems.append(str(exc))
         else:
             report.checked.append(f"{key}: {relative}")
+
+
+def _check_recipe(folder: Path, spec: DomainSpec, report: DomainReport) -> None:
+    from loopwright.recipes import load_recipe
+    from loopwright.release.strict import ConfigError
+
+    relative = spec.nightly.finetune_recipe if spec.nightly else None
+    if relative is None or not (folder / relative).is_file():
+        return  # none, or reported with domain.yaml
+    try:
+        recipe, _ = load_recipe(folder / relative)
+    except ConfigError as exc:
+        report.problems.append(str(exc))
+    else:
+        report.checked.append(f"finetune recipe: {relative} (method {recipe.method})")
 
 
 def _check_chat_template(folder: Path, spec: DomainSpec, report: DomainReport) -> None:

@@ -275,9 +275,12 @@ class FolderDomain:
         return self.path(self.spec.canary_policy) if self.spec.canary_policy else None
 
     def nightly_recipe(self) -> dict[str, Any]:
-        """The ``nightly`` keys ``domain.yaml`` sets (none: an empty dict)."""
+        """The ``nightly`` keys ``domain.yaml`` sets (none: an empty dict); paths made absolute."""
         recipe = self.spec.nightly
-        return recipe.model_dump(exclude_unset=True) if recipe is not None else {}
+        keys = recipe.model_dump(exclude_unset=True) if recipe is not None else {}
+        if keys.get("finetune_recipe"):
+            keys["finetune_recipe"] = str(self.path(keys["finetune_recipe"]))
+        return keys
 
     def chat_template(self) -> str | None:
         """The chat template text for policies that have none."""

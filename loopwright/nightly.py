@@ -30,6 +30,7 @@ from models.cpu import Threads
 if TYPE_CHECKING:
     # Annotations only: loopwright.config imports NightlyConfig (the profile's section).
     from loopwright.config import Settings
+    from loopwright.recipes import FinetuneRecipe
     from models.policy import PolicyConfig
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,11 @@ class NightlyConfig(BaseModel):
             got (``models.grounding.GroundingConfig.share``): the candidate keeps reading
             the context and keeps answering without it.
             See docs/decisions/0007-grounding-and-context-guidance.md.
+        finetune_recipe: a training recipe file for the SFT fine-tune
+            (:class:`loopwright.recipes.FinetuneRecipe`: method full or LoRA, dtype, learning
+            rate, steps, batch and accumulation, checkpointing, replay); its keys replace
+            the built-in ones. In ``domain.yaml`` the path is relative to the domain folder.
+            None: the built-in recipe.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -115,6 +121,7 @@ class NightlyConfig(BaseModel):
     pseudoword_share: float = Field(default=1.0, ge=0, le=1)
     finetune_threads: Threads = "auto"
     grounding_share: float = Field(default=0.7, ge=0, le=1)
+    finetune_recipe: str | None = None
 
     def digest(self) -> str:
         """Short hash of the config: part of a candidate's identity (lineage tag)."""
@@ -484,12 +491,41 @@ def serving_grounder(settings: Settings, share: float, seed: int) -> Grounder | 
     return ground
 
 
-def finetune_configs(config: NightlyConfig) -> tuple[PolicyConfig, PolicyConfig]:
+def night_recipe(config: NightlyConfig) -> tuple[NightlyConfig, FinetuneRecipe, str]:
+    """The night's knobs with its recipe file applied, the recipe, and the file's digest.
+
+    Returns:
+        ``(config, recipe, digest)``: without a ``finetune_recipe`` file the built-in
+        recipe (every key unset) and digest ``"builtin"``.
+
+    Raises:
+        loopwright.release.strict.ConfigError: the recipe file is missing or invalid.
+        ValueError: a LoRA recipe with ``boundary_dpo`` (the DPO step trains full models).
+    """
+    from loopwright.recipes import FinetuneRecipe, load_recipe
+
+    if config.finetune_recipe is None:
+        return config, FinetuneRecipe(), "builtin"
+    recipe, digest = load_recipe(config.finetune_recipe)
+    if recipe.method == "lora" and config.boundary_dpo:
+        raise ValueError(
+            f"{config.finetune_recipe}: method lora cannot be combined with boundary_dpo "
+            "(the boundary DPO trains the full model); turn one of them off"
+        )
+    return config.model_copy(update=recipe.nightly_overrides()), recipe, digest
+
+
+def finetune_configs(
+    config: NightlyConfig, recipe: FinetuneRecipe | None = None
+) -> tuple[PolicyConfig, PolicyConfig]:
     """The SFT and boundary-DPO recipes of a night: tiny, step-budgeted or time-budgeted.
 
     Args:
         config: the night's knobs (``tiny``, ``finetune_steps``, ``finetune_seconds``,
-            ``finetune_threads``, ``seed``).
+            ``finetune_threads``, ``seed``), with the recipe's night keys applied
+            (:func:`night_recipe`).
+        recipe: the recipe file's optimiser keys (method, dtype, learning rate...) for the
+            SFT; None: the built-in ones.
 
     Returns:
         ``(sft, dpo)``: the SFT has ``config.finetune_steps`` steps and no time limit when
@@ -497,9 +533,11 @@ def finetune_configs(config: NightlyConfig) -> tuple[PolicyConfig, PolicyConfig]
     """
     from models.policy import PolicyConfig
 
+    overrides = recipe.policy_overrides() if recipe is not None else {}
     if config.tiny:
+        steps = recipe.steps if recipe is not None and recipe.steps else 20
         return (
-            PolicyConfig.tiny(seed=config.seed, max_steps=20),
+            PolicyConfig.tiny(**{"seed": config.seed, "max_steps": steps, **overrides}),
             PolicyConfig.dpo(seed=config.seed, max_steps=4, batch_size=4, threads=1),
         )
     budget: dict[str, Any] = (
@@ -508,7 +546,9 @@ def finetune_configs(config: NightlyConfig) -> tuple[PolicyConfig, PolicyConfig]
         else {"max_seconds": config.finetune_seconds}
     )
     return (
-        PolicyConfig.finetune(seed=config.seed, threads=config.finetune_threads, **budget),
+        PolicyConfig.finetune(
+            seed=config.seed, threads=config.finetune_threads, **budget, **overrides
+        ),
         PolicyConfig.dpo(seed=config.seed, threads=config.finetune_threads),
     )
 
@@ -547,6 +587,7 @@ def finetune_candidate(
         declined_alternative: the reply a declined row's pair rejects (the domain's, if
             it has one); None: :func:`models.policy_data.context_or_answer_alternative`.
     """
+    from loopwright.recipes import keep_recipe
     from loopwright.records import read_conversations
     from models.policy import finetune_sft, train_dpo_conversations
     from models.policy_data import (
@@ -576,7 +617,8 @@ def finetune_candidate(
         config.seed,
         answered,
     )
-    sft_config, dpo_config = finetune_configs(config)
+    config, recipe, _ = night_recipe(config)
+    sft_config, dpo_config = finetune_configs(config, recipe)
     trained_rows = [*new_rows, *replay]
     pairs = (
         refusal_boundary_pairs(
@@ -605,6 +647,8 @@ def finetune_candidate(
         boundary = train_dpo_conversations(sft_dir, pairs, dpo_config, out_dir)
         shutil.rmtree(sft_dir)
         metrics.update({f"boundary_dpo_{k}": v for k, v in boundary.metrics().items()})
+    if config.finetune_recipe is not None:
+        keep_recipe(config.finetune_recipe, out_dir)
     metrics["boundary_pairs"] = float(len(pairs))
     metrics["new_rows"] = float(len(curated))
     metrics["new_rows_with_copies"] = float(len(new_rows))

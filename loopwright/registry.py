@@ -10,6 +10,7 @@ consumer gets back exactly the folder it would load from disk. Alias moves belon
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 from collections.abc import Mapping
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 ModelKind = Literal["policy", "guard", "reward"]
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 FOLDER_ARTIFACT = "model_dir"
+# An adapter version's folder names the registered version it adapts (models.lora).
+BASE_REFERENCE_FILE = "base_model.json"
 # Pinned so MLflow does not infer requirements (that alone costs ~7 s per log).
 PIP_REQUIREMENTS = ["torch==2.13.0", "transformers>=5.24,<6", "onnxruntime>=1.20"]
 
@@ -147,6 +150,10 @@ def download_version(
         cache_root: where downloaded versions are kept (versions are immutable).
         tracking_uri: the MLflow server (None: the process's configured one).
 
+    An adapter version (a LoRA fine-tune's folder with a :data:`BASE_REFERENCE_FILE`) is
+    merged onto its base version here, once, so every consumer loads a plain model folder;
+    the adapter's own files stay beside it under ``adapter/``.
+
     Returns:
         The downloaded root (the logged model as MLflow stores it).
     """
@@ -162,6 +169,9 @@ def download_version(
             artifact_uri=f"models:/{name}/{version}",
             dst_path=str(staging),
             tracking_uri=tracking_uri,
+        )
+        _merge_adapter_in_place(
+            _folder_in_download(staging, f"models:/{name}/{version}"), cache_root, tracking_uri
         )
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
@@ -182,3 +192,35 @@ def _folder_in_download(target: Path, uri: str) -> Path:
     if not entry:
         raise FileNotFoundError(f"{uri}: version has no {FOLDER_ARTIFACT} artifact")
     return mlmodel.parent / entry["path"]
+
+
+def write_base_reference(adapter_dir: Path, name: str, version: str) -> None:
+    """Record in an adapter folder which registered version it adapts (before logging it)."""
+    (Path(adapter_dir) / BASE_REFERENCE_FILE).write_text(
+        json.dumps({"name": name, "version": str(version)}), encoding="utf-8"
+    )
+
+
+def _merge_adapter_in_place(folder: Path, cache_root: Path, tracking_uri: str | None) -> None:
+    """Replace a downloaded adapter folder by its merge onto the base version it names.
+
+    Not an adapter: nothing happens. The base is downloaded (and, if itself an adapter,
+    merged) through :func:`download_version`, so chains of adapter versions resolve.
+    """
+    from models.lora import is_adapter_folder, merge_adapter_folder
+
+    if not is_adapter_folder(folder):
+        return
+    reference = folder / BASE_REFERENCE_FILE
+    if not reference.is_file():
+        raise FileNotFoundError(
+            f"{folder}: an adapter without {BASE_REFERENCE_FILE}; register adapters with the "
+            "registered version they adapt (loopwright.registry.write_base_reference)"
+        )
+    base = json.loads(reference.read_text(encoding="utf-8"))
+    base_root = download_version(base["name"], base["version"], cache_root, tracking_uri)
+    base_dir = _folder_in_download(base_root, f"models:/{base['name']}/{base['version']}")
+    adapter = folder.parent / "adapter"
+    folder.rename(adapter)
+    merge_adapter_folder(base_dir, adapter, folder)
+    logger.info("merged adapter onto %s v%s", base["name"], base["version"])

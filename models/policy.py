@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -41,6 +41,7 @@ from transformers import (
 
 from loopwright.records import PreferencePair
 from models.cpu import Threads
+from models.lora import LoraSettings, with_lora
 from models.policy_data import (
     Conversation,
     ConversationPreference,
@@ -135,6 +136,11 @@ class PolicyConfig(BaseModel):
         dpo_beta: DPO temperature (deviation from the reference model).
         dpo_sft_weight: weight of the SFT (NLL on chosen) term added to the DPO loss;
             without it the tiny model's outputs degenerate.
+        grad_accumulation: micro-batches of ``batch_size`` per optimiser step.
+        gradient_checkpointing: recompute activations in the backward pass (memory for
+            compute).
+        lora: fine-tunes train these low-rank adapters (peft) with the parent's weights
+            frozen and write an adapter folder (:mod:`models.lora`); None: every weight.
 
     """
 
@@ -163,6 +169,9 @@ class PolicyConfig(BaseModel):
     tokenizer_min_frequency: int = Field(default=2, ge=1)
     dpo_beta: float = Field(default=0.1, gt=0)
     dpo_sft_weight: float = Field(default=1.0, ge=0)
+    grad_accumulation: int = Field(default=1, ge=1)
+    gradient_checkpointing: bool = False
+    lora: LoraSettings | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> PolicyConfig:
@@ -235,6 +244,8 @@ class PolicyConfig(BaseModel):
             bf16=self.bf16,
             grad_clip=self.grad_clip,
             seed=self.seed,
+            grad_accumulation=self.grad_accumulation,
+            gradient_checkpointing=self.gradient_checkpointing,
         )
 
 
@@ -369,7 +380,11 @@ def _save(
 ) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     max_positions = int(model.config.max_position_embeddings)
-    model.generation_config = GenerationConfig(
+    # A peft model saves its adapter only; the generation settings live on its base.
+    base: PreTrainedModel = (
+        cast(Any, model).get_base_model() if hasattr(model, "peft_config") else model
+    )
+    base.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         # The library default (256 new tokens) exceeds this model's positions and crashes.
@@ -377,6 +392,8 @@ def _save(
         do_sample=False,
     )
     model.save_pretrained(out_dir)
+    if base is not model:
+        base.generation_config.save_pretrained(out_dir)
     tokenizer.model_max_length = max_positions
     tokenizer.save_pretrained(out_dir)
     meta = {
@@ -675,6 +692,9 @@ def finetune_sft(
             )
 
         torch.manual_seed(config.seed)
+        if config.lora is not None:
+            model = with_lora(model, config.lora)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         stats = train_loop(
             model,
             epoch_examples,
@@ -702,6 +722,8 @@ def finetune_sft(
             "replay_ratio": replay_ratio,
             "replay_superseded": superseded,
             "distill_weight": distill_weight,
+            "method": "lora" if config.lora is not None else "full",
+            "trainable_params": trainable,
         },
     )
     return result

@@ -64,6 +64,8 @@ class LoopSettings:
         bf16: bfloat16 autocast for forward/backward (weights and optimiser stay fp32).
         grad_clip: max global gradient norm.
         seed: seeds batch order and anything random inside the loop.
+        grad_accumulation: micro-batches of ``batch_size`` per optimiser step.
+        gradient_checkpointing: recompute activations in the backward pass.
 
     """
 
@@ -77,6 +79,8 @@ class LoopSettings:
     bf16: bool
     grad_clip: float
     seed: int
+    grad_accumulation: int = 1
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -344,6 +348,10 @@ class _LossRecordingTrainer(Trainer):
     ) -> None:
         super().__init__(*args, **kwargs)
         self._step_losses = losses
+        # training_step sees micro-batches; their returned losses sum to the step's loss
+        # (each is scaled by the accumulation), appended when the optimiser steps.
+        self._pending_loss = 0.0
+        self.add_callback(_StepLossFlush(self))
         self._teacher = teacher
         if teacher is not None:  # the Trainer placed the model; the teacher sits beside it
             teacher.to(self.args.device)
@@ -379,8 +387,23 @@ class _LossRecordingTrainer(Trainer):
             raise FloatingPointError(
                 f"training loss became {value} at step {len(self._step_losses)}"
             )
-        self._step_losses.append(value)
+        self._pending_loss += value
         return loss
+
+    def flush_step_loss(self) -> None:
+        """Record the finished optimiser step's loss (called by :class:`_StepLossFlush`)."""
+        self._step_losses.append(self._pending_loss)
+        self._pending_loss = 0.0
+
+
+class _StepLossFlush(TrainerCallback):
+    """Appends each optimiser step's summed micro-batch loss to the recorded losses."""
+
+    def __init__(self, trainer: _LossRecordingTrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer.flush_step_loss()
 
 
 def train_loop(
@@ -435,6 +458,8 @@ def train_loop(
         args = TrainingArguments(
             output_dir=scratch,
             per_device_train_batch_size=settings.batch_size,
+            gradient_accumulation_steps=settings.grad_accumulation,
+            activation_checkpointing=settings.gradient_checkpointing,
             max_steps=plan.hard_limit,
             max_grad_norm=settings.grad_clip,
             bf16=settings.bf16,

@@ -13,7 +13,12 @@ from loopwright.config import Settings
 from loopwright.datastore import snapshot
 from loopwright.domain import load_domain
 from loopwright.publish import find_outcome, find_version, publish_model, record_outcome
-from loopwright.registry import RegisteredVersion, download_model_folder, resolve_version
+from loopwright.registry import (
+    RegisteredVersion,
+    download_model_folder,
+    resolve_version,
+    write_base_reference,
+)
 
 
 def current_version(settings: Settings, kind: str) -> str | None:
@@ -250,6 +255,7 @@ def finetune(
 ) -> RegisteredVersion:
     """A candidate from the policy champion (SFT with replay); registered without alias."""
     parent_dir, parent_version = _champion_dir(settings, "policy")
+    _, recipe, recipe_digest = nightly.night_recipe(config)
     lineage = {
         "batch": str(batch),
         "data_version": data_version,
@@ -257,6 +263,8 @@ def finetune(
         "reward_version": reward_version,
         "origin": "nightly",
         "config": config.digest(),
+        "recipe": recipe_digest[:12],
+        "method": recipe.method,
     }
     done = find_version(settings.registered_model("policy"), lineage)
     if done is not None:
@@ -282,6 +290,8 @@ def finetune(
         declined_alternative=getattr(domain, "declined_alternative", None),
     )
     metrics["stage_seconds"] = time.perf_counter() - start
+    if recipe.method == "lora":  # an adapter: the registry merges it onto its base on load
+        write_base_reference(out_dir, settings.registered_model("policy"), parent_version)
     return publish_model(
         settings,
         out_dir,

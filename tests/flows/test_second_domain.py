@@ -70,6 +70,16 @@ def _write_domain(folder: Path) -> Path:
         f'refusal: {{text: "{REFUSAL}", patterns: ["\\\\bwon.t help\\\\b"]}}\n'
         "gate_policy: gate.yaml\n"
         "canary_policy: canary.yaml\n"
+        # The domain's own training recipe; the platform's keys only where it says nothing.
+        "nightly: {finetune_recipe: recipes/finetune.yaml, finetune_threads: 1, "
+        "max_negative_share: 0.95}\n"
+    )
+    (folder / "recipes").mkdir()
+    (folder / "recipes" / "finetune.yaml").write_text(
+        "# LoRA on every linear layer: the candidate is an adapter on the champion\n"
+        "method: lora\nlearning_rate: 5.0e-3\nwarmup_steps: 10\nsteps: 150\n"
+        "batch_size: 16\ngrad_accumulation: 2\n"
+        "lora: {r: 8, alpha: 16, dropout: 0.0, target_modules: all-linear}\n"
     )
     (folder / "gate.yaml").write_text(
         "version: 1\ndescription: recipes gate\nviews: [raw, gateway]\nmin_n: 20\n"
@@ -264,11 +274,12 @@ def test_a_second_domain_goes_through_the_whole_loop_from_files_only(recipes):
     from flows.nightly import nightly_flow
     from flows.release import release_flow
     from loopwright.client_env import apply_client_env
-    from loopwright.nightly import NightlyConfig
+    from loopwright.registry import download_model_folder
     from loopwright.release.config import ReleaseConfig, with_domain_policies
 
     env, settings = recipes["env"], recipes["settings"]
-    assert "a valid domain (recipes)" in _cli(env, "domain", "check", str(recipes["domain"]))
+    checked = _cli(env, "domain", "check", str(recipes["domain"]))
+    assert "a valid domain (recipes)" in checked and "method lora" in checked
     registered = _cli(env, "register", str(recipes["model"]), "--kind", "policy", "--champion")
     assert "Qwen2ForCausalLM" in registered and "models:/recipes-policy/1" in registered
     apply_client_env(settings)
@@ -295,12 +306,26 @@ def test_a_second_domain_goes_through_the_whole_loop_from_files_only(recipes):
             _feedback(served.server.url, served.key, reply.id, body)
     assert len(answers) == 2 * len(_facts())
 
-    # The night: no guard and no reward model registered -- both skipped, said so.
-    night = NightlyConfig(finetune_steps=200, finetune_threads=1, max_negative_share=0.95)
-    candidate = nightly_flow(settings, night)
+    # The night, on the domain's LoRA recipe: no guard and no reward model registered --
+    # both skipped, said so.
+    assert settings.nightly.finetune_recipe == str(recipes["domain"] / "recipes/finetune.yaml")
+    candidate = nightly_flow(settings, settings.nightly)
     assert candidate is not None and candidate.name == "recipes-policy"
     tags = client_mlflow.get_model_version("recipes-policy", candidate.version).tags
     assert tags["reward_version"] == "none" and tags["parent_version"] == "1"
+    # An adapter version on its parent: registered small, merged on load, recipe kept.
+    assert tags["method"] == "lora"
+    merged = download_model_folder(
+        f"models:/recipes-policy/{candidate.version}", recipes["root"] / "cache"
+    )
+    adapter = merged.parent / "adapter"
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "recipe.yaml").is_file()
+    assert (merged / "model.safetensors").is_file() and not (
+        merged / "adapter_config.json"
+    ).exists()
+    assert (adapter / "adapter_model.safetensors").stat().st_size < 0.2 * (
+        merged / "model.safetensors"
+    ).stat().st_size
     runs = client_mlflow.search_runs(
         [client_mlflow.get_experiment_by_name("recipes-nightly").experiment_id],
         "tags.outcome LIKE 'skipped:%'",

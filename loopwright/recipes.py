@@ -1,0 +1,125 @@
+"""Training recipes as YAML: one reviewable file per stage, logged with the model it made.
+
+A recipe names only what it changes; everything it leaves out keeps the nightly's built-in,
+measured recipe (``models.policy.PolicyConfig.finetune`` and
+:class:`loopwright.nightly.NightlyConfig`). A domain points at its recipe with
+``nightly.finetune_recipe`` in ``domain.yaml`` (or a profile's ``nightly`` section), e.g.::
+
+    # recipes/finetune.yaml: LoRA on every linear layer, two micro-batches per step
+    method: lora
+    learning_rate: 2.0e-3
+    steps: 200
+    batch_size: 16
+    grad_accumulation: 2
+    lora: {r: 8, alpha: 16, dropout: 0.0, target_modules: all-linear}
+
+The fine-tuned folder carries a copy of the file (:data:`RECIPE_FILE`), so the registry
+version shows exactly what trained it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from loopwright.release.strict import ConfigError, StrictModel, load_yaml, parse_model
+from models.lora import LoraSettings
+
+RECIPE_FILE = "recipe.yaml"
+
+
+class FinetuneRecipe(StrictModel):
+    """The nightly SFT fine-tune's recipe (validated, frozen; unset keys keep the defaults).
+
+    Attributes:
+        method: ``full`` trains every weight; ``lora`` trains low-rank adapters through peft
+            with every base weight frozen, and the candidate is an adapter version whose
+            base is the champion (:mod:`models.lora`).
+        dtype: ``fp32``, or ``bf16`` autocast for forward and backward (weights and
+            optimiser state stay fp32).
+        learning_rate: peak AdamW learning rate.
+        warmup_steps: linear warm-up, in optimiser steps.
+        steps: optimiser steps (replaces ``NightlyConfig.finetune_steps``).
+        batch_size: sequences per micro-batch.
+        grad_accumulation: micro-batches per optimiser step (the effective batch is
+            ``batch_size * grad_accumulation``).
+        gradient_checkpointing: recompute activations in the backward pass (less memory,
+            about a third more compute).
+        replay_ratio: replay rows per new row (replaces ``NightlyConfig.replay_ratio``).
+        pseudoword_share: made-up-word copies of answered rows (replaces
+            ``NightlyConfig.pseudoword_share``).
+        surface_noise: greetings, typos and casing in training copies of user turns.
+        lora: rank, scale and target modules when ``method`` is ``lora``.
+    """
+
+    method: Literal["full", "lora"] = "full"
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    learning_rate: float | None = Field(default=None, gt=0, le=1)
+    warmup_steps: int | None = Field(default=None, ge=1)
+    steps: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, ge=1)
+    grad_accumulation: int = Field(default=1, ge=1)
+    gradient_checkpointing: bool = False
+    replay_ratio: float | None = Field(default=None, ge=0)
+    pseudoword_share: float | None = Field(default=None, ge=0, le=1)
+    surface_noise: bool | None = None
+    lora: LoraSettings = LoraSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_lora_keys(cls, data: Any) -> Any:
+        lora = data.get("lora") if isinstance(data, dict) else None
+        if isinstance(lora, dict):
+            valid = set(LoraSettings.model_fields)
+            unknown = sorted(str(k) for k in lora if k not in valid)
+            if unknown:
+                raise ValueError(f"lora: unknown key(s) {unknown}; valid keys: {sorted(valid)}")
+        return data
+
+    def policy_overrides(self) -> dict[str, Any]:
+        """``PolicyConfig`` keys this recipe sets (the night's budget comes from ``steps``)."""
+        values: dict[str, Any] = {
+            "bf16": self.dtype == "bf16",
+            "grad_accumulation": self.grad_accumulation,
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "lora": self.lora if self.method == "lora" else None,
+        }
+        optional = {
+            "lr": self.learning_rate,
+            "warmup_steps": self.warmup_steps,
+            "batch_size": self.batch_size,
+            "surface_noise": self.surface_noise,
+        }
+        values.update({k: v for k, v in optional.items() if v is not None})
+        return values
+
+    def nightly_overrides(self) -> dict[str, Any]:
+        """``NightlyConfig`` keys this recipe replaces (steps, replay, pseudowords)."""
+        optional = {
+            "finetune_steps": self.steps,
+            "replay_ratio": self.replay_ratio,
+            "pseudoword_share": self.pseudoword_share,
+        }
+        return {k: v for k, v in optional.items() if v is not None}
+
+
+def load_recipe(path: str | Path) -> tuple[FinetuneRecipe, str]:
+    """Read and strictly validate a recipe file; returns ``(recipe, sha256 of the file)``.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or has an unknown key or a bad value
+            (the message names the file and lists the valid keys).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"training recipe {path} does not exist")
+    data, digest = load_yaml(path)
+    return parse_model(FinetuneRecipe, data, str(path)), digest
+
+
+def keep_recipe(path: str | Path, model_dir: Path) -> None:
+    """Copy the recipe file into the model folder it trained (logged with the version)."""
+    shutil.copy2(path, Path(model_dir) / RECIPE_FILE)
