@@ -336,6 +336,33 @@ def _merge_heldout(heldout_file: Path, gold_pairs: Path) -> int:
     return len(extra)
 
 
+def champion_completer(settings: Settings) -> Callable[[list[str]], list[str]] | None:
+    """What the policy champion says to prompts, generated offline (greedy), or None.
+
+    Guard-blocked prompts were never answered (the gateway blocks before the model); their
+    preference pairs reject this offline answer in favour of the domain's safe reply.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from loopwright.registry import download_model_folder
+
+    try:
+        folder = download_model_folder(
+            f"models:/{settings.app}-policy@champion", settings.run_path / "model-cache"
+        )
+    except MlflowException:
+        logger.info("no policy champion: guard blocks get no preference pairs")
+        return None
+
+    def complete(prompts: list[str]) -> list[str]:
+        from models.generation import generate_batch, load_policy
+
+        policy = load_policy(folder, device="cpu")
+        return generate_batch(policy, [[{"role": "user", "content": p}] for p in prompts])
+
+    return complete
+
+
 def curate_stage(settings: Settings, batch: int) -> Any:
     """Commit the checked batch and curate SFT rows, preference pairs, regression and gold.
 
@@ -371,6 +398,7 @@ def curate_stage(settings: Settings, batch: int) -> Any:
         existing_regression=existing,
         guard_refusal=domain.refusal_text(),
         existing_gold=existing_gold,
+        complete_blocked=champion_completer(settings),
     )
     for produced, suite in ((result.regression_path, suite_file), (result.gold_path, gold_file)):
         if suite is not None and produced is not None:
@@ -507,10 +535,15 @@ def night_recipe(config: NightlyConfig) -> tuple[NightlyConfig, FinetuneRecipe, 
     if config.finetune_recipe is None:
         return config, FinetuneRecipe(), "builtin"
     recipe, digest = load_recipe(config.finetune_recipe)
-    if recipe.method == "lora" and config.boundary_dpo:
+    if recipe.method == "lora" and (config.boundary_dpo or recipe.preference.method != "none"):
         raise ValueError(
-            f"{config.finetune_recipe}: method lora cannot be combined with boundary_dpo "
-            "(the boundary DPO trains the full model); turn one of them off"
+            f"{config.finetune_recipe}: method lora cannot be combined with boundary_dpo or "
+            "a preference step (both DPO steps train the full model); turn one of them off"
+        )
+    if config.boundary_dpo and recipe.preference.method != "none":
+        raise ValueError(
+            f"{config.finetune_recipe}: boundary_dpo and a preference step both write the "
+            "candidate from the SFT model; choose one"
         )
     return config.model_copy(update=recipe.nightly_overrides()), recipe, digest
 
@@ -564,12 +597,16 @@ def finetune_candidate(
     *,
     refusal_text: str | None = None,
     declined_alternative: Callable[[Sequence[dict[str, str]], random.Random], str] | None = None,
+    pairs_path: Path | None = None,
+    reward_dir: Path | None = None,
 ) -> dict[str, float]:
-    """SFT the champion on new rows with replay, then DPO on the refusal boundary.
+    """SFT the champion on new rows with replay, then a DPO step if the recipe has one.
 
     The boundary step (``config.boundary_dpo``, with ``refusal_text`` given) trains on pairs
-    from the SFT's own rows (:func:`models.policy_data.refusal_boundary_pairs`) and writes
-    the candidate; the SFT model is an intermediate folder, removed after it.
+    from the SFT's own rows (:func:`models.policy_data.refusal_boundary_pairs`); the
+    recipe's preference step (:func:`loopwright.preference.preference_step`) on the night's
+    curated pairs and the reward model's rankings of sampled answers. Either writes the
+    candidate; the SFT model is then an intermediate folder, removed after it.
 
     Args:
         parent_dir: the champion's model folder.
@@ -586,9 +623,14 @@ def finetune_candidate(
             ``refusal_text()``); None skips the boundary step.
         declined_alternative: the reply a declined row's pair rejects (the domain's, if
             it has one); None: :func:`models.policy_data.context_or_answer_alternative`.
+        pairs_path: the night's curated preference pairs (the preference step's feedback
+            pairs; None or missing: none).
+        reward_dir: the reward champion's folder (the preference step's ranking; None:
+            no reward-ranked pairs).
     """
+    from loopwright.preference import preference_step
     from loopwright.recipes import keep_recipe
-    from loopwright.records import read_conversations
+    from loopwright.records import PreferencePair, read_conversations, read_jsonl
     from models.policy import finetune_sft, train_dpo_conversations
     from models.policy_data import (
         context_or_answer_alternative,
@@ -632,7 +674,8 @@ def finetune_candidate(
         if config.boundary_dpo and refusal_text is not None
         else []
     )
-    sft_dir = out_dir.with_name(out_dir.name + "-sft") if pairs else out_dir
+    prefer = recipe.preference.method == "dpo"
+    sft_dir = out_dir.with_name(out_dir.name + "-sft") if pairs or prefer else out_dir
     result = finetune_sft(
         parent_dir,
         new_rows,
@@ -647,6 +690,26 @@ def finetune_candidate(
         boundary = train_dpo_conversations(sft_dir, pairs, dpo_config, out_dir)
         shutil.rmtree(sft_dir)
         metrics.update({f"boundary_dpo_{k}": v for k, v in boundary.metrics().items()})
+    if prefer:
+        curated_pairs = (
+            list(read_jsonl(pairs_path, PreferencePair))
+            if pairs_path is not None and pairs_path.is_file()
+            else []
+        )
+        metrics.update(
+            preference_step(
+                sft_dir,
+                out_dir,
+                recipe.preference,
+                curated_pairs=curated_pairs,
+                night_rows=new_rows,
+                serve=ground,
+                reward_dir=reward_dir,
+                seed=config.seed,
+                threads=config.finetune_threads,
+            )
+        )
+        shutil.rmtree(sft_dir)
     if config.finetune_recipe is not None:
         keep_recipe(config.finetune_recipe, out_dir)
     metrics["boundary_pairs"] = float(len(pairs))

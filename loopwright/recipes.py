@@ -31,6 +31,56 @@ from models.lora import LoraSettings
 RECIPE_FILE = "recipe.yaml"
 
 
+PairSource = Literal[
+    "correction", "reviewer", "user_preference", "rating", "guard", "reward_ranked"
+]
+FEEDBACK_SOURCES: tuple[PairSource, ...] = (
+    "correction",
+    "reviewer",
+    "user_preference",
+    "rating",
+    "guard",
+)
+
+
+class PreferenceRecipe(StrictModel):
+    """The preference step after the SFT: DPO on pairs from production and the reward model.
+
+    Attributes:
+        method: ``none`` (SFT only) or ``dpo``: trl's DPO (sigmoid loss plus an SFT term on
+            the chosen side) from the SFT model, with a frozen copy of it as the reference.
+        sources: which pairs train the policy. The curated ones (``correction``: a user's
+            or reviewer's correction over the served answer; ``reviewer`` and
+            ``user_preference``: explicit comparisons; ``rating``: a well-rated answer
+            over a badly rated one to the same prompt; ``guard``: the domain's safe reply
+            over what the policy would have said to a blocked prompt, generated offline),
+            and ``reward_ranked``: the reward model's best over its worst of
+            ``samples_per_prompt`` sampled answers to the night's prompts.
+        steps: DPO optimiser steps.
+        learning_rate: peak learning rate of the DPO.
+        batch_size: pairs per step.
+        beta: DPO temperature: how far the policy may move from the reference.
+        sft_weight: weight of the NLL on the chosen side (keeps outputs fluent).
+        samples_per_prompt: sampled answers per prompt for ``reward_ranked``.
+        max_prompts: prompts sampled for ``reward_ranked`` (the night's, seeded choice).
+        temperature: sampling temperature for ``reward_ranked``.
+        min_reward_gap: best minus worst reward below this makes no pair (no real
+            preference to learn).
+    """
+
+    method: Literal["none", "dpo"] = "none"
+    sources: tuple[PairSource, ...] = (*FEEDBACK_SOURCES, "reward_ranked")
+    steps: int = Field(default=60, ge=1)
+    learning_rate: float = Field(default=5e-5, gt=0, le=1)
+    batch_size: int = Field(default=16, ge=1)
+    beta: float = Field(default=0.1, gt=0)
+    sft_weight: float = Field(default=1.0, ge=0)
+    samples_per_prompt: int = Field(default=4, ge=2)
+    max_prompts: int = Field(default=64, ge=1)
+    temperature: float = Field(default=1.0, gt=0)
+    min_reward_gap: float = Field(default=0.5, ge=0)
+
+
 class FinetuneRecipe(StrictModel):
     """The nightly SFT fine-tune's recipe (validated, frozen; unset keys keep the defaults).
 
@@ -53,6 +103,7 @@ class FinetuneRecipe(StrictModel):
             ``NightlyConfig.pseudoword_share``).
         surface_noise: greetings, typos and casing in training copies of user turns.
         lora: rank, scale and target modules when ``method`` is ``lora``.
+        preference: the preference step after the SFT (:class:`PreferenceRecipe`).
     """
 
     method: Literal["full", "lora"] = "full"
@@ -67,6 +118,7 @@ class FinetuneRecipe(StrictModel):
     pseudoword_share: float | None = Field(default=None, ge=0, le=1)
     surface_noise: bool | None = None
     lora: LoraSettings = LoraSettings()
+    preference: PreferenceRecipe = PreferenceRecipe()
 
     @model_validator(mode="before")
     @classmethod

@@ -288,6 +288,8 @@ def finetune(
         ground=nightly.serving_grounder(settings, config.grounding_share, config.seed),
         refusal_text=domain.refusal_text(),
         declined_alternative=getattr(domain, "declined_alternative", None),
+        pairs_path=root / "curated" / "pairs.jsonl",
+        reward_dir=_champion_dir(settings, "reward")[0] if reward_version != "none" else None,
     )
     metrics["stage_seconds"] = time.perf_counter() - start
     if recipe.method == "lora":  # an adapter: the registry merges it onto its base on load
