@@ -42,14 +42,30 @@ gate_policy: policies/gate.yaml  # what a candidate must show to be released (se
 # canary_policy: policies/canary.yaml      # default: the packaged canary policy
 # chat_template: chat_template.jinja       # for registered policies whose tokenizer has none
 
-# nightly:                       # your recipe (loopwright.nightly.NightlyConfig keys); the
-#   finetune_steps: 200          # profile's nightly section wins where it sets the same key
-#   replay_ratio: 4.0
+# nightly:                       # loopwright.nightly.NightlyConfig keys; the profile's
+#   finetune_recipe: recipes/finetune.yaml   # nightly section wins where it sets the same key
+#   max_negative_share: 0.6
 
 # hooks:                         # Python only where data cannot say it (module:function)
 #   fact_checker: mypackage.checks:fact_checker        # () -> (prompt, response) -> FactVerdict
 #   refusal_detector: mypackage.checks:is_refusal      # (text) -> bool
 #   declined_alternative: mypackage.checks:alternative # (messages, rng) -> str
+"""
+
+FINETUNE_RECIPE = """\
+# The nightly fine-tune's recipe (loopwright.recipes.FinetuneRecipe). Name it in domain.yaml
+# (nightly: {finetune_recipe: recipes/finetune.yaml}); unset keys keep the built-in recipe.
+method: lora                     # full: every weight; lora: adapters on the champion (peft)
+dtype: fp32                      # bf16: autocast (on a GPU)
+learning_rate: 2.0e-4
+steps: 200                       # optimiser steps
+batch_size: 8
+grad_accumulation: 4             # micro-batches per step: effective batch 32
+gradient_checkpointing: true     # less memory, more compute
+lora: {r: 16, alpha: 32, dropout: 0.05, target_modules: all-linear}
+preference:                      # after the SFT: none, or dpo on the night's pairs
+  method: none
+  # sources: [correction, reviewer, user_preference, rating, guard, reward_ranked]
 """
 
 SUITES = {
@@ -176,6 +192,7 @@ def init_domain_folder(folder: Path, name: str) -> list[Path]:
         "knowledge.jsonl": _jsonl(FACTS),
         "sft/replay.jsonl": _jsonl([{"messages": conv} for conv in REPLAY]),
         "policies/gate.yaml": GATE_POLICY,
+        "recipes/finetune.yaml": FINETUNE_RECIPE,
     }
     for suite, text in SUITES.items():
         files[f"suites/{suite}.yaml"] = text

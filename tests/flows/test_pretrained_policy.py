@@ -53,6 +53,15 @@ def _write_domain(folder: Path) -> Path:
         "system_prompt: {version: capitals-1, text: Answer with the city's name in one sentence.}\n"
         'refusal: {text: "I can\'t help with that."}\n'
         "gate_policy: gate.yaml\n"
+        "nightly: {finetune_recipe: recipes/finetune.yaml, finetune_threads: 2, "
+        "max_negative_share: 0.95}\n"
+    )
+    (folder / "recipes").mkdir()
+    # LoRA on the attention projections for a few steps: what a team does with a real model.
+    (folder / "recipes" / "finetune.yaml").write_text(
+        "method: lora\nlearning_rate: 1.0e-3\nwarmup_steps: 1\nsteps: 6\nbatch_size: 4\n"
+        "gradient_checkpointing: true\n"
+        "lora: {r: 8, alpha: 16, dropout: 0.0, target_modules: [q_proj, v_proj]}\n"
     )
     (folder / "gate.yaml").write_text(
         "version: 1\ndescription: capitals gate\nviews: [raw, gateway]\nmin_n: 20\n"
@@ -113,10 +122,13 @@ def _cli(env: dict[str, str], *args: str) -> str:
 
 def test_smollm2_registers_serves_evaluates_finetunes_and_is_gated(capitals):
     import openai
+    import torch
+    from mlflow import MlflowClient
+    from safetensors.torch import load_file
 
     from flows.nightly import nightly_flow
     from loopwright.client_env import apply_client_env
-    from loopwright.nightly import NightlyConfig
+    from loopwright.registry import download_model_folder
     from loopwright.release.config import ReleaseConfig, with_domain_policies
     from loopwright.release.evaluate import evaluate_for_gate
     from loopwright.release.gate import decide, load_gate_policy
@@ -152,9 +164,27 @@ def test_smollm2_registers_serves_evaluates_finetunes_and_is_gated(capitals):
     report = _cli(env, "eval", "--model", "models:/capitals-policy@champion", "--suite", "all")
     assert "capital_named" in report
 
-    night = NightlyConfig(finetune_steps=4, finetune_threads=2, max_negative_share=0.95)
-    candidate = nightly_flow(settings, night)
+    # The night on the domain's LoRA recipe: an adapter on v1, merged on load.
+    candidate = nightly_flow(settings, settings.nightly)
     assert candidate is not None and candidate.version == "2"
+    client = MlflowClient()
+    version = client.get_model_version("capitals-policy", "2")
+    assert version.tags["method"] == "lora" and version.tags["parent_version"] == "1"
+    run = client.get_run(version.run_id).data.metrics
+    print(
+        json.dumps({"lora_steps": run["steps"], "seconds_per_step": run["seconds"] / run["steps"]})
+    )
+    assert run["steps"] == 6
+    base = download_model_folder("models:/capitals-policy/1", capitals["root"] / "cache")
+    merged = download_model_folder("models:/capitals-policy/2", capitals["root"] / "cache")
+    assert (merged.parent / "adapter" / "adapter_model.safetensors").is_file()
+    # Parameters changed: exactly the adapted projections, nothing else.
+    before, after = (
+        load_file(str(base / "model.safetensors")),
+        load_file(str(merged / "model.safetensors")),
+    )
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all(n.endswith(("q_proj.weight", "v_proj.weight")) for n in changed)
 
     config = with_domain_policies(ReleaseConfig(eval_workers=1), settings.domain)
     policy = load_gate_policy(config.gate_policy)

@@ -106,3 +106,8 @@ def test_recipe_file_is_strict_and_names_what_is_valid(tmp_path: Path) -> None:
         load_recipe(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         load_recipe(tmp_path / "missing.yaml")
+    # The commented recipe `loopwright domain init` writes is valid as written.
+    from loopwright.domain_skeleton import FINETUNE_RECIPE
+
+    good.write_text(FINETUNE_RECIPE)
+    assert load_recipe(good)[0].gradient_checkpointing
