@@ -57,6 +57,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=None, help="keep models and runs here")
+    parser.add_argument(
+        "--ft-steps", type=int, default=None, help="SFT steps (default: the nightly's)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("LOOPWRIGHT_DATA_REPO", str(args.data_repo.resolve()))
@@ -95,7 +98,11 @@ def _sft(args: argparse.Namespace, seed: int, sft_dir: Path) -> None:
         args.policy,
         data / "curated" / "sft.jsonl",
         data / domain.data_folder() / "sft" / "replay.jsonl",
-        NightlyConfig(seed=seed, finetune_threads=args.threads),
+        NightlyConfig(
+            seed=seed,
+            finetune_threads=args.threads,
+            **({"finetune_steps": args.ft_steps} if args.ft_steps else {}),
+        ),
         sft_dir,
         domain.is_safe_response,
         ground,

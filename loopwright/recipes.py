@@ -70,15 +70,15 @@ class PreferenceRecipe(StrictModel):
 
     method: Literal["none", "dpo"] = "none"
     sources: tuple[PairSource, ...] = (*FEEDBACK_SOURCES, "reward_ranked")
-    steps: int = Field(default=60, ge=1)
+    steps: int = Field(default=40, ge=1)
     learning_rate: float = Field(default=5e-5, gt=0, le=1)
     batch_size: int = Field(default=16, ge=1)
     beta: float = Field(default=0.1, gt=0)
     sft_weight: float = Field(default=1.0, ge=0)
     samples_per_prompt: int = Field(default=4, ge=2)
-    max_prompts: int = Field(default=64, ge=1)
+    max_prompts: int = Field(default=256, ge=1)
     temperature: float = Field(default=1.0, gt=0)
-    min_reward_gap: float = Field(default=0.5, ge=0)
+    min_reward_gap: float = Field(default=0.25, ge=0)
 
 
 class FinetuneRecipe(StrictModel):

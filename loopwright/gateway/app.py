@@ -57,7 +57,7 @@ from loopwright.gateway.schemas import (
     Usage,
 )
 from loopwright.gateway.service import ApiError, ChatOutcome, Gateway, RequestContext, user_hash
-from loopwright.records import FeedbackEvent
+from loopwright.records import FeedbackEvent, FeedbackKind
 
 logger = logging.getLogger(__name__)
 
@@ -533,35 +533,20 @@ def create_app(gateway: Gateway, *, manage_lifecycle: bool = True) -> FastAPI:
                 ctx.tenant, item_id, who, body.label, body.correction, body.note, body.gold
             )
         )
-        await gateway.log_feedback(
-            FeedbackEvent(
-                id=f"fb-{secrets.token_hex(12)}",
-                interaction_id=item.interaction_id,
-                kind="reviewer_label",
-                value=body.label,
-                source="reviewer",
-                author=who,
-            )
-        )
+        # The label, then the correction, then the gold mark: curation reads the gold
+        # mark together with the label and correction logged before it.
+        events: list[tuple[FeedbackKind, Any]] = [("reviewer_label", body.label)]
         if body.correction:
-            await gateway.log_feedback(
-                FeedbackEvent(
-                    id=f"fb-{secrets.token_hex(12)}",
-                    interaction_id=item.interaction_id,
-                    kind="correction",
-                    value=body.correction,
-                    source="reviewer",
-                    author=who,
-                )
-            )
+            events.append(("correction", body.correction))
         if body.gold:
-            # After the label and correction: curation reads the gold mark with them.
+            events.append(("gold", True))
+        for kind, value in events:
             await gateway.log_feedback(
                 FeedbackEvent(
                     id=f"fb-{secrets.token_hex(12)}",
                     interaction_id=item.interaction_id,
-                    kind="gold",
-                    value=True,
+                    kind=kind,
+                    value=value,
                     source="reviewer",
                     author=who,
                 )
