@@ -23,7 +23,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from loopwright.gateway.settings import GatewaySettings
 from loopwright.nightly import NightlyConfig, with_domain_recipe
-from loopwright.online_eval import OnlineEvalConfig
+from loopwright.online_eval_models import OnlineEvalConfig
 from loopwright.release.config import ReleaseConfig, with_domain_policies
 
 ENV_PREFIX = "LOOPWRIGHT_"
