@@ -3,7 +3,7 @@
 Takes a finished night of the example domain (a data repo whose ``data/curated`` holds the
 night's SFT rows and preference pairs, e.g. after ``loopwright demo``), the champion policy
 it fine-tuned from and the reward model. Per seed it runs the nightly's SFT
-(:func:`loopwright.nightly.finetune_candidate`, built-in recipe), then from that same SFT
+(:func:`loopwright.finetune.finetune_candidate`, built-in recipe), then from that same SFT
 model the two preference steps (:func:`loopwright.preference.preference_step`):
 
 - ``reward_dpo``: the reward model's best over worst of sampled answers to the night's
@@ -77,7 +77,7 @@ def main() -> None:
 def _domain_and_grounder(seed: int):  # type: ignore[no-untyped-def]
     from loopwright.config import load_settings
     from loopwright.domain import load_domain
-    from loopwright.nightly import serving_grounder
+    from loopwright.finetune import serving_grounder
 
     settings = load_settings("local")
     return (
@@ -88,7 +88,8 @@ def _domain_and_grounder(seed: int):  # type: ignore[no-untyped-def]
 
 
 def _sft(args: argparse.Namespace, seed: int, sft_dir: Path) -> None:
-    from loopwright.nightly import NightlyConfig, finetune_candidate
+    from loopwright.finetune import finetune_candidate
+    from loopwright.nightly import NightlyConfig
 
     if (sft_dir / "config.json").is_file():
         return

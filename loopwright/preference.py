@@ -58,7 +58,7 @@ def feedback_preferences(
         pairs: curated preference pairs (``curated/pairs.jsonl``).
         sources: the sources to keep (others are left out).
         serve: puts the served context around a user turn (e.g. the system prompt and the
-            retrieved facts: :func:`loopwright.nightly.serving_grounder`); it receives
+            retrieved facts: :func:`loopwright.finetune.serving_grounder`); it receives
             ``[user, assistant]`` conversations and returns them with context. None: the
             user's message alone.
 

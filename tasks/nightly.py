@@ -8,6 +8,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
+from loopwright import finetune as nightly_finetune
 from loopwright import nightly
 from loopwright.config import Settings
 from loopwright.datastore import snapshot
@@ -255,7 +256,7 @@ def finetune(
 ) -> RegisteredVersion:
     """A candidate from the policy champion (SFT with replay); registered without alias."""
     parent_dir, parent_version = _champion_dir(settings, "policy")
-    _, recipe, recipe_digest = nightly.night_recipe(config)
+    _, recipe, recipe_digest = nightly_finetune.night_recipe(config)
     lineage = {
         "batch": str(batch),
         "data_version": data_version,
@@ -278,14 +279,14 @@ def finetune(
     out_dir = settings.run_path / "models" / "policy" / f"nightly-{data_version[:8]}"
     domain = load_domain(settings.domain)
     start = time.perf_counter()
-    metrics = nightly.finetune_candidate(
+    metrics = nightly_finetune.finetune_candidate(
         parent_dir,
         root / "curated" / "sft.jsonl",
         root / domain.data_folder() / config.replay_file,
         config,
         out_dir,
         domain.is_safe_response,
-        ground=nightly.serving_grounder(settings, config.grounding_share, config.seed),
+        ground=nightly_finetune.serving_grounder(settings, config.grounding_share, config.seed),
         refusal_text=domain.refusal_text(),
         declined_alternative=getattr(domain, "declined_alternative", None),
         pairs_path=root / "curated" / "pairs.jsonl",

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from loopwright.nightly import NightlyConfig, finetune_candidate
+from loopwright.finetune import finetune_candidate
+from loopwright.nightly import NightlyConfig
 from loopwright.preference import (
     PREFERENCE_FILE,
     feedback_preferences,
@@ -145,7 +146,7 @@ def test_every_kind_of_pair_reaches_the_nightly_dpo_with_its_source(
 
 
 def test_preference_recipe_refuses_what_cannot_run(tmp_path: Path) -> None:
-    from loopwright.nightly import night_recipe
+    from loopwright.finetune import night_recipe
 
     recipe = tmp_path / "finetune.yaml"
     recipe.write_text("method: lora\npreference: {method: dpo}\n")

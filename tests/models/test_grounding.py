@@ -245,7 +245,7 @@ def test_domain_sft_rows_stay_bare():
 
 def test_nightly_grounds_new_rows_with_the_facts_the_gateway_serves_today():
     from loopwright.config import load_settings
-    from loopwright.nightly import serving_grounder
+    from loopwright.finetune import serving_grounder
 
     settings = load_settings("local", env={})
     changed = next(

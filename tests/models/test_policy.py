@@ -656,7 +656,7 @@ def _nightly_finetune(
 ) -> dict[str, float]:
     """The nightly's fine-tune of ``v1`` on ``new`` rows with the fixture as replay."""
     from examples.helpdesk.records import write_conversations
-    from loopwright.nightly import finetune_candidate
+    from loopwright.finetune import finetune_candidate
 
     write_conversations(tmp_path / "sft.jsonl", new)
     write_conversations(tmp_path / "replay.jsonl", conversations())
@@ -702,7 +702,8 @@ def test_nightly_finetune_distils_the_replay_only_when_configured(v1: Path, tmp_
 
 
 def test_nightly_finetune_budget_is_exact_steps_by_default_or_seconds_when_asked() -> None:
-    from loopwright.nightly import NightlyConfig, finetune_configs
+    from loopwright.finetune import finetune_configs
+    from loopwright.nightly import NightlyConfig
 
     # A step budget: no time limit, so a seed and thread count reproduce the candidate.
     sft, dpo = finetune_configs(NightlyConfig())
