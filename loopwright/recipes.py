@@ -25,7 +25,13 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from loopwright.release.strict import ConfigError, StrictModel, load_yaml, parse_model
+from loopwright.release.strict import (
+    ConfigError,
+    StrictModel,
+    check_known_keys,
+    load_yaml,
+    parse_model,
+)
 from models.lora import LoraSettings
 
 RECIPE_FILE = "recipe.yaml"
@@ -123,12 +129,9 @@ class FinetuneRecipe(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _known_lora_keys(cls, data: Any) -> Any:
-        lora = data.get("lora") if isinstance(data, dict) else None
-        if isinstance(lora, dict):
-            valid = set(LoraSettings.model_fields)
-            unknown = sorted(str(k) for k in lora if k not in valid)
-            if unknown:
-                raise ValueError(f"lora: unknown key(s) {unknown}; valid keys: {sorted(valid)}")
+        # LoraSettings lives with the models (no loopwright import there): checked here.
+        if isinstance(data, dict):
+            check_known_keys(data.get("lora"), LoraSettings, "lora: ")
         return data
 
     def policy_overrides(self) -> dict[str, Any]:

@@ -43,12 +43,23 @@ class StrictModel(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            valid = set(cls.model_fields)
-            unknown = sorted(str(k) for k in data if k not in valid)
-            if unknown:
-                raise ValueError(f"unknown key(s) {unknown}; valid keys: {sorted(valid)}")
-        return data
+        return check_known_keys(data, cls)
+
+
+def check_known_keys(data: Any, model: type[BaseModel], where: str = "") -> Any:
+    """``data`` unchanged, or ValueError naming its unknown keys and ``model``'s valid ones.
+
+    Args:
+        data: the raw input (only a dict is checked).
+        model: the model whose fields are the valid keys.
+        where: prefix for the message (e.g. ``"lora: "`` for a nested section).
+    """
+    if isinstance(data, dict):
+        valid = set(model.model_fields)
+        unknown = sorted(str(k) for k in data if k not in valid)
+        if unknown:
+            raise ValueError(f"{where}unknown key(s) {unknown}; valid keys: {sorted(valid)}")
+    return data
 
 
 def check_dimension_key(key: str) -> str:
