@@ -38,6 +38,7 @@ class SourcedPreference:
         chosen / rejected: the preferred and the rejected assistant reply.
         source: the pair's origin (a curated pair's source, or ``reward_ranked``).
         margin: reward score of ``chosen`` minus ``rejected`` (``reward_ranked`` only).
+        detail: what else identifies the origin (``principles``: the file's version).
     """
 
     messages: Conversation
@@ -45,6 +46,7 @@ class SourcedPreference:
     rejected: str
     source: str
     margin: float | None = None
+    detail: str | None = None
 
 
 def feedback_preferences(
@@ -138,6 +140,8 @@ def write_preference_file(preferences: Sequence[SourcedPreference], folder: Path
             }
             if p.margin is not None:
                 row["margin"] = round(p.margin, 6)
+            if p.detail is not None:
+                row["detail"] = p.detail
             out.write(json.dumps(row) + "\n")
     return path
 
@@ -188,6 +192,9 @@ def preference_step(
             preferences += reward_ranked_preferences(
                 prompts, samples, scores, recipe.min_reward_gap
             )
+    if "principles" in recipe.sources and recipe.principles is not None:
+        prompts = night_prompts(night_rows, recipe.max_prompts, seed)
+        preferences += principle_preferences(sft_dir, prompts, recipe)
     if not preferences:
         raise ValueError("preference step: no pairs from any source; nothing to learn")
     config = PolicyConfig.dpo(
@@ -241,3 +248,37 @@ def score_answers(
         out.append(flat[i : i + len(answers)])
         i += len(answers)
     return out
+
+
+def principle_preferences(
+    policy_dir: Path, prompts: Sequence[Conversation], recipe: PreferenceRecipe
+) -> list[SourcedPreference]:
+    """The judge's revisions of the policy's greedy answers, chosen over them.
+
+    Without a judge nothing can read the principles: no pairs (logged).
+    """
+    from loopwright.principles import endpoint_reviser, load_principles, revision_pairs
+    from models.generation import generate_batch, load_policy
+
+    assert recipe.principles is not None
+    principles = load_principles(recipe.principles)
+    if recipe.judge is None:
+        logger.warning(
+            "principles v%s: no judge configured to revise against them; no principle pairs",
+            principles.version,
+        )
+        return []
+    answers = generate_batch(load_policy(policy_dir, device="cpu"), prompts)
+    revise = endpoint_reviser(
+        recipe.judge.base_url,
+        recipe.judge.model,
+        recipe.judge.api_key_env,
+        principles.revise_prompt,
+    )
+    revisions = revise([p[-1]["content"] for p in prompts], answers, principles.text())
+    return [
+        SourcedPreference(
+            list(prompts[i]), revised, original, "principles", detail=f"v{principles.version}"
+        )
+        for i, revised, original in revision_pairs(answers, revisions)
+    ]

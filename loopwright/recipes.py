@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from loopwright.online_eval_models import JudgeEndpoint
 from loopwright.release.strict import (
     ConfigError,
     StrictModel,
@@ -38,7 +39,7 @@ RECIPE_FILE = "recipe.yaml"
 
 
 PairSource = Literal[
-    "correction", "reviewer", "user_preference", "rating", "guard", "reward_ranked"
+    "correction", "reviewer", "user_preference", "rating", "guard", "reward_ranked", "principles"
 ]
 FEEDBACK_SOURCES: tuple[PairSource, ...] = (
     "correction",
@@ -72,10 +73,15 @@ class PreferenceRecipe(StrictModel):
         temperature: sampling temperature for ``reward_ranked``.
         min_reward_gap: best minus worst reward below this makes no pair (no real
             preference to learn).
+        principles: the domain's principles file (:mod:`loopwright.principles`), relative
+            to the recipe file; with a ``judge``, its revisions of the policy's answers are
+            chosen over them (source ``principles``).
+        judge: an OpenAI-compatible chat endpoint that critiques and revises against the
+            principles; None: principles are not applied (logged).
     """
 
     method: Literal["none", "dpo"] = "none"
-    sources: tuple[PairSource, ...] = (*FEEDBACK_SOURCES, "reward_ranked")
+    sources: tuple[PairSource, ...] = (*FEEDBACK_SOURCES, "reward_ranked", "principles")
     steps: int = Field(default=40, ge=1)
     learning_rate: float = Field(default=5e-5, gt=0, le=1)
     batch_size: int = Field(default=16, ge=1)
@@ -85,6 +91,8 @@ class PreferenceRecipe(StrictModel):
     max_prompts: int = Field(default=256, ge=1)
     temperature: float = Field(default=1.0, gt=0)
     min_reward_gap: float = Field(default=0.25, ge=0)
+    principles: str | None = None
+    judge: JudgeEndpoint | None = None
 
 
 class FinetuneRecipe(StrictModel):
@@ -172,7 +180,14 @@ def load_recipe(path: str | Path) -> tuple[FinetuneRecipe, str]:
     if not path.is_file():
         raise ConfigError(f"training recipe {path} does not exist")
     data, digest = load_yaml(path)
-    return parse_model(FinetuneRecipe, data, str(path)), digest
+    recipe = parse_model(FinetuneRecipe, data, str(path))
+    principles = recipe.preference.principles
+    if principles is not None and not Path(principles).is_absolute():
+        preference = recipe.preference.model_copy(
+            update={"principles": str(path.parent / principles)}
+        )
+        recipe = recipe.model_copy(update={"preference": preference})
+    return recipe, digest
 
 
 def keep_recipe(path: str | Path, model_dir: Path) -> None:

@@ -21,6 +21,8 @@ from loopwright.recipes import PreferenceRecipe
 from loopwright.records import PreferencePair, write_conversations
 from models.policy import PolicyConfig, train_policy_v1
 from models.reward import RewardTrainConfig, train_reward
+# The evaluation tests' scripted OpenAI-compatible server stands in for the judge.
+from tests.loopwright.evaluation.conftest import FakeOpenAI, openai_server  # noqa: F401
 from tests.models.policy_fixture import REFUSAL, conversations
 
 SOURCES = ("correction", "reviewer", "user_preference", "rating", "guard")
@@ -111,14 +113,22 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def test_every_kind_of_pair_reaches_the_nightly_dpo_with_its_source(
-    tiny_models: tuple[Path, Path], tmp_path: Path
+    tiny_models: tuple[Path, Path],
+    tmp_path: Path,
+    openai_server: FakeOpenAI,  # noqa: F811 (the fixture imported above)
 ) -> None:
     policy, reward = tiny_models
+    (tmp_path / "principles.yaml").write_text(
+        "version: 3\nprinciples:\n  - Say you do not know when no fact answers the question.\n"
+    )
     recipe = tmp_path / "finetune.yaml"
     recipe.write_text(
         "preference:\n  method: dpo\n  steps: 4\n  batch_size: 4\n  samples_per_prompt: 3\n"
         "  max_prompts: 8\n  temperature: 1.5\n  min_reward_gap: 0.0\n"
+        "  principles: principles.yaml\n"
+        f"  judge: {{base_url: '{openai_server.base_url}', model: reviser}}\n"
     )
+    openai_server.requests.clear()
     sft = tmp_path / "sft.jsonl"
     write_conversations(sft, conversations()[:10])
     pairs = tmp_path / "pairs.jsonl"
@@ -135,7 +145,13 @@ def test_every_kind_of_pair_reaches_the_nightly_dpo_with_its_source(
         reward_dir=reward,
     )
     rows = [json.loads(line) for line in (out / PREFERENCE_FILE).read_text().splitlines()]
-    assert {r["source"] for r in rows} == {*SOURCES, "reward_ranked"}
+    assert {r["source"] for r in rows} == {*SOURCES, "reward_ranked", "principles"}
+    # The judge revised each of the night's prompts' answers against the principles; its
+    # revision (the scripted server's "I don't know.") is chosen over the policy's answer.
+    asked = [r for r in openai_server.requests if r["model"] == "reviser"]
+    assert len(asked) == 8 and "Say you do not know" in asked[0]["messages"][0]["content"]
+    revised = [r for r in rows if r["source"] == "principles"]
+    assert revised and all(r["chosen"] == "I don't know." and r["detail"] == "v3" for r in revised)
     assert metrics["preference_pairs"] == len(rows)
     assert metrics["preference_pairs_reward_ranked"] >= 1
     assert metrics["preference_dpo_steps"] == 4
