@@ -21,6 +21,7 @@ from loopwright.recipes import PreferenceRecipe
 from loopwright.records import PreferencePair, write_conversations
 from models.policy import PolicyConfig, train_policy_v1
 from models.reward import RewardTrainConfig, train_reward
+
 # The evaluation tests' scripted OpenAI-compatible server stands in for the judge.
 from tests.loopwright.evaluation.conftest import FakeOpenAI, openai_server  # noqa: F401
 from tests.models.policy_fixture import REFUSAL, conversations
