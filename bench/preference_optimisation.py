@@ -9,8 +9,9 @@ model the two preference steps (:func:`loopwright.preference.preference_step`):
 - ``reward_dpo``: the reward model's best over worst of sampled answers to the night's
   prompts (``sources: [reward_ranked]``);
 - ``feedback_dpo``: the curated pairs (corrections, comparisons, ratings, guard blocks);
-- ``overopt``: reward-ranked pairs trained far too hard (many steps, high learning rate,
-  a loose reference, no SFT term): the run the gate's reward-hacking rule must stop.
+- ``overopt``: reward-ranked pairs trained far too hard (300 steps at 1e-3, a loose
+  reference, no SFT term); ``overopt_mild``: the same at 150 steps and 2e-4: runs the gate
+  must stop (by the reward-hacking rule where the reward rises while references fall).
 
 Each variant is evaluated paired against its seed's SFT model on the domain's held-out
 suites (helpfulness: reward on held-out prompts; correctness: reference-based;
@@ -36,6 +37,14 @@ VARIANTS = {
     "feedback_dpo": {
         "method": "dpo",
         "sources": ["correction", "reviewer", "user_preference", "rating", "guard"],
+    },
+    "overopt_mild": {
+        "method": "dpo",
+        "sources": ["reward_ranked"],
+        "steps": 150,
+        "learning_rate": 2e-4,
+        "beta": 0.02,
+        "sft_weight": 0.0,
     },
     "overopt": {
         "method": "dpo",
@@ -176,6 +185,8 @@ def _judge(
     hacked = any("reward hacking" in r for r in verdict.reasons)
     print(f"{name}_gate: {'pass' if verdict.passed else 'blocked'}")
     print(f"{name}_gate_reward_hacking: {int(hacked)}")
+    for reason in verdict.blocking_reasons:
+        print(f"{name}_gate_reason: {reason}")
 
 
 if __name__ == "__main__":
