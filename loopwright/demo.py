@@ -464,10 +464,18 @@ def background(target: Callable[[], T]) -> Future[T]:
 
 
 def gate_summary_path(settings: Settings, candidate: str) -> Path | None:
-    """The release evaluation's summary of ``candidate`` (this app's), newest first."""
+    """The release evaluation's last summary of ``candidate`` (this app's), or None.
+
+    A staged evaluation writes one summary per look (``look-<i>/`` after the first); the
+    gate decided on the last one, so that is the one the table shows.
+    """
     name = settings.registered_model("policy")
+    root = settings.run_path / "eval"
     found = sorted(
-        (settings.run_path / "eval").glob(f"{name}-{candidate}-vs-*/gate_summary.json"),
+        [
+            *root.glob(f"{name}-{candidate}-vs-*/gate_summary.json"),
+            *root.glob(f"{name}-{candidate}-vs-*/look-*/gate_summary.json"),
+        ],
         key=lambda p: p.stat().st_mtime,
     )
     return found[-1] if found else None
