@@ -180,7 +180,11 @@ def _judge(
         )
     candidate = EvalSummary.model_validate(_summary(result, None, str(model_dir), str(sft_dir)))
     baseline = _baseline_summary(result, None, str(sft_dir))
-    policy = load_gate_policy().model_copy(update={"views": ["raw"]})
+    # The default policy, judged on the dimensions these suites measure (the others would
+    # block as "not measured").
+    policy = load_gate_policy()
+    measured = {k: rule for k, rule in policy.dimensions.items() if k.split("/")[0] in SUITES}
+    policy = policy.model_copy(update={"views": ["raw"], "dimensions": measured})
     verdict = decide(candidate, EvalSummary.model_validate(baseline), policy)
     hacked = any("reward hacking" in r for r in verdict.reasons)
     print(f"{name}_gate: {'pass' if verdict.passed else 'blocked'}")
