@@ -182,18 +182,18 @@ def preference_step(
     from models.policy import ConversationPreference, PolicyConfig, train_dpo_conversations
 
     preferences = feedback_preferences(curated_pairs, recipe.sources, serve)
+    # The same seeded choice of the night's prompts for the reward model and the judge.
+    prompts = night_prompts(night_rows, recipe.max_prompts, seed)
     if "reward_ranked" in recipe.sources:
         if reward_dir is None:
             logger.warning("no reward model: reward-ranked preference pairs skipped")
         else:
-            prompts = night_prompts(night_rows, recipe.max_prompts, seed)
             samples = sample_answers(sft_dir, prompts, recipe, seed)
             scores = score_answers(reward_dir, prompts, samples)
             preferences += reward_ranked_preferences(
                 prompts, samples, scores, recipe.min_reward_gap
             )
     if "principles" in recipe.sources and recipe.principles is not None:
-        prompts = night_prompts(night_rows, recipe.max_prompts, seed)
         preferences += principle_preferences(sft_dir, prompts, recipe)
     if not preferences:
         raise ValueError("preference step: no pairs from any source; nothing to learn")
